@@ -1,1 +1,49 @@
-//! placeholder
+//! kiln-engine: the step loop (schedule -> build batch -> model -> sample -> detokenize).
+//!
+//! So far it holds the per-sequence, tensor-free pieces of the loop's tail: [`sampling`] (logits
+//! to the next token id) and [`stop`] (stop strings over streamed text), plus [`FinishReason`].
+
+pub mod sampling;
+pub mod stop;
+
+pub use sampling::{
+    argmax, log_softmax, log_softmax_in_place, top_logprobs, Sampler, SamplingError, SamplingParams,
+};
+pub use stop::{StopChecker, StopUpdate};
+
+/// Why a sequence finished, as reported in OpenAI's `finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` (or the context length) was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI spelling: `"stop"` or `"length"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+impl std::fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FinishReason;
+
+    #[test]
+    fn finish_reason_spelling() {
+        assert_eq!(FinishReason::Stop.as_str(), "stop");
+        assert_eq!(FinishReason::Length.as_str(), "length");
+        assert_eq!(FinishReason::Length.to_string(), "length");
+    }
+}
