@@ -1,0 +1,304 @@
+//! [`QMatrix`]: a GGUF weight matrix and its `x · Wᵀ` matmul.
+//!
+//! The call: (1) quantize the activations once, per token row, to the 8-bit format matching the
+//! weights (into a thread-local scratch, so decode allocates nothing); (2) split the output rows
+//! into chunks, one rayon task each; (3) each task walks token tiles × row tiles of its chunk,
+//! so a chunk's weights stay in L1/L2 while the prefill tokens stream past.
+//!
+//! Chunking: at least 16 rows, a multiple of 4 (the row tile), about 4 chunks per thread for
+//! decode (load balance; every task costs ~1 µs) and at most ~32 KiB of weights for prefill.
+
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+use rayon::prelude::*;
+
+use crate::act::{self, BlockQ8, BlockQ8K};
+use crate::legacy::{self, Legacy};
+use crate::{plain, q4_0::Q4_0, q4_1::Q4_1, q4_k, q6_k, q8_0::Q8_0};
+use crate::{Error, GgmlType, Isa, Result, SharedBytes};
+
+/// A `rows × cols` weight matrix (`rows` output features, `cols` input features) in GGUF layout:
+/// row-major, each row `cols / block_size` blocks of `ty`.
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: SharedBytes,
+}
+
+impl QMatrix {
+    /// Wraps `data`; errors if the type has no kernels here, `cols` is not a whole number of
+    /// blocks, or `data` is not exactly `rows` rows.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: SharedBytes) -> Result<Self> {
+        if !ty.is_supported() {
+            return Err(Error::Unsupported { ty, op: "QMatrix" });
+        }
+        let row_bytes = ty.row_bytes(cols)?;
+        let expected = row_bytes.checked_mul(rows).ok_or(Error::Overflow { what: "matrix bytes" })?;
+        if data.len() != expected {
+            return Err(Error::SizeMismatch { what: "QMatrix data bytes", expected, got: data.len() });
+        }
+        Ok(Self { ty, rows, cols, row_bytes, data })
+    }
+
+    /// Quantizes a row-major f32 matrix (for tests, benchmarks and small tensors).
+    pub fn quantize(ty: GgmlType, rows: usize, cols: usize, w: &[f32]) -> Result<Self> {
+        let n = rows.checked_mul(cols).ok_or(Error::Overflow { what: "matrix size" })?;
+        if w.len() != n {
+            return Err(Error::SizeMismatch { what: "QMatrix::quantize input", expected: n, got: w.len() });
+        }
+        ty.row_bytes(cols)?;
+        Self::new(ty, rows, cols, SharedBytes::from_vec(crate::quantize(ty, w)?))
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// The raw GGUF bytes.
+    pub fn data(&self) -> &SharedBytes {
+        &self.data
+    }
+
+    /// Dequantizes row `i` into `out` (`cols` values); used for embedding lookups.
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) -> Result<()> {
+        if i >= self.rows {
+            return Err(Error::RowOutOfRange { row: i, rows: self.rows });
+        }
+        if out.len() != self.cols {
+            return Err(Error::SizeMismatch { what: "dequantize_row output", expected: self.cols, got: out.len() });
+        }
+        let bytes = &self.data.as_slice()[i * self.row_bytes..(i + 1) * self.row_bytes];
+        crate::dequantize(self.ty, bytes, out)
+    }
+
+    /// The whole matrix as row-major f32 (tests and small tensors only).
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        crate::dequantize(self.ty, self.data.as_slice(), &mut out)?;
+        Ok(out)
+    }
+
+    /// `out[t * rows + r] = Σ_k x[t * cols + k] * W[r][k]`: `out = x · Wᵀ` with `x` of shape
+    /// `(n_tokens, cols)` and `out` of shape `(n_tokens, rows)`, both row-major.
+    pub fn matmul(&self, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+        self.run(Isa::detect(), x, n_tokens, out)
+    }
+
+    /// [`matmul`](Self::matmul) with a chosen instruction set (tests compare them); errors if this
+    /// CPU lacks it.
+    pub fn matmul_isa(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+        if !Isa::available().contains(&isa) {
+            return Err(Error::Unsupported { ty: self.ty, op: "matmul with an instruction set this CPU lacks" });
+        }
+        self.run(isa, x, n_tokens, out)
+    }
+
+    fn run(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+        let n_x = n_tokens.checked_mul(self.cols).ok_or(Error::Overflow { what: "matmul input" })?;
+        if x.len() != n_x {
+            return Err(Error::SizeMismatch { what: "matmul input x", expected: n_x, got: x.len() });
+        }
+        let n_out = n_tokens.checked_mul(self.rows).ok_or(Error::Overflow { what: "matmul output" })?;
+        if out.len() != n_out {
+            return Err(Error::SizeMismatch { what: "matmul output", expected: n_out, got: out.len() });
+        }
+        if n_out == 0 {
+            return Ok(());
+        }
+        if self.cols == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        match self.ty {
+            GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
+            GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
+            GgmlType::Q8_0 => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
+            GgmlType::Q4_K => self.run_kquant(isa, x, n_tokens, out, q4_k::dot_row, q4_k::DOT_AVX2),
+            GgmlType::Q6_K => self.run_kquant(isa, x, n_tokens, out, q6_k::dot_row, q6_k::DOT_AVX2),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => self.run_plain(x, n_tokens, out),
+            ty => return Err(Error::Unsupported { ty, op: "matmul" }),
+        }
+        Ok(())
+    }
+
+    fn run_legacy<F: Legacy>(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+        let nb = self.cols / 32;
+        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
+            quantize_acts(x, self.cols, acts, nb, |x, a| act::quantize_row_q8_isa(isa, x, a));
+            let chunk: unsafe fn(&Job<BlockQ8>, usize, usize) = match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => crate::x86::legacy::chunk_avx2::<F>,
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni => crate::x86::legacy::chunk_vnni::<F>,
+                _ => legacy::chunk_scalar::<F>,
+            };
+            let job = self.job(acts, nb, n_tokens, out);
+            // SAFETY: `for_each_chunk` hands out disjoint row ranges within `0..rows`; `isa` is
+            // available (checked by the callers of `run`).
+            self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk(&job, r0, r1) });
+        });
+    }
+
+    fn run_kquant(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32], scalar: RowDot<BlockQ8K>, simd: Option<RowDot<BlockQ8K>>) {
+        let nb = self.cols / 256;
+        let dot = match (isa, simd) {
+            (Isa::Avx2 | Isa::Avx512Vnni, Some(f)) => f,
+            _ => scalar,
+        };
+        with_scratch(&SCRATCH_Q8K, n_tokens * nb, |acts| {
+            quantize_acts(x, self.cols, acts, nb, act::quantize_row_q8k);
+            let job = self.job(acts, nb, n_tokens, out);
+            // SAFETY: disjoint row ranges as in `run_legacy`; `dot` is either safe or needs AVX2,
+            // which `isa` (available) includes, and gets a whole row with its `nb` blocks.
+            self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk_rows(&job, r0, r1, dot) });
+        });
+    }
+
+    fn run_plain(&self, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+        let job = self.job(x, self.cols, n_tokens, out);
+        let ty = self.ty;
+        self.for_each_chunk(n_tokens, |r0, r1| {
+            let mut row = vec![0f32; job.nb];
+            for r in r0..r1 {
+                let w = &job.w[r * job.row_bytes..(r + 1) * job.row_bytes];
+                match ty {
+                    GgmlType::F16 => plain::dequantize_f16(w, &mut row),
+                    GgmlType::BF16 => plain::dequantize_bf16(w, &mut row),
+                    _ => plain::dequantize_f32(w, &mut row),
+                }
+                for t in 0..job.n_tokens {
+                    let v = plain::dot_f32(&row, &job.acts[t * job.nb..(t + 1) * job.nb]);
+                    // SAFETY: disjoint row ranges as in `run_legacy`.
+                    unsafe { job.set(t, r, v) };
+                }
+            }
+        });
+    }
+
+    fn job<'a, A>(&'a self, acts: &'a [A], nb: usize, n_tokens: usize, out: &mut [f32]) -> Job<'a, A> {
+        Job {
+            w: self.data.as_slice(),
+            row_bytes: self.row_bytes,
+            acts,
+            nb,
+            n_tokens,
+            rows: self.rows,
+            out: out.as_mut_ptr(),
+            out_len: out.len(),
+        }
+    }
+
+    /// Runs `f(r0, r1)` over chunks of output rows covering `0..rows`, in parallel.
+    fn for_each_chunk(&self, n_tokens: usize, f: impl Fn(usize, usize) + Sync) {
+        let threads = rayon::current_num_threads();
+        let work = self.rows * self.row_bytes * n_tokens;
+        if threads <= 1 || work < (1 << 15) {
+            return f(0, self.rows);
+        }
+        let mut chunk = self.rows.div_ceil(threads * 4);
+        if n_tokens > 1 {
+            chunk = chunk.min((32 << 10) / self.row_bytes.max(1));
+        }
+        let chunk = chunk.max(16).next_multiple_of(4);
+        // Round the chunk count to a multiple of the threads so the last wave is full.
+        let n = self.rows.div_ceil(chunk).next_multiple_of(threads);
+        let chunk = self.rows.div_ceil(n).next_multiple_of(4);
+        let n = self.rows.div_ceil(chunk);
+        (0..n).into_par_iter().for_each(|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
+    }
+}
+
+/// A row dot product: weight row bytes and the token's activation blocks.
+pub(crate) type RowDot<A> = unsafe fn(&[u8], &[A]) -> f32;
+
+/// Everything a kernel needs for one matmul call. `out` is written through a raw pointer because
+/// the row chunks of different tasks interleave in memory (`out[t * rows + r]`).
+pub(crate) struct Job<'a, A> {
+    pub w: &'a [u8],
+    pub row_bytes: usize,
+    pub acts: &'a [A],
+    /// Activation blocks (or values, for plain types) per token.
+    pub nb: usize,
+    pub n_tokens: usize,
+    pub rows: usize,
+    out: *mut f32,
+    out_len: usize,
+}
+
+// SAFETY: `out` is only written through `Job::set`, whose contract makes concurrent writes
+// disjoint; everything else is shared references.
+unsafe impl<A: Sync> Sync for Job<'_, A> {}
+
+impl<A> Job<'_, A> {
+    /// Writes output `(t, r)`.
+    ///
+    /// # Safety
+    /// `t < n_tokens`, `r < rows`, and no other thread writes the same row `r` during the call.
+    #[inline(always)]
+    pub(crate) unsafe fn set(&self, t: usize, r: usize, v: f32) {
+        let i = t * self.rows + r;
+        debug_assert!(t < self.n_tokens && r < self.rows && i < self.out_len);
+        // SAFETY: in bounds by the contract (out_len == n_tokens * rows); exclusive by the contract.
+        unsafe { self.out.add(i).write(v) }
+    }
+}
+
+/// Rows `r0..r1` × every token through a row dot product (K-quants).
+///
+/// # Safety
+/// As [`Job::set`]; `dot`'s own requirements hold for a whole row and its `nb` blocks.
+unsafe fn chunk_rows<A>(job: &Job<A>, r0: usize, r1: usize, dot: RowDot<A>) {
+    for t in 0..job.n_tokens {
+        let a = &job.acts[t * job.nb..(t + 1) * job.nb];
+        for r in r0..r1 {
+            let w = &job.w[r * job.row_bytes..(r + 1) * job.row_bytes];
+            // SAFETY: forwarded from this function's contract.
+            unsafe { job.set(t, r, dot(w, a)) };
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH_Q8: Cell<Vec<BlockQ8>> = const { Cell::new(Vec::new()) };
+    static SCRATCH_Q8K: Cell<Vec<BlockQ8K>> = const { Cell::new(Vec::new()) };
+}
+
+/// Lends `f` a `len`-long slice of this thread's scratch. The vector is taken out of the cell
+/// for the duration, so a re-entrant call (rayon may run another matmul on this thread while it
+/// waits) gets a fresh vector instead of a `RefCell` panic.
+fn with_scratch<T: Clone + Default, R>(key: &'static LocalKey<Cell<Vec<T>>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    let mut v = key.take();
+    v.resize(len, T::default());
+    let r = f(&mut v[..len]);
+    key.set(v);
+    r
+}
+
+/// Quantizes every token row of `x` (in parallel for prefill).
+fn quantize_acts<A: Send>(x: &[f32], cols: usize, acts: &mut [A], nb: usize, q: impl Fn(&[f32], &mut [A]) + Sync) {
+    let n_tokens = acts.len() / nb;
+    if n_tokens >= 8 && rayon::current_num_threads() > 1 {
+        acts.par_chunks_mut(nb).zip(x.par_chunks(cols)).with_min_len(4).for_each(|(a, x)| q(x, a));
+    } else {
+        for (a, x) in acts.chunks_mut(nb).zip(x.chunks(cols)) {
+            q(x, a);
+        }
+    }
+}
