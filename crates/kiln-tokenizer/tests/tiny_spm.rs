@@ -53,3 +53,37 @@ fn llama_cpp_mode_honours_add_space_prefix() {
     let hf = Tokenizer::from_gguf(&gguf).expect("tokenizer");
     assert_eq!(tok.encode("hello world", true).expect("encode"), hf.encode("hello world", true).expect("encode"));
 }
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// A GGUF holding only string metadata.
+fn gguf_with(kvs: &[(&str, &str)], name: &str) -> GgufFile {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.extend((kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        string(&mut out, k);
+        out.extend(8u32.to_le_bytes());
+        string(&mut out, v);
+    }
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kiln-tok-{}-{name}.gguf", std::process::id()));
+    std::fs::write(&path, out).expect("write");
+    GgufFile::open(&path).expect("open")
+}
+
+#[test]
+fn missing_or_unsupported_tokenizer_is_an_error() {
+    let g = gguf_with(&[("general.architecture", "llama")], "none");
+    let err = Tokenizer::from_gguf(&g).expect_err("no tokenizer");
+    assert!(err.to_string().contains("tokenizer.ggml.model"), "{err}");
+    let g = gguf_with(&[("tokenizer.ggml.model", "bert")], "bert");
+    let err = Tokenizer::from_gguf(&g).expect_err("bert");
+    assert!(matches!(err, kiln_tokenizer::Error::UnsupportedModel { .. }), "{err}");
+    let g = gguf_with(&[("tokenizer.ggml.model", "gpt2"), ("tokenizer.ggml.tokens", "oops")], "wrongtype");
+    let err = Tokenizer::from_gguf(&g).expect_err("tokens not an array");
+    assert!(err.to_string().contains("tokenizer.ggml.tokens"), "{err}");
+}
