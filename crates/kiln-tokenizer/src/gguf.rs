@@ -86,6 +86,11 @@ pub(crate) fn byte_alphabet() -> [char; 256] {
 
 pub(crate) fn build(gguf: &GgufFile, compat: GgufCompat) -> Result<GgufTokenizer> {
     let model = gguf.get_str("tokenizer.ggml.model")?;
+    let byte_level = match model {
+        "gpt2" => true,
+        "llama" => false,
+        other => return Err(Error::UnsupportedModel { model: other.to_string() }),
+    };
     let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
     let n_tokens = tokens.len();
     let types = optional(gguf.get_i32_array("tokenizer.ggml.token_type"))?.unwrap_or_default();
@@ -104,11 +109,6 @@ pub(crate) fn build(gguf: &GgufFile, compat: GgufCompat) -> Result<GgufTokenizer
     let pad_id = id_of("tokenizer.ggml.padding_token_id")?;
     let text = |id: Option<u32>| id.map(|i| tokens[i as usize].to_string());
 
-    let byte_level = match model {
-        "gpt2" => true,
-        "llama" => false,
-        other => return Err(Error::UnsupportedModel { model: other.to_string() }),
-    };
     // transformers: sentencepiece vocabularies default to BOS on (llama.cpp does the same).
     let add_bos = optional(gguf.get_bool("tokenizer.ggml.add_bos_token"))?.unwrap_or(!byte_level);
     let add_eos = optional(gguf.get_bool("tokenizer.ggml.add_eos_token"))?.unwrap_or(false);
