@@ -140,8 +140,20 @@ impl QMatrix {
 
     fn run_legacy<F: Legacy>(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         let nb = self.cols / 32;
-        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
+        // Token-tile kernels read the scales and sums of 4 tokens at once from `aux`:
+        // `aux[b * n_tokens + t] = acts[t][b].d`, then the same for `.s`.
+        let aux_len = if n_tokens >= 4 { 2 * nb * n_tokens } else { 0 };
+        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| with_scratch(&SCRATCH_AUX, aux_len, |aux| {
             quantize_acts(x, self.cols, acts, nb, |x, a| act::quantize_row_q8_isa(isa, x, a));
+            if aux_len > 0 {
+                let (ds, ss) = aux.split_at_mut(nb * n_tokens);
+                for (t, row) in acts.chunks_exact(nb).enumerate() {
+                    for (b, blk) in row.iter().enumerate() {
+                        ds[b * n_tokens + t] = blk.d;
+                        ss[b * n_tokens + t] = blk.s;
+                    }
+                }
+            }
             let chunk: unsafe fn(&Job<BlockQ8>, usize, usize) = match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => crate::x86::legacy::chunk_avx2::<F>,
@@ -149,11 +161,11 @@ impl QMatrix {
                 Isa::Avx512Vnni => crate::x86::legacy::chunk_vnni::<F>,
                 _ => legacy::chunk_scalar::<F>,
             };
-            let job = self.job(acts, nb, n_tokens, out);
+            let job = Job { aux, ..self.job(acts, nb, n_tokens, out) };
             // SAFETY: `for_each_chunk` hands out disjoint row ranges within `0..rows`; `isa` is
             // available (checked by the callers of `run`).
             self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk(&job, r0, r1) });
-        });
+        }));
     }
 
     fn run_kquant(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32], scalar: RowDot<BlockQ8K>, simd: Option<RowDot<BlockQ8K>>) {
@@ -197,6 +209,7 @@ impl QMatrix {
             w: self.data.as_slice(),
             row_bytes: self.row_bytes,
             acts,
+            aux: &[],
             nb,
             n_tokens,
             rows: self.rows,
@@ -234,6 +247,8 @@ pub(crate) struct Job<'a, A> {
     pub w: &'a [u8],
     pub row_bytes: usize,
     pub acts: &'a [A],
+    /// Extra per-call data of some kernels (see `run_legacy`), else empty.
+    pub aux: &'a [f32],
     /// Activation blocks (or values, for plain types) per token.
     pub nb: usize,
     pub n_tokens: usize,
@@ -277,6 +292,7 @@ unsafe fn chunk_rows<A>(job: &Job<A>, r0: usize, r1: usize, dot: RowDot<A>) {
 
 thread_local! {
     static SCRATCH_Q8: Cell<Vec<BlockQ8>> = const { Cell::new(Vec::new()) };
+    static SCRATCH_AUX: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static SCRATCH_Q8K: Cell<Vec<BlockQ8K>> = const { Cell::new(Vec::new()) };
 }
 
