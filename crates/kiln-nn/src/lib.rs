@@ -1,1 +1,26 @@
-//! placeholder
+//! kiln-nn: the layers every model file is built from, and the weight loader.
+//!
+//! Layers hold their weights and expose `forward` over packed `(n_tokens, features)` tensors.
+//! Quantization lives inside [`Linear`] and [`Embedding`] (dense or GGUF-quantized storage), so
+//! model files never name a format. [`Attention`] owns its projections, rotary embedding, KV
+//! writes and kernel choice; a model only states its [`AttentionSpec`].
+
+mod attention;
+mod embedding;
+mod error;
+mod kv_cache;
+mod linear;
+mod mlp;
+mod norm;
+pub mod rope;
+pub mod weights;
+
+pub use attention::{Attention, AttentionSpec, Batch, SeqSpan};
+pub use embedding::Embedding;
+pub use error::{Error, Result};
+pub use kv_cache::{KvCache, LayerKv};
+pub use linear::Linear;
+pub use mlp::{Activation, GatedMlp};
+pub use norm::{LayerNorm, RmsNorm};
+pub use rope::{Rope, RopeScaling};
+pub use weights::{Param, Weights};

@@ -1,0 +1,117 @@
+//! Multi-head attention as one layer configured by an [`AttentionSpec`]: projections, rotary
+//! positions, KV-cache writes and the kernel call all live here, so a model's block reads
+//! `x + attn(norm(x))` whatever the head layout, window or cache.
+//!
+//! Inputs are flat: a step's tokens from several sequences packed as `(n_tokens, hidden)`, with a
+//! [`Batch`] saying which rows belong to which sequence and at which positions. Each sequence
+//! appends its new keys/values to its own [`KvCache`] and attends over everything cached.
+
+use kiln_tensor::cpu::attention::{attention, AttnParams};
+use kiln_tensor::Tensor;
+
+use crate::weights::Weights;
+use crate::{KvCache, Linear, Result, Rope};
+
+#[derive(Debug, Clone)]
+pub struct AttentionSpec {
+    pub hidden: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Biases on the q/k/v projections (Qwen2) and on the output projection.
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub causal: bool,
+    /// Sliding window (Mistral): a query sees its own position and the `window - 1` before it.
+    pub window: Option<usize>,
+    pub rope: Option<Rope>,
+}
+
+/// Rows `start..start + len` of a packed step belong to one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// The layout of one forward step: per-token positions and per-sequence row spans.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub positions: Vec<usize>,
+    pub seqs: Vec<SeqSpan>,
+}
+
+impl Batch {
+    /// One sequence of `n` new tokens following `cached` already-cached positions.
+    pub fn single(cached: usize, n: usize) -> Batch {
+        Batch { positions: (cached..cached + n).collect(), seqs: vec![SeqSpan { start: 0, len: n }] }
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+#[derive(Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    spec: AttentionSpec,
+}
+
+impl Attention {
+    /// Loads `q_proj`, `k_proj`, `v_proj`, `o_proj` under `w`.
+    pub fn load(w: &Weights, spec: AttentionSpec) -> Result<Attention> {
+        let (h, q, kv) = (spec.hidden, spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim);
+        Ok(Attention {
+            q_proj: Linear::load(w, "q_proj", h, q, spec.qkv_bias)?,
+            k_proj: Linear::load(w, "k_proj", h, kv, spec.qkv_bias)?,
+            v_proj: Linear::load(w, "v_proj", h, kv, spec.qkv_bias)?,
+            o_proj: Linear::load(w, "o_proj", q, h, spec.o_bias)?,
+            spec,
+        })
+    }
+
+    /// `x (n_tokens, hidden) -> (n_tokens, hidden)`; appends this step's keys/values to layer
+    /// `layer` of each sequence's cache (the caller advances the caches after the last layer).
+    pub fn forward(&self, x: &Tensor, batch: &Batch, layer: usize, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let s = &self.spec;
+        let n = batch.n_tokens();
+        let mut q = self.q_proj.forward(x)?.into_f32_vec(); // (n_tokens, n_heads, head_dim)
+        let mut k = self.k_proj.forward(x)?.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
+        let v = self.v_proj.forward(x)?.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
+        if let Some(rope) = &s.rope {
+            rope.apply(&mut q, s.n_heads, s.head_dim, &batch.positions);
+            rope.apply(&mut k, s.n_kv_heads, s.head_dim, &batch.positions);
+        }
+        let params = AttnParams {
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            scale: 1.0 / (s.head_dim as f32).sqrt(),
+            causal: s.causal,
+            window: s.window,
+            alibi_slopes: None,
+        };
+        let (q_row, kv_row) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let mut out = vec![0.0f32; n * q_row];
+        for (span, cache) in batch.seqs.iter().zip(caches.iter_mut()) {
+            let kv = cache.layer_mut(layer);
+            let q_start = kv.k.len() / kv_row;
+            let rows = span.start..span.start + span.len;
+            kv.k.extend_from_slice(&k[rows.start * kv_row..rows.end * kv_row]);
+            kv.v.extend_from_slice(&v[rows.start * kv_row..rows.end * kv_row]);
+            attention(
+                &q[rows.start * q_row..rows.end * q_row],
+                &kv.k,
+                &kv.v,
+                q_start,
+                &params,
+                &mut out[rows.start * q_row..rows.end * q_row],
+            );
+        }
+        self.o_proj.forward(&Tensor::from_vec(out, [n, q_row])?)
+    }
+}

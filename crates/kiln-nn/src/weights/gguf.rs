@@ -1,0 +1,87 @@
+//! GGUF weights addressed by Hugging Face names.
+//!
+//! llama.cpp renames tensors (`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`);
+//! [`hf_to_gguf_name`] holds that map for the LLaMA-style families. Quantized matrices become
+//! [`Param::Quant`] over the memory map (no copy, no dequantization at load); F32/F16/BF16 tensors
+//! become dense f32 tensors. GGUF dims are reversed (dims[0] is the number of columns).
+
+use std::sync::Arc;
+
+use kiln_gguf::{GgmlType, GgufFile};
+use kiln_quant::{QMatrix, SharedBytes};
+use kiln_tensor::Tensor;
+
+use super::Param;
+use crate::{Error, Result};
+
+pub struct GgufSource {
+    file: Arc<GgufFile>,
+}
+
+struct MmapOwner(Arc<kiln_gguf::Mmap>);
+impl AsRef<[u8]> for MmapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0[..]
+    }
+}
+
+/// The llama.cpp name of a Hugging Face tensor name (LLaMA, Mistral, Qwen2 layouts).
+pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let name = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{name}.{kind}"))
+}
+
+impl GgufSource {
+    pub fn new(file: Arc<GgufFile>) -> Result<GgufSource> {
+        Ok(GgufSource { file })
+    }
+
+    pub fn describe(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    pub fn get(&self, hf_name: &str) -> Result<Option<Param>> {
+        let Some(name) = hf_to_gguf_name(hf_name) else { return Ok(None) };
+        let Some(info) = self.file.tensor(&name) else { return Ok(None) };
+        let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        let ty = kiln_quant::GgmlType::from_u32(info.ggml_type)?;
+        let bytes = SharedBytes::new(
+            Arc::new(MmapOwner(self.file.mmap().clone())),
+            info.data_offset as usize,
+            info.n_bytes as usize,
+        )?;
+        match (info.dtype, dims.as_slice()) {
+            (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16, _) => {
+                let n: usize = dims.iter().product();
+                let mut out = vec![0.0f32; n];
+                kiln_quant::dequantize(ty, bytes.as_slice(), &mut out)?;
+                Ok(Some(Param::Dense(Tensor::from_vec(out, dims)?)))
+            }
+            (_, [rows, cols]) => Ok(Some(Param::Quant(QMatrix::new(ty, *rows, *cols, bytes)?))),
+            (t, _) => Err(Error::UnsupportedDType { name, dtype: format!("{t:?} with {} dims", dims.len()) }),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Named weights from a checkpoint, addressed with Hugging Face names.
+//!
+//! `w.pp("model").pp("layers").pp(3).get("q_proj.weight")` reads like the safetensors key.
+//! Two sources: safetensors files (memory-mapped, sharded through `model.safetensors.index.json`)
+//! and GGUF files, whose llama.cpp names are translated from the HF names by a per-architecture
+//! map ([`gguf::hf_to_gguf_name`]). GGUF quantized tensors stay quantized ([`Param::Quant`]);
+//! dense tensors are converted to f32 at load, the CPU backend's compute type.
+
+mod gguf;
+mod safetensors;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_quant::QMatrix;
+use kiln_tensor::Tensor;
+
+use crate::{Error, Result};
+
+pub use gguf::{hf_to_gguf_name, GgufSource};
+pub use safetensors::SafetensorsSource;
+
+/// One loaded weight: dense, or a quantized matrix kept in its file format.
+#[derive(Clone)]
+pub enum Param {
+    Dense(Tensor),
+    Quant(QMatrix),
+}
+
+impl Param {
+    /// Shape in row-major order (rows, cols) for matrices.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Param::Dense(t) => t.dims().to_vec(),
+            Param::Quant(q) => vec![q.rows(), q.cols()],
+        }
+    }
+    /// A dense f32 tensor, dequantizing if needed (for small tensors such as norms).
+    pub fn into_dense(self) -> Result<Tensor> {
+        match self {
+            Param::Dense(t) => Ok(t),
+            Param::Quant(q) => Ok(Tensor::from_vec(q.dequantize()?, [q.rows(), q.cols()])?),
+        }
+    }
+}
+
+pub(crate) enum Source {
+    Safetensors(SafetensorsSource),
+    Gguf(GgufSource),
+}
+
+impl Source {
+    fn get(&self, name: &str) -> Result<Option<Param>> {
+        match self {
+            Source::Safetensors(s) => s.get(name),
+            Source::Gguf(g) => g.get(name),
+        }
+    }
+    fn describe(&self) -> String {
+        match self {
+            Source::Safetensors(s) => s.describe(),
+            Source::Gguf(g) => g.describe(),
+        }
+    }
+}
+
+/// A view of a weight source under a name prefix.
+#[derive(Clone)]
+pub struct Weights {
+    source: Arc<Source>,
+    prefix: String,
+}
+
+impl Weights {
+    /// All `*.safetensors` weights of a Hugging Face model directory (single file or sharded).
+    pub fn from_hf_dir(dir: &Path) -> Result<Weights> {
+        Ok(Weights::new(Source::Safetensors(SafetensorsSource::open_dir(dir)?)))
+    }
+
+    pub fn from_safetensors_files(paths: &[std::path::PathBuf]) -> Result<Weights> {
+        Ok(Weights::new(Source::Safetensors(SafetensorsSource::open(paths)?)))
+    }
+
+    /// Weights of a GGUF file, addressed with HF names of the given architecture.
+    pub fn from_gguf(file: Arc<kiln_gguf::GgufFile>) -> Result<Weights> {
+        Ok(Weights::new(Source::Gguf(GgufSource::new(file)?)))
+    }
+
+    fn new(source: Source) -> Weights {
+        Weights { source: Arc::new(source), prefix: String::new() }
+    }
+
+    /// True when the weights come from a GGUF file (whose q/k rows llama.cpp permuted for
+    /// interleaved rotary pairs).
+    pub fn is_gguf(&self) -> bool {
+        matches!(*self.source, Source::Gguf(_))
+    }
+
+    /// Descends one level: `pp("layers").pp(0)` → prefix `layers.0.`.
+    pub fn pp(&self, part: impl std::fmt::Display) -> Weights {
+        Weights { source: self.source.clone(), prefix: format!("{}{}.", self.prefix, part) }
+    }
+
+    fn full(&self, name: &str) -> String {
+        format!("{}{}", self.prefix, name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        matches!(self.source.get(&self.full(name)), Ok(Some(_)))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Param> {
+        let full = self.full(name);
+        self.source
+            .get(&full)?
+            .ok_or_else(|| Error::MissingTensor { name: full, source_desc: self.source.describe() })
+    }
+
+    /// A dense f32 tensor with the expected shape.
+    pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
+        let p = self.get(name)?;
+        let found = p.dims();
+        // GGUF stores vectors as rank 1 and HF too; accept (n,) for [n] and a matching matrix.
+        if found != dims {
+            return Err(Error::WrongShape { name: self.full(name), expected: dims.to_vec(), found });
+        }
+        p.into_dense()
+    }
+
+    /// A matrix (dense or quantized) of shape (rows, cols).
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Param> {
+        let p = self.get(name)?;
+        if p.dims() != [rows, cols] {
+            return Err(Error::WrongShape { name: self.full(name), expected: vec![rows, cols], found: p.dims() });
+        }
+        Ok(p)
+    }
+}

@@ -1,0 +1,191 @@
+//! Scaled dot-product attention over packed rows, for one sequence.
+//!
+//! Layout: `q` is `(n_q, n_heads, head_dim)`, `k`/`v` are `(n_kv, n_kv_heads, head_dim)`, output
+//! `(n_q, n_heads, head_dim)`. Query `i` sits at absolute position `q_start + i`; key `j` at
+//! position `j`. Grouped-query attention maps head `h` to kv head `h / (n_heads / n_kv_heads)`.
+//!
+//! Two paths: a direct loop for a few queries (decode), and for prompts a blocked path that per
+//! (head, block of 64 queries) computes `S = Q Kᵀ` and `O = P V` with gemm over only the keys that
+//! block can see — memory is O(block × n_kv), never O(n_q × n_kv) for the whole prompt.
+//! `reference_attention` is the naive definition the tests hold both paths to.
+
+use rayon::prelude::*;
+
+use super::matmul::gemm_f32;
+use super::softmax::softmax_in_place;
+use super::vec::{axpy, dot};
+
+#[derive(Debug, Clone, Copy)]
+pub struct AttnParams<'a> {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub causal: bool,
+    /// Sliding window: a query at position p sees keys p-window+1 ..= p.
+    pub window: Option<usize>,
+    /// ALiBi: per-head slopes, adding `slope * (j - p)` to each score.
+    pub alibi_slopes: Option<&'a [f32]>,
+}
+
+impl AttnParams<'_> {
+    /// The key range `[lo, hi)` visible to a query at absolute position `p`.
+    fn visible(&self, p: usize, n_kv: usize) -> (usize, usize) {
+        let hi = if self.causal { (p + 1).min(n_kv) } else { n_kv };
+        let lo = match self.window {
+            Some(w) => (p + 1).saturating_sub(w),
+            None => 0,
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+const BLOCK_Q: usize = 64;
+
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, out: &mut [f32]) {
+    let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let n_q = q.len() / (nh * hd);
+    let n_kv = k.len() / (nkv * hd);
+    assert!(nh % nkv == 0, "attention: n_heads must be a multiple of n_kv_heads");
+    assert_eq!(out.len(), q.len(), "attention: output size");
+    if n_q <= 4 {
+        decode(q, k, v, q_start, p, n_q, n_kv, out);
+    } else {
+        prefill(q, k, v, q_start, p, n_q, n_kv, out);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: usize, n_kv: usize, out: &mut [f32]) {
+    let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let group = nh / nkv;
+    let kv_stride = nkv * hd;
+    let one = |(idx, o): (usize, &mut [f32])| {
+        let (i, h) = (idx / nh, idx % nh);
+        let pos = q_start + i;
+        let (lo, hi) = p.visible(pos, n_kv);
+        let kh = h / group;
+        let qrow = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+        let mut scores: Vec<f32> = (lo..hi)
+            .map(|j| {
+                let mut s = dot(qrow, &k[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd]) * p.scale;
+                if let Some(sl) = p.alibi_slopes {
+                    s += sl[h] * (j as f32 - pos as f32);
+                }
+                s
+            })
+            .collect();
+        softmax_in_place(&mut scores);
+        o.iter_mut().for_each(|x| *x = 0.0);
+        for (jj, &w) in scores.iter().enumerate() {
+            let j = lo + jj;
+            axpy(w, &v[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd], o);
+        }
+    };
+    if n_kv * nh * n_q >= 4096 {
+        out.par_chunks_mut(hd).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(hd).enumerate().for_each(one);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prefill(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: usize, n_kv: usize, out: &mut [f32]) {
+    let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let group = nh / nkv;
+    let (q_stride, kv_stride) = (nh * hd, nkv * hd);
+    let n_blocks = n_q.div_ceil(BLOCK_Q);
+    let tasks: Vec<(usize, usize)> = (0..nh).flat_map(|h| (0..n_blocks).map(move |b| (h, b))).collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(h, b)| {
+            let kh = h / group;
+            let i0 = b * BLOCK_Q;
+            let rows = BLOCK_Q.min(n_q - i0);
+            // Keys any query of the block can see.
+            let lo = p.visible(q_start + i0, n_kv).0;
+            let hi = p.visible(q_start + i0 + rows - 1, n_kv).1.max(lo);
+            let nk = hi - lo;
+            let mut s = vec![0.0f32; rows * nk];
+            // S (rows, nk) = Q_blk (rows, hd) · K_hᵀ (hd, nk)
+            gemm_f32(
+                rows,
+                nk,
+                hd,
+                &q[i0 * q_stride + h * hd..],
+                q_stride,
+                1,
+                &k[lo * kv_stride + kh * hd..],
+                1,
+                kv_stride,
+                &mut s,
+                false,
+            );
+            for r in 0..rows {
+                let pos = q_start + i0 + r;
+                let (vlo, vhi) = p.visible(pos, n_kv);
+                let row = &mut s[r * nk..(r + 1) * nk];
+                for (jj, x) in row.iter_mut().enumerate() {
+                    let j = lo + jj;
+                    *x = if j < vlo || j >= vhi {
+                        f32::NEG_INFINITY
+                    } else {
+                        let a = p.alibi_slopes.map_or(0.0, |sl| sl[h] * (j as f32 - pos as f32));
+                        *x * p.scale + a
+                    };
+                }
+                softmax_in_place(row);
+            }
+            // O_blk (rows, hd) = P (rows, nk) · V_h (nk, hd)
+            let mut o = vec![0.0f32; rows * hd];
+            gemm_f32(rows, hd, nk, &s, nk, 1, &v[lo * kv_stride + kh * hd..], kv_stride, 1, &mut o, false);
+            o
+        })
+        .collect();
+    for (&(h, b), o) in tasks.iter().zip(results) {
+        for (r, row) in o.chunks(hd).enumerate() {
+            let i = b * BLOCK_Q + r;
+            out[(i * nh + h) * hd..(i * nh + h + 1) * hd].copy_from_slice(row);
+        }
+    }
+}
+
+/// The definition, computed in f64, for tests.
+pub fn reference_attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams) -> Vec<f32> {
+    let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let n_q = q.len() / (nh * hd);
+    let n_kv = k.len() / (nkv * hd);
+    let mut out = vec![0.0f32; q.len()];
+    for i in 0..n_q {
+        let pos = q_start + i;
+        for h in 0..nh {
+            let kh = h / (nh / nkv);
+            let mut scores = vec![f64::NEG_INFINITY; n_kv];
+            for (j, sc) in scores.iter_mut().enumerate() {
+                let visible = (!p.causal || j <= pos) && p.window.is_none_or(|w| j + w > pos);
+                if visible {
+                    let mut s = 0.0f64;
+                    for d in 0..hd {
+                        s += q[(i * nh + h) * hd + d] as f64 * k[(j * nkv + kh) * hd + d] as f64;
+                    }
+                    *sc = s * p.scale as f64
+                        + p.alibi_slopes.map_or(0.0, |sl| sl[h] as f64 * (j as f64 - pos as f64));
+                }
+            }
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if max == f64::NEG_INFINITY {
+                continue;
+            }
+            let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for d in 0..hd {
+                let mut acc = 0.0;
+                for j in 0..n_kv {
+                    acc += w[j] / z * v[(j * nkv + kh) * hd + d] as f64;
+                }
+                out[(i * nh + h) * hd + d] = acc as f32;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,13 @@
+//! The CPU backend: kernels over f32 slices, multi-threaded with rayon.
+//!
+//! Each file holds one family of ops. Where a fast path exists (gemm matmul, blocked attention,
+//! vectorised dot products) a plain reference kernel sits beside it and the tests compare them.
+
+pub mod activation;
+pub mod attention;
+pub mod elementwise;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod softmax;
+pub mod vec;
