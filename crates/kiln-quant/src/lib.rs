@@ -24,6 +24,7 @@ mod error;
 mod isa;
 mod legacy;
 mod matmul;
+mod parallel;
 pub mod plain;
 pub mod q4_0;
 pub mod q4_1;

@@ -234,7 +234,7 @@ impl QMatrix {
         let n = self.rows.div_ceil(chunk).next_multiple_of(threads);
         let chunk = self.rows.div_ceil(n).next_multiple_of(4);
         let n = self.rows.div_ceil(chunk);
-        (0..n).into_par_iter().for_each(|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
+        crate::parallel::parallel_for(n, &|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
     }
 }
 
