@@ -1,1 +1,12 @@
-//! placeholder
+//! kiln-models: one file per model family, built from kiln-nn layers, and the registry that maps
+//! a checkpoint (`config.json` `architectures`, or GGUF `general.architecture`) to a constructor.
+
+mod config;
+mod error;
+mod llama;
+mod registry;
+
+pub use config::HfConfig;
+pub use error::{Error, Result};
+pub use llama::{Llama, LlamaConfig};
+pub use registry::{load, Loaded, Model, ModelInfo, SUPPORTED_ARCHITECTURES};

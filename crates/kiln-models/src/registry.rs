@@ -1,0 +1,129 @@
+//! The registry: from a checkpoint on disk to a constructed [`Model`].
+//!
+//! A closed enum of families, dispatched by `match` (no trait objects): adding a family is one
+//! file, one arm in [`Model`] and one entry in [`SUPPORTED_ARCHITECTURES`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_nn::{Batch, KvCache, Weights};
+use kiln_tensor::cpu::rope::RopeStyle;
+use kiln_tensor::Tensor;
+
+use crate::config::HfConfig;
+use crate::{Error, Llama, LlamaConfig, Result};
+
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+
+/// What the engine needs to know about a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub vocab_size: usize,
+    pub max_context: usize,
+    pub n_layers: usize,
+    /// End-of-sequence ids from config.json (the tokenizer may add more).
+    pub eos_token_ids: Vec<u32>,
+    pub bos_token_id: Option<u32>,
+}
+
+#[derive(Clone)]
+pub enum Model {
+    Llama(Llama),
+}
+
+impl Model {
+    pub fn new_cache(&self) -> KvCache {
+        match self {
+            Model::Llama(m) => m.new_cache(),
+        }
+    }
+
+    /// Final hidden states of a packed step; checks token ids first.
+    pub fn forward(&self, tokens: &[u32], batch: &Batch, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let vocab = self.info().vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab });
+        }
+        match self {
+            Model::Llama(m) => m.forward(tokens, batch, caches, None),
+        }
+    }
+
+    /// Like `forward`, also returning every layer's input and the last layer's output.
+    pub fn forward_traced(&self, tokens: &[u32], batch: &Batch, caches: &mut [&mut KvCache]) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut trace = Vec::new();
+        let h = match self {
+            Model::Llama(m) => m.forward(tokens, batch, caches, Some(&mut trace))?,
+        };
+        Ok((h, trace))
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.logits(hidden),
+        }
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        match self {
+            Model::Llama(m) => ModelInfo {
+                architecture: "llama".into(),
+                vocab_size: m.cfg.vocab,
+                max_context: m.cfg.max_context(),
+                n_layers: m.cfg.n_layers,
+                eos_token_ids: Vec::new(),
+                bos_token_id: None,
+            },
+        }
+    }
+}
+
+/// A model with its config-level facts.
+pub struct Loaded {
+    pub model: Model,
+    pub info: ModelInfo,
+    pub config: HfConfig,
+}
+
+/// Loads a model from a GGUF file or a Hugging Face directory. `on_progress(done, total)` is
+/// called as layers are constructed.
+pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Loaded> {
+    if !path.exists() {
+        return Err(Error::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
+    }
+    let (config, weights, style) = if path.is_dir() {
+        let config = HfConfig::from_file(&path.join("config.json"))?;
+        // Check the architecture before touching the weights, so an unknown model says so.
+        arch_of(&config)?;
+        (config, Weights::from_hf_dir(path)?, RopeStyle::Half)
+    } else {
+        let file = Arc::new(kiln_gguf::GgufFile::open(path)?);
+        let config = HfConfig::from_gguf(&file)?;
+        (config, Weights::from_gguf(file)?, RopeStyle::Interleaved)
+    };
+    let arch = arch_of(&config)?;
+    let model = match arch {
+        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => {
+            Model::Llama(Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?)
+        }
+        other => return Err(Error::UnknownArchitecture { found: other.to_string() }),
+    };
+    let mut info = model.info();
+    info.architecture = arch.to_string();
+    info.eos_token_ids = config.eos_token_ids();
+    info.bos_token_id = crate::config::ids(config.json.get("bos_token_id")).first().copied();
+    Ok(Loaded { model, info, config })
+}
+
+fn arch_of(config: &HfConfig) -> Result<&'static str> {
+    let arch = config.architecture()?;
+    SUPPORTED_ARCHITECTURES
+        .iter()
+        .find(|&&a| a == arch)
+        .copied()
+        .ok_or(Error::UnknownArchitecture { found: arch })
+}

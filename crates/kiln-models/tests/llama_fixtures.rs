@@ -1,0 +1,174 @@
+//! The LLaMA family against transformers: tiny random-weight fixtures from tools/make_fixtures.py.
+//! Every layer's hidden state and the logits within 1e-4 relative error, greedy tokens identical,
+//! and prefill-then-decode equal to one-shot.
+
+use std::path::{Path, PathBuf};
+
+use kiln_models::{load, Model};
+use kiln_nn::{Batch, KvCache};
+use safetensors::{Dtype, SafeTensors};
+
+const FAMILY: &[&str] = &[
+    "llama",
+    "llama_tied_mqa",
+    "mistral",
+    "qwen2",
+    "llama3_rope",
+    "llama_linear_rope",
+    "llama_dynamic_rope",
+    "llama_yarn_rope",
+];
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    fn open(name: &str) -> Reference {
+        Reference { bytes: std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("fixture") }
+    }
+    fn f32(&self, key: &str) -> Option<Vec<f32>> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
+        let t = st.tensor(key).ok()?;
+        assert_eq!(t.dtype(), Dtype::F32);
+        Some(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+    fn ids(&self, key: &str) -> Vec<u32> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
+        let t = st.tensor(key).expect(key);
+        assert_eq!(t.dtype(), Dtype::I64);
+        t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+    }
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "length");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+fn load_model(dir: &Path) -> Model {
+    load(dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).model
+}
+
+fn one_shot_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
+    let mut cache = model.new_cache();
+    let h = model.forward(ids, &Batch::single(0, ids.len()), &mut [&mut cache]).unwrap();
+    model.logits(&h).unwrap().to_vec_f32()
+}
+
+fn step(model: &Model, cache: &mut KvCache, ids: &[u32]) -> Vec<f32> {
+    let batch = Batch::single(cache.len(), ids.len());
+    let h = model.forward(ids, &batch, &mut [cache]).unwrap();
+    model.logits(&h).unwrap().to_vec_f32()
+}
+
+#[test]
+fn hidden_states_and_logits_match_transformers() {
+    for name in FAMILY {
+        let r = Reference::open(name);
+        let model = load_model(&fixture_dir(name));
+        let ids = r.ids("input_ids");
+        let mut cache = model.new_cache();
+        let (h, trace) = model.forward_traced(&ids, &Batch::single(0, ids.len()), &mut [&mut cache]).unwrap();
+        let n_layers = trace.len() - 1;
+        for (i, t) in trace.iter().enumerate().take(n_layers) {
+            let want = r.f32(&format!("hidden_states.{i}")).unwrap();
+            let e = rel_err(&t.to_vec_f32(), &want);
+            assert!(e < 1e-4, "{name}: hidden state {i} (input of layer {i}) differs: rel err {e}");
+        }
+        let e = rel_err(&trace[n_layers].to_vec_f32(), &r.f32("last_layer_pre_norm").unwrap());
+        assert!(e < 1e-4, "{name}: output of the last layer differs: rel err {e}");
+        let e = rel_err(&h.to_vec_f32(), &r.f32(&format!("hidden_states.{n_layers}")).unwrap());
+        assert!(e < 1e-4, "{name}: final norm differs: rel err {e}");
+        let e = rel_err(&model.logits(&h).unwrap().to_vec_f32(), &r.f32("logits").unwrap());
+        assert!(e < 1e-4, "{name}: logits differ: rel err {e}");
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    for name in FAMILY {
+        let r = Reference::open(name);
+        let model = load_model(&fixture_dir(name));
+        let vocab = model.info().vocab_size;
+        let prompt = r.ids("greedy_prompt");
+        let want = r.ids("greedy_ids");
+        let want_logits = r.f32("greedy_step_logits").unwrap();
+        let mut cache = model.new_cache();
+        let mut logits = step(&model, &mut cache, &prompt);
+        let mut got = Vec::new();
+        for s in 0..want.len() {
+            let last = &logits[logits.len() - vocab..];
+            let e = rel_err(last, &want_logits[s * vocab..(s + 1) * vocab]);
+            assert!(e < 1e-4, "{name}: step {s} logits differ: rel err {e}");
+            let next = last.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
+            got.push(next);
+            logits = step(&model, &mut cache, &[next]);
+        }
+        assert_eq!(got, want, "{name}: greedy tokens");
+    }
+}
+
+#[test]
+fn prefill_then_decode_equals_one_shot() {
+    // Dynamic NTK is excluded: its frequencies depend on the call's length by definition (and
+    // transformers' cached and uncached outputs differ the same way).
+    for name in FAMILY.iter().filter(|n| **n != "llama_dynamic_rope") {
+        let r = Reference::open(name);
+        let model = load_model(&fixture_dir(name));
+        let vocab = model.info().vocab_size;
+        let ids = r.ids("input_ids");
+        let full = one_shot_logits(&model, &ids);
+        let mut cache = model.new_cache();
+        let mut rows = step(&model, &mut cache, &ids[..10]);
+        for chunk in ids[10..].chunks(3).take(1).chain(ids[13..].chunks(1)) {
+            rows.extend(step(&model, &mut cache, chunk));
+        }
+        assert_eq!(rows.len(), full.len());
+        for (t, (a, b)) in rows.chunks(vocab).zip(full.chunks(vocab)).enumerate() {
+            let e = rel_err(a, b);
+            assert!(e < 1e-5, "{name}: position {t}: incremental vs one-shot rel err {e}");
+        }
+    }
+}
+
+#[test]
+fn transformers_4_config_loads_identically() {
+    let tmp = std::env::temp_dir().join(format!("kiln-v4-{}", std::process::id()));
+    for name in FAMILY {
+        let src = fixture_dir(name);
+        let dir = tmp.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(src.join("config_v4.json"), dir.join("config.json")).unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let ids = Reference::open(name).ids("input_ids");
+        let a = one_shot_logits(&load_model(&src), &ids);
+        let b = one_shot_logits(&load_model(&dir), &ids);
+        assert_eq!(a, b, "{name}: config.json and config_v4.json disagree");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn unknown_architecture_and_bad_paths_are_errors() {
+    let tmp = std::env::temp_dir().join(format!("kiln-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("config.json"), r#"{"architectures": ["FancyNetForCausalLM"]}"#).unwrap();
+    let err = load(&tmp, &mut |_, _| {}).err().unwrap().to_string();
+    assert!(err.contains("unknown architecture `FancyNetForCausalLM`"), "{err}");
+    std::fs::write(tmp.join("config.json"), "{ not json").unwrap();
+    assert!(load(&tmp, &mut |_, _| {}).is_err());
+    assert!(load(&tmp.join("missing"), &mut |_, _| {}).err().unwrap().to_string().contains("no such file"));
+    // A truncated safetensors file.
+    std::fs::copy(fixture_dir("llama").join("config.json"), tmp.join("config.json")).unwrap();
+    let bytes = std::fs::read(fixture_dir("llama").join("model.safetensors")).unwrap();
+    std::fs::write(tmp.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = load(&tmp, &mut |_, _| {}).err().unwrap().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
