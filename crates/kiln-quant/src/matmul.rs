@@ -130,8 +130,8 @@ impl QMatrix {
             GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
             GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
             GgmlType::Q8_0 => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
-            GgmlType::Q4_K => self.run_kquant(isa, x, n_tokens, out, q4_k::dot_row, q4_k::DOT_AVX2),
-            GgmlType::Q6_K => self.run_kquant(isa, x, n_tokens, out, q6_k::dot_row, q6_k::DOT_AVX2),
+            GgmlType::Q4_K => self.run_kquant(isa, x, n_tokens, out, q4_k::dot_row, q4_k::DOT_AVX2, q4_k::DOT4_AVX2),
+            GgmlType::Q6_K => self.run_kquant(isa, x, n_tokens, out, q6_k::dot_row, q6_k::DOT_AVX2, None),
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => self.run_plain(x, n_tokens, out),
             ty => return Err(Error::Unsupported { ty, op: "matmul" }),
         }
@@ -168,18 +168,28 @@ impl QMatrix {
         }));
     }
 
-    fn run_kquant(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32], scalar: RowDot<BlockQ8K>, simd: Option<RowDot<BlockQ8K>>) {
+    #[allow(clippy::too_many_arguments)]
+    fn run_kquant(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+        scalar: RowDot<BlockQ8K>,
+        simd: Option<RowDot<BlockQ8K>>,
+        simd4: Option<RowDot4<BlockQ8K>>,
+    ) {
         let nb = self.cols / 256;
-        let dot = match (isa, simd) {
-            (Isa::Avx2 | Isa::Avx512Vnni, Some(f)) => f,
-            _ => scalar,
+        let (dot, dot4) = match (isa, simd) {
+            (Isa::Avx2 | Isa::Avx512Vnni, Some(f)) => (f, simd4),
+            _ => (scalar, None),
         };
         with_scratch(&SCRATCH_Q8K, n_tokens * nb, |acts| {
             quantize_acts(x, self.cols, acts, nb, act::quantize_row_q8k);
             let job = self.job(acts, nb, n_tokens, out);
             // SAFETY: disjoint row ranges as in `run_legacy`; `dot` is either safe or needs AVX2,
             // which `isa` (available) includes, and gets a whole row with its `nb` blocks.
-            self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk_rows(&job, r0, r1, dot) });
+            self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk_rows(&job, r0, r1, dot, dot4) });
         });
     }
 
@@ -275,12 +285,33 @@ impl<A> Job<'_, A> {
     }
 }
 
-/// Rows `r0..r1` × every token through a row dot product (K-quants).
+/// Four tokens at once: weight row bytes and the four tokens' activation blocks.
+pub(crate) type RowDot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
+
+/// Rows `r0..r1` × every token through row dot products (K-quants): tiles of four tokens with
+/// `dot4` when there is one, so each weight block is unpacked once per four tokens.
 ///
 /// # Safety
-/// As [`Job::set`]; `dot`'s own requirements hold for a whole row and its `nb` blocks.
-unsafe fn chunk_rows<A>(job: &Job<A>, r0: usize, r1: usize, dot: RowDot<A>) {
-    for t in 0..job.n_tokens {
+/// As [`Job::set`]; `dot`'s and `dot4`'s own requirements hold for a whole row and its `nb`
+/// blocks.
+unsafe fn chunk_rows<A>(job: &Job<A>, r0: usize, r1: usize, dot: RowDot<A>, dot4: Option<RowDot4<A>>) {
+    let mut t0 = 0;
+    if let Some(dot4) = dot4 {
+        while t0 + 4 <= job.n_tokens {
+            let a: [&[A]; 4] = std::array::from_fn(|k| &job.acts[(t0 + k) * job.nb..(t0 + k + 1) * job.nb]);
+            for r in r0..r1 {
+                let w = &job.w[r * job.row_bytes..(r + 1) * job.row_bytes];
+                // SAFETY: forwarded from this function's contract.
+                let v = unsafe { dot4(w, a) };
+                for (k, v) in v.into_iter().enumerate() {
+                    // SAFETY: forwarded from this function's contract.
+                    unsafe { job.set(t0 + k, r, v) };
+                }
+            }
+            t0 += 4;
+        }
+    }
+    for t in t0..job.n_tokens {
         let a = &job.acts[t * job.nb..(t + 1) * job.nb];
         for r in r0..r1 {
             let w = &job.w[r * job.row_bytes..(r + 1) * job.row_bytes];

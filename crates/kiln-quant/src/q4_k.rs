@@ -123,6 +123,95 @@ pub(crate) const DOT_AVX2: Option<crate::matmul::RowDot<BlockQ8K>> = Some(dot_ro
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) const DOT_AVX2: Option<crate::matmul::RowDot<BlockQ8K>> = None;
 
+/// The AVX2 four-token row kernel, if this target has one.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const DOT4_AVX2: Option<crate::matmul::RowDot4<BlockQ8K>> = Some(dot_row4_avx2);
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) const DOT4_AVX2: Option<crate::matmul::RowDot4<BlockQ8K>> = None;
+
+/// The 12 scale bytes at `p` rearranged as 8 scales then 8 mins, one byte each (ggml's
+/// `utmp` shuffle), widened to 16 bits: `[sc0..sc7 | m0..m7]`.
+///
+/// # Safety
+/// `p` points at 12 readable bytes; AVX2 is available.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn mins_and_scales(p: *const u8) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        let sp = p as *const u32;
+        let mut u = [sp.read_unaligned(), sp.add(1).read_unaligned(), sp.add(2).read_unaligned(), 0u32];
+        u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+        let uaux = u[1] & KMASK1;
+        u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+        u[2] = uaux;
+        u[0] &= KMASK1;
+        _mm256_cvtepu8_epi16(_mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32))
+    }
+}
+
+/// AVX2 dot products of one weight row with four tokens' activations: the prefill kernel.
+/// Scales, mins and nibbles of each weight block are unpacked once for the four tokens.
+///
+/// # Safety
+/// AVX2, FMA and F16C are available; every `a[k]` has the same length and
+/// `w.len() >= a[k].len() * BYTES`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_row4_avx2(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: every read is inside block `i` of `w` or inside `a[k][i]` (contract); the
+    // features are enabled by the contract.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0xF);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_m = [_mm_setzero_ps(); 4];
+        for i in 0..a[0].len() {
+            let p = w.as_ptr().add(i * BYTES);
+            let (xd, xdmin) = crate::x86::f16x2_to_f32(p);
+            let ms = mins_and_scales(p.add(4));
+            let mins = _mm256_extracti128_si256(ms, 1);
+            let sc128 = _mm256_castsi256_si128(ms);
+            let scales = _mm256_set_m128i(sc128, sc128);
+            let ab: [&BlockQ8K; 4] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+            for k in 0..4 {
+                let q8sums = _mm256_loadu_si256(ab[k].bsums.as_ptr() as *const __m256i);
+                let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+                let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s));
+                acc_m[k] = _mm_fmadd_ps(_mm_set1_ps(-ab[k].d * xdmin), prod, acc_m[k]);
+            }
+            let mut sumi = [_mm256_setzero_si256(); 4];
+            for j in 0..4 {
+                let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((4 * j + 1) << 8) | (4 * j)) as i16));
+                let scale_h = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((4 * j + 3) << 8) | (4 * j + 2)) as i16));
+                let q4bits = _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i);
+                let q4l = _mm256_and_si256(q4bits, m4);
+                let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+                for k in 0..4 {
+                    let q8 = ab[k].qs.as_ptr();
+                    let q8l = _mm256_loadu_si256(q8.add(64 * j) as *const __m256i);
+                    let q8h = _mm256_loadu_si256(q8.add(64 * j + 32) as *const __m256i);
+                    let p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
+                    let p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
+                    sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p16l, p16h));
+                }
+            }
+            for k in 0..4 {
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(ab[k].d * xd), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+            }
+        }
+        std::array::from_fn(|k| {
+            let m = _mm_add_ps(acc_m[k], _mm_movehl_ps(acc_m[k], acc_m[k]));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            crate::x86::hsum_ps(acc[k]) + _mm_cvtss_f32(m)
+        })
+    }
+}
+
 /// AVX2 dot product of one weight row with its activations (ggml `ggml_vec_dot_q4_K_q8_K`).
 ///
 /// # Safety
@@ -131,9 +220,6 @@ pub(crate) const DOT_AVX2: Option<crate::matmul::RowDot<BlockQ8K>> = None;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_row_avx2(w: &[u8], a: &[BlockQ8K]) -> f32 {
     use std::arch::x86_64::*;
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
     // SAFETY: every read is inside block `i` of `w` (BYTES bytes, checked by the contract) or
     // inside `a[i]`; the features are enabled by the contract.
     unsafe {
@@ -147,15 +233,7 @@ pub(crate) unsafe fn dot_row_avx2(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let (xd, xdmin) = crate::x86::f16x2_to_f32(p);
             let d = ab.d * xd;
             let dmin = -ab.d * xdmin;
-            // Rearrange the 12 scale bytes into 8 scales then 8 mins, one byte each.
-            let sp = p.add(4) as *const u32;
-            let mut u = [sp.read_unaligned(), sp.add(1).read_unaligned(), sp.add(2).read_unaligned(), 0u32];
-            u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-            let uaux = u[1] & KMASK1;
-            u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-            u[2] = uaux;
-            u[0] &= KMASK1;
-            let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32));
+            let mins_and_scales = mins_and_scales(p.add(4));
             // Σ m_j * (bsum_2j + bsum_2j+1)
             let q8sums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i);
             let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));

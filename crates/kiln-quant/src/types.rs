@@ -145,7 +145,7 @@ impl GgmlType {
     /// Bytes of a row of `n_cols` values; errors unless `n_cols` is a multiple of the block size.
     pub fn row_bytes(self, n_cols: usize) -> Result<usize> {
         let block_size = self.block_size();
-        if n_cols % block_size != 0 {
+        if !n_cols.is_multiple_of(block_size) {
             return Err(Error::NotBlockMultiple { ty: self, n_cols, block_size });
         }
         (n_cols / block_size).checked_mul(self.type_size()).ok_or(Error::Overflow { what: "row bytes" })

@@ -8,6 +8,9 @@
 //! The rejected alternative, one accumulator per (row, token) as llamafile's tinyBLAS does, needs
 //! a convert + scale + FMA per pair instead of per row.
 
+// Index loops over the register tiles read better than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use crate::act::BlockQ8;
@@ -135,7 +138,7 @@ unsafe fn tile_4<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8
                 let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
                 let scale = _mm256_mul_ps(_mm256_set1_ps(wb.d), dy);
                 acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), scale, acc[i]);
-                if !(F::SIGNED && !VNNI) {
+                if !F::SIGNED || VNNI {
                     acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(wb.m), s, acc[i]);
                 }
             }
