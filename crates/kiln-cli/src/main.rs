@@ -1,1 +1,59 @@
-fn main() {}
+//! `kiln`: run language models from the command line.
+//!
+//! Errors print as one line `kiln: error: ...` with exit code 1; invalid flags are reported by
+//! clap with exit code 2 (the usual convention for usage errors).
+
+mod bench;
+mod generate;
+mod model_arg;
+mod score;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Fast LLM inference on CPUs and GPUs", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// Model: a GGUF file, a Hugging Face model directory (config.json + safetensors +
+    /// tokenizer.json) or a hub id (owner/name, downloaded once). Default: SmolLM2-135M-Instruct
+    /// Q4_1, fetched on first use into the cache ($KILN_CACHE, else ~/.cache/kiln).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it as it is produced.
+    Generate(generate::Args),
+    /// Teacher-forced log-probabilities and perplexity of a text (like llama-perplexity).
+    Score(score::Args),
+    /// Measure prefill and decode speed (like llama-bench).
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("kiln: error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

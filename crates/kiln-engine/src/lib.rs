@@ -1,10 +1,18 @@
 //! kiln-engine: the step loop (schedule -> build batch -> model -> sample -> detokenize).
 //!
-//! So far it holds the per-sequence, tensor-free pieces of the loop's tail: [`sampling`] (logits
-//! to the next token id) and [`stop`] (stop strings over streamed text), plus [`FinishReason`].
+//! [`Engine`] loads a model with its tokenizer and runs generation and scoring; the
+//! tensor-free pieces of the loop's tail are [`sampling`] (logits to the next token id) and
+//! [`stop`] (stop strings over streamed text), plus [`FinishReason`].
 
+mod engine;
+mod error;
 pub mod sampling;
+mod score;
 pub mod stop;
+
+pub use engine::{Engine, Generation, Timings};
+pub use error::{Error, Result};
+pub use score::Score;
 
 pub use sampling::{
     argmax, log_softmax, log_softmax_in_place, top_logprobs, Sampler, SamplingError, SamplingParams,

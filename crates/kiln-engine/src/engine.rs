@@ -1,0 +1,183 @@
+//! The generation loop for one request: encode, one batched prefill pass, then decode steps that
+//! sample, stream text through the incremental detokenizer and stop on EOS, a stop string,
+//! `max_tokens` or the context length.
+
+use std::path::Path;
+use std::time::Instant;
+
+use kiln_models::{Model, ModelInfo};
+use kiln_nn::{Batch, KvCache};
+use kiln_tensor::Tensor;
+use kiln_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+
+use crate::{Error, FinishReason, Result, Sampler, SamplingParams, StopChecker};
+
+/// Wall-clock split of a generation.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub prompt_ms: f64,
+    pub decode_ms: f64,
+    pub prompt_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    /// Generated ids only (the prompt is not included).
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+pub struct Engine {
+    pub model: Model,
+    pub info: ModelInfo,
+    pub tokenizer: Tokenizer,
+    chat: Option<ChatTemplate>,
+    eos: Vec<u32>,
+}
+
+impl Engine {
+    /// Loads a GGUF file or a Hugging Face directory with its tokenizer and chat template.
+    pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Engine> {
+        let loaded = kiln_models::load(path, on_progress)?;
+        let tokenizer = if path.is_dir() {
+            let tj = path.join("tokenizer.json");
+            if !tj.exists() {
+                return Err(Error::NoTokenizer(path.display().to_string()));
+            }
+            Tokenizer::from_file(&tj)?
+        } else {
+            Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(path)?)?
+        };
+        let mut eos: Vec<u32> = tokenizer.eos_ids().to_vec();
+        eos.extend(&loaded.info.eos_token_ids);
+        if path.is_dir() {
+            if let Ok(text) = std::fs::read_to_string(path.join("generation_config.json")) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    eos.extend(kiln_models_ids(v.get("eos_token_id")));
+                }
+            }
+        }
+        eos.sort_unstable();
+        eos.dedup();
+        let chat = ChatTemplate::from_tokenizer(&tokenizer).ok();
+        Ok(Engine { model: loaded.model, info: loaded.info, tokenizer, chat, eos })
+    }
+
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// The prompt text after the chat template (a single user turn).
+    pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        let t = self.chat.as_ref().ok_or(Error::NoChatTemplate)?;
+        Ok(t.render(&[ChatMessage::new("user", user)], true)?)
+    }
+
+    /// Tokens of a prompt; with a chat template applied the template already holds any BOS.
+    pub fn encode_prompt(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
+        let ids = if chat {
+            self.tokenizer.encode(&self.chat_prompt(text)?, false)?
+        } else {
+            self.tokenizer.encode(text, true)?
+        };
+        if ids.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if ids.len() >= self.info.max_context {
+            return Err(Error::PromptTooLong { n_tokens: ids.len(), max_context: self.info.max_context });
+        }
+        Ok(ids)
+    }
+
+    /// Runs `ids` through the model after what `cache` holds; logits of the last `n_logits` rows.
+    pub fn step(&self, cache: &mut KvCache, ids: &[u32], n_logits: usize) -> Result<Tensor> {
+        let batch = Batch::single(cache.len(), ids.len());
+        let hidden = self.model.forward(ids, &batch, &mut [cache])?;
+        let rows = n_logits.min(ids.len());
+        let hidden = hidden.narrow(0, ids.len() - rows, rows).map_err(kiln_models::Error::from)?;
+        Ok(self.model.logits(&hidden)?)
+    }
+
+    /// Generates from prompt ids, calling `on_text` with each newly completed piece of text.
+    pub fn generate(&self, prompt: &[u32], params: &SamplingParams, on_text: &mut dyn FnMut(&str)) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let max_context = self.info.max_context;
+        if prompt.len() >= max_context {
+            return Err(Error::PromptTooLong { n_tokens: prompt.len(), max_context });
+        }
+        let mut sampler = Sampler::new(params, self.info.vocab_size)?;
+        let mut stop = StopChecker::new(&params.stop);
+        let mut stream = self.tokenizer.decode_stream(true);
+        let mut cache = self.model.new_cache();
+        let mut text = String::new();
+        let mut generated: Vec<u32> = Vec::new();
+        let emit = |piece: &str, text: &mut String, on_text: &mut dyn FnMut(&str)| {
+            if !piece.is_empty() {
+                text.push_str(piece);
+                on_text(piece);
+            }
+        };
+
+        let t0 = Instant::now();
+        let mut logits = self.step(&mut cache, prompt, 1)?.into_f32_vec();
+        let prompt_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let finish = loop {
+            if generated.len() >= params.max_tokens {
+                break FinishReason::Length;
+            }
+            let next = sampler.sample(&mut logits, prompt, &generated);
+            if !params.ignore_eos && self.eos.contains(&next) {
+                break FinishReason::Stop;
+            }
+            generated.push(next);
+            if let Some(piece) = stream.push(next)? {
+                let upd = stop.push(&piece);
+                emit(&upd.text, &mut text, on_text);
+                if upd.stop.is_some() {
+                    break FinishReason::Stop;
+                }
+            }
+            if generated.len() >= params.max_tokens || cache.len() + 1 >= max_context {
+                break FinishReason::Length;
+            }
+            logits = self.step(&mut cache, &[next], 1)?.into_f32_vec();
+        };
+        if stop.stopped().is_none() {
+            if let Some(piece) = stream.flush()? {
+                let upd = stop.push(&piece);
+                emit(&upd.text, &mut text, on_text);
+            }
+            emit(&stop.finish(), &mut text, on_text);
+        }
+        let decode_s = t1.elapsed().as_secs_f64();
+        // The first sampled token comes from the prefill; decode steps = generated - 1.
+        let decode_steps = generated.len().saturating_sub(1);
+        Ok(Generation {
+            text,
+            token_ids: generated,
+            prompt_tokens: prompt.len(),
+            finish_reason: finish,
+            timings: Timings {
+                prompt_ms: prompt_s * 1e3,
+                decode_ms: decode_s * 1e3,
+                prompt_tokens_per_s: prompt.len() as f64 / prompt_s.max(1e-9),
+                decode_tokens_per_s: decode_steps as f64 / decode_s.max(1e-9),
+            },
+        })
+    }
+}
+
+fn kiln_models_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => Vec::new(),
+    }
+}
