@@ -6,7 +6,7 @@
 //! so a chunk's weights stay in L1/L2 while the prefill tokens stream past.
 //!
 //! Chunking: at least 16 rows, a multiple of 4 (the row tile), about 4 chunks per thread for
-//! decode (load balance; every task costs ~1 µs) and at most ~32 KiB of weights for prefill.
+//! decode (load balance; every task costs ~1 µs) and at most 128 KiB of weights for prefill (also on one thread).
 
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -231,22 +231,29 @@ impl QMatrix {
     /// Runs `f(r0, r1)` over chunks of output rows covering `0..rows`, in parallel.
     fn for_each_chunk(&self, n_tokens: usize, f: impl Fn(usize, usize) + Sync) {
         let threads = rayon::current_num_threads();
-        let work = self.rows * self.row_bytes * n_tokens;
-        if threads <= 1 || work < (1 << 15) {
-            return f(0, self.rows);
-        }
-        let mut chunk = self.rows.div_ceil(threads * 4);
+        let parallel = threads > 1 && self.rows * self.row_bytes * n_tokens >= (1 << 15);
+        let mut chunk = if parallel { self.rows.div_ceil(threads * 4) } else { self.rows };
         if n_tokens > 1 {
-            chunk = chunk.min((32 << 10) / self.row_bytes.max(1));
+            // Cache blocking, also on one thread: every token tile re-reads the chunk's weights.
+            chunk = chunk.min(CHUNK_BYTES / self.row_bytes.max(1));
         }
-        let chunk = chunk.max(16).next_multiple_of(4);
-        // Round the chunk count to a multiple of the threads so the last wave is full.
-        let n = self.rows.div_ceil(chunk).next_multiple_of(threads);
-        let chunk = self.rows.div_ceil(n).next_multiple_of(4);
-        let n = self.rows.div_ceil(chunk);
-        crate::parallel::parallel_for(n, &|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
+        let mut chunk = chunk.max(16).next_multiple_of(4);
+        let mut n = self.rows.div_ceil(chunk);
+        if parallel {
+            // Round the chunk count to a multiple of the threads so the last wave is full.
+            n = n.next_multiple_of(threads);
+            chunk = self.rows.div_ceil(n).next_multiple_of(4);
+            n = self.rows.div_ceil(chunk);
+            crate::parallel::parallel_for(n, &|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
+        } else {
+            (0..n).for_each(|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
+        }
     }
 }
+
+/// Prefill weight chunk size: stays in L2 (1 MiB on Zen 4) while every token tile passes;
+/// measured 32 KiB vs 128 KiB: equal for Q4_1, 128 KiB up to 15% faster for Q8_0.
+const CHUNK_BYTES: usize = 128 << 10;
 
 /// A row dot product: weight row bytes and the token's activation blocks.
 pub(crate) type RowDot<A> = unsafe fn(&[u8], &[A]) -> f32;

@@ -162,6 +162,7 @@ unsafe fn mins_and_scales(p: *const u8) -> std::arch::x86_64::__m256i {
 /// `w.len() >= a[k].len() * BYTES`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn dot_row4_avx2(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     // SAFETY: every read is inside block `i` of `w` or inside `a[k][i]` (contract); the
