@@ -88,17 +88,18 @@ CPU="$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
 UPTIME_START="$(uptime)"
 STATUS=0
 
-# run_one ENGINE MODEL ROUND -> writes $OUT/<engine>.<model>.r<round>.{out,err}, echoes "pp tg" or "n/a n/a"
+# run_one ENGINE MODEL ROUND -> writes $OUT/<engine>.<model>.r<round>.{out,err,time}, echoes "pp tg" or "n/a n/a"
 run_one() {
   local engine="$1" model="$2" round="$3" base rc
   base="$OUT/$engine.$(basename "$model" .gguf).r$round"
+  local TIMEFORMAT='%R %U %S'  # wall, user, sys of the whole engine process -> $base.time
   if [ "$engine" = llamacpp ]; then
-    timeout "$TIMEOUT" "$LLAMA_PY" tools/bench/llamacpp_bench.py --model "$model" --threads "$THREADS" \
-      --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --repeats "$REPEATS" --json >"$base.out" 2>"$base.err"
+    { time timeout "$TIMEOUT" "$LLAMA_PY" tools/bench/llamacpp_bench.py --model "$model" --threads "$THREADS" \
+      --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --repeats "$REPEATS" --json >"$base.out" 2>"$base.err"; } 2>"$base.time"
   else
     if [ "$KILN_OK" = 0 ]; then echo "n/a n/a"; return 1; fi
-    timeout "$TIMEOUT" "$KILN" bench --model "$model" --threads "$THREADS" \
-      --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --repeats "$REPEATS" --json >"$base.out" 2>"$base.err"
+    { time timeout "$TIMEOUT" "$KILN" bench --model "$model" --threads "$THREADS" \
+      --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --repeats "$REPEATS" --json >"$base.out" 2>"$base.err"; } 2>"$base.time"
   fi
   rc=$?
   "$LLAMA_PY" - "$base.out" "$rc" <<'PY'
@@ -122,7 +123,7 @@ PY
 }
 
 RESULTS="$OUT/results.tsv"
-printf 'round\tengine\tmodel\tprefill_tps\tdecode_tps\tloadavg\n' >"$RESULTS"
+printf 'round\tengine\tmodel\tprefill_tps\tdecode_tps\tloadavg\tcpu_share\n' >"$RESULTS"
 for ((r = 1; r <= ROUNDS; r++)); do
   for m in "${MODELS[@]}"; do
     for engine in llamacpp kiln; do
@@ -136,7 +137,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
         tail -n 5 "$base.out" "$base.err" 2>/dev/null | sed 's/^/     /' >&2
       }
       echo "  -> prefill/decode t/s: $res" >&2
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$engine" "$m" "${res%% *}" "${res##* }" "$load" >>"$RESULTS"
+      # (user + sys) / (wall * threads) of the whole process (load + warm-up + runs): well below 1
+      # means other jobs held the cores during this run, so its numbers are not representative.
+      share="$(awk -v t="$THREADS" 'NF == 3 && $1 > 0 { printf "%.2f", ($2 + $3) / ($1 * t) }' \
+        "$OUT/$engine.$(basename "$m" .gguf).r$r.time" 2>/dev/null)"
+      echo "  -> cpu share (user+sys)/(wall*threads): ${share:-n/a}" >&2
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$engine" "$m" "${res%% *}" "${res##* }" "$load" "${share:-n/a}" >>"$RESULTS"
     done
   done
 done
@@ -175,12 +181,18 @@ for m in models:
     lt, _ = med("tg", "llamacpp", m); kt, _ = med("tg", "kiln", m)
     print(f"| {m.rsplit('/', 1)[-1]} | {f(lp)} | {f(kp)} | {ratio(kp, lp)} | {f(lt)} | {f(kt)} | {ratio(kt, lt)} |")
 print()
-print("Every run in order (each value is that run's median over its repeats; load = 1/5/15-min loadavg at its start):")
+print("Every run in order (each value is that run's median over its repeats; load = 1/5/15-min loadavg at its")
+print("start; cpu share = (user+sys)/(wall*threads) of the whole process, < ~0.9 means it did not get its cores):")
 print()
-print("| round | engine | model | pp t/s | tg t/s | load |")
-print("| ----: | ------ | ----- | -----: | -----: | ---- |")
+print("| round | engine | model | pp t/s | tg t/s | load | cpu share |")
+print("| ----: | ------ | ----- | -----: | -----: | ---- | --------: |")
 for r in rows:
-    print(f"| {r['round']} | {r['engine']} | {r['model'].rsplit('/', 1)[-1]} | {r['prefill_tps']} | {r['decode_tps']} | {r['loadavg']} |")
+    print(f"| {r['round']} | {r['engine']} | {r['model'].rsplit('/', 1)[-1]} | {r['prefill_tps']} | {r['decode_tps']} | {r['loadavg']} | {r['cpu_share']} |")
+contended = [r for r in rows if r["cpu_share"] != "n/a" and float(r["cpu_share"]) < 0.9]
+if contended:
+    print()
+    print(f"WARNING: {len(contended)} of {len(rows)} runs got < 90% their cores (cpu share column): "
+          "the machine was busy, treat those numbers as invalid.")
 PY
 } | tee "$OUT/summary.md"
 exit $STATUS

@@ -26,7 +26,9 @@ of a transformer does not depend on the token id. The first prompt ids are print
 Runs: one warm-up (a full prefill + decode, untimed), then --repeats timed runs; the KV cache is
 cleared with llama_memory_clear(llama_get_memory(ctx), true) before every run (0.3.36 has no
 llama_kv_self_clear). Reported: median over repeats (and the std-dev, like llama-bench's ±).
-n_threads = n_threads_batch = --threads. Flash attention off by default (llama-bench's default
+n_threads = n_threads_batch = --threads. Each run also reports its "cpu share" (process CPU time /
+(wall time * threads)); well below 1 means other jobs held the cores and the run is not
+representative (a warning is printed). Flash attention off by default (llama-bench's default
 -fa 0); --flash-attn to turn it on. KV cache f16 (llama.cpp's default).
 """
 import argparse
@@ -84,19 +86,28 @@ def decode_timed(ctx, batch) -> int:
 
 
 def one_run(ctx, mem, pbatch, gbatch, prompt, gen, decode_from_empty: bool):
-    """Returns (prefill_ns, decode_ns_total)."""
+    """Returns (prefill_ns, decode_ns_total, prefill_cpu_ns, prefill_wall_ns, decode_cpu_ns, decode_wall_ns).
+
+    The cpu/wall pairs (process CPU time vs wall time of the whole phase) show whether the
+    process actually got its cores: cpu / (wall * threads) well below 1 means other jobs took
+    them, and ggml's spinning barrier then makes the t/s collapse far more than proportionally.
+    """
     llama_cpp.llama_memory_clear(mem, True)
     fill_batch(pbatch, prompt, 0, logits_last_only=True)
+    c0, w0 = time.process_time_ns(), time.perf_counter_ns()
     t_pp = decode_timed(ctx, pbatch)
+    pp_cpu, pp_wall = time.process_time_ns() - c0, time.perf_counter_ns() - w0
     pos0 = len(prompt)
     if decode_from_empty:
         llama_cpp.llama_memory_clear(mem, True)
         pos0 = 0
     t_tg = 0
+    c0, w0 = time.process_time_ns(), time.perf_counter_ns()
     for i, tok in enumerate(gen):
         fill_batch(gbatch, [tok], pos0 + i, logits_last_only=True)
         t_tg += decode_timed(ctx, gbatch)
-    return t_pp, t_tg
+    tg_cpu, tg_wall = time.process_time_ns() - c0, time.perf_counter_ns() - w0
+    return t_pp, t_tg, pp_cpu, pp_wall, tg_cpu, tg_wall
 
 
 def fmt_rate(vals):
@@ -174,13 +185,15 @@ def main() -> None:
     gbatch = llama_cpp.llama_batch_init(1, 0, 1)
     try:
         one_run(ctx, mem, pbatch, gbatch, prompt, gen, args.decode_from_empty)  # warm-up
-        pp_rates, tg_rates = [], []
+        pp_rates, tg_rates, pp_share, tg_share = [], [], [], []
         for r in range(args.repeats):
-            t_pp, t_tg = one_run(ctx, mem, pbatch, gbatch, prompt, gen, args.decode_from_empty)
+            t_pp, t_tg, ppc, ppw, tgc, tgw = one_run(ctx, mem, pbatch, gbatch, prompt, gen, args.decode_from_empty)
             pp_rates.append(P / (t_pp / 1e9))
             tg_rates.append(G / (t_tg / 1e9))
-            print(f"  run {r + 1}/{args.repeats}: prefill {pp_rates[-1]:.2f} t/s, decode {tg_rates[-1]:.2f} t/s",
-                  file=sys.stderr)
+            pp_share.append(ppc / (ppw * args.threads))
+            tg_share.append(tgc / (tgw * args.threads))
+            print(f"  run {r + 1}/{args.repeats}: prefill {pp_rates[-1]:.2f} t/s, decode {tg_rates[-1]:.2f} t/s"
+                  f"  (cpu share {pp_share[-1]:.2f} / {tg_share[-1]:.2f})", file=sys.stderr)
     finally:
         llama_cpp.llama_batch_free(pbatch)
         llama_cpp.llama_batch_free(gbatch)
@@ -188,6 +201,11 @@ def main() -> None:
         llama_cpp.llama_model_free(model)
         llama_cpp.llama_backend_free()
 
+    worst = min(pp_share + tg_share)
+    if worst < 0.9:
+        print(f"WARNING: the process got only {worst:.0%} of {args.threads} cores' time in some phase "
+              f"(cpu time / (wall * threads)); other load was competing -- these numbers are not "
+              f"representative.", file=sys.stderr)
     tg_name = f"tg{G}" if args.decode_from_empty else f"tg{G} @ d{P}"
     fa = " (fa)" if args.flash_attn else ""
     name = os.path.basename(args.model)
@@ -214,6 +232,9 @@ def main() -> None:
             # extras (not in kiln's schema; harmless for consumers that read the keys above)
             "prefill_runs_tokens_per_s": pp_rates,
             "decode_runs_tokens_per_s": tg_rates,
+            # process CPU time / (wall time * threads) per run and phase; < ~0.9 = contended run
+            "prefill_cpu_share": pp_share,
+            "decode_cpu_share": tg_share,
             "decode_from_empty": args.decode_from_empty,
             "flash_attn": args.flash_attn,
             "model_desc": desc,
