@@ -191,7 +191,7 @@ for r in rows:
 contended = [r for r in rows if r["cpu_share"] != "n/a" and float(r["cpu_share"]) < 0.9]
 if contended:
     print()
-    print(f"WARNING: {len(contended)} of {len(rows)} runs got < 90% their cores (cpu share column): "
+    print(f"WARNING: {len(contended)} of {len(rows)} runs got < 90% of their cores (cpu share column): "
           "the machine was busy, treat those numbers as invalid.")
 PY
 } | tee "$OUT/summary.md"
