@@ -1,7 +1,7 @@
 //! The matmuls of one SmolLM2-135M forward pass (Q4_1 layers, Q8_0 output), nothing else:
 //! a lower bound on the engine's time per token, to set against llama.cpp's whole-model numbers.
 //! 30 layers of distinct weights (so they stream from DRAM as in the real model: ~96 MB/token).
-//! `RAYON_NUM_THREADS=2 cargo run --release -p kiln-quant --example smollm2_matmuls`
+//! `RAYON_NUM_THREADS=2 cargo run --release -p kiln-quant --example smollm2_matmuls [-- inside]`
 
 use std::time::Instant;
 
@@ -41,6 +41,17 @@ fn forward(layers: &[[QMatrix; 7]], out_m: &QMatrix, n: usize, n_logits: usize) 
 }
 
 fn main() {
+    // `inside` runs the whole thing on a pool worker, like an engine that wraps its forward pass
+    // in `pool.install`; otherwise the matmuls are called from the main thread.
+    if std::env::args().any(|a| a == "inside") {
+        eprintln!("running inside the rayon pool");
+        rayon::join(run, || ());
+    } else {
+        run();
+    }
+}
+
+fn run() {
     let q = GgmlType::Q4_1;
     let t0 = Instant::now();
     let layers: Vec<[QMatrix; 7]> = (0..LAYERS as u64)
