@@ -115,6 +115,8 @@ fn attention_paths_match_reference() {
     for &(n_q, n_kv, nh, nkv, causal, window, alibi) in &[
         (1usize, 9usize, 4usize, 2usize, true, None, false),
         (3, 40, 4, 1, true, Some(8usize), false),
+        (1, 300, 4, 2, true, None, false),
+        (2, 400, 4, 1, true, Some(250), true),
         (70, 70, 4, 2, true, None, false),
         (130, 150, 4, 4, true, Some(17), false),
         (65, 65, 4, 2, false, None, false),

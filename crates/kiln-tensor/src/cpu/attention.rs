@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::matmul::gemm_f32;
 use super::softmax::softmax_in_place;
-use super::vec::{axpy, dot};
+use super::vec::{axpy, axpy_portable, dot_portable};
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttnParams<'a> {
@@ -55,37 +55,134 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams
     }
 }
 
+/// Keys per decode task: a GQA group's visible keys are split into chunks of this size so two
+/// threads stay busy even with few kv heads; chunks are merged with their log-sum-exp.
+const DECODE_CHUNK: usize = 128;
+
+/// One (query, kv head, key chunk) piece of decode attention: for every query head of the group,
+/// the running max, the softmax denominator and the unnormalised weighted sum of values.
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+struct Chunk<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    q_start: usize,
+    p: &'a AttnParams<'a>,
+    i: usize,
+    kh: usize,
+    c0: usize,
+    c1: usize,
+}
+
+/// The same code compiled for AVX2+FMA: the tiny per-key dot products and axpys are inlined and
+/// vectorised here instead of paying a call per 64-float row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
+    decode_chunk(c)
+}
+
+#[inline(always)]
+fn decode_chunk(c: &Chunk) -> Partial {
+    let Chunk { q, k, v, q_start, p, i, kh, c0, c1 } = *c;
+    let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let group = nh / nkv;
+    let kv_stride = nkv * hd;
+    let pos = q_start + i;
+    let n = c1 - c0;
+    let mut scores = vec![0.0f32; group * n];
+    for (jj, j) in (c0..c1).enumerate() {
+        let krow = &k[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd];
+        for g in 0..group {
+            let h = kh * group + g;
+            let qrow = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+            let a = p.alibi_slopes.map_or(0.0, |sl| sl[h] * (j as f32 - pos as f32));
+            scores[g * n + jj] = dot_portable(qrow, krow) * p.scale + a;
+        }
+    }
+    let mut part = Partial { max: vec![0.0; group], sum: vec![0.0; group], acc: vec![0.0; group * hd] };
+    for g in 0..group {
+        let row = &mut scores[g * n..(g + 1) * n];
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut s = 0.0;
+        for x in row.iter_mut() {
+            *x = (*x - m).exp();
+            s += *x;
+        }
+        part.max[g] = m;
+        part.sum[g] = s;
+    }
+    for (jj, j) in (c0..c1).enumerate() {
+        let vrow = &v[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd];
+        for g in 0..group {
+            axpy_portable(scores[g * n + jj], vrow, &mut part.acc[g * hd..(g + 1) * hd]);
+        }
+    }
+    part
+}
+
+/// Decode: each key and value row is read once per GQA group (not once per query head), which
+/// matters because the cache at long contexts does not fit in cache memory.
 #[allow(clippy::too_many_arguments)]
 fn decode(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: usize, n_kv: usize, out: &mut [f32]) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let group = nh / nkv;
-    let kv_stride = nkv * hd;
-    let one = |(idx, o): (usize, &mut [f32])| {
-        let (i, h) = (idx / nh, idx % nh);
-        let pos = q_start + i;
-        let (lo, hi) = p.visible(pos, n_kv);
-        let kh = h / group;
-        let qrow = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
-        let mut scores: Vec<f32> = (lo..hi)
-            .map(|j| {
-                let mut s = dot(qrow, &k[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd]) * p.scale;
-                if let Some(sl) = p.alibi_slopes {
-                    s += sl[h] * (j as f32 - pos as f32);
-                }
-                s
-            })
-            .collect();
-        softmax_in_place(&mut scores);
-        o.iter_mut().for_each(|x| *x = 0.0);
-        for (jj, &w) in scores.iter().enumerate() {
-            let j = lo + jj;
-            axpy(w, &v[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd], o);
+    let mut tasks = Vec::new();
+    for i in 0..n_q {
+        let (lo, hi) = p.visible(q_start + i, n_kv);
+        for kh in 0..nkv {
+            let mut c = lo;
+            while c < hi {
+                let e = (c + DECODE_CHUNK).min(hi);
+                tasks.push((i, kh, c, e));
+                c = e;
+            }
         }
+    }
+    let run = |&(i, kh, c0, c1): &(usize, usize, usize, usize)| -> Partial {
+        let chunk = Chunk { q, k, v, q_start, p, i, kh, c0, c1 };
+        #[cfg(target_arch = "x86_64")]
+        if super::vec::has_avx2_fma() {
+            // SAFETY: AVX2 and FMA are available (checked above).
+            return unsafe { decode_chunk_avx2(&chunk) };
+        }
+        decode_chunk(&chunk)
     };
-    if n_kv * nh * n_q >= 4096 {
-        out.par_chunks_mut(hd).enumerate().for_each(one);
+    let parts: Vec<Partial> = if n_kv * nh * n_q >= 4096 {
+        tasks.par_iter().map(run).collect()
     } else {
-        out.chunks_mut(hd).enumerate().for_each(one);
+        tasks.iter().map(run).collect()
+    };
+    // Merge the chunks of each (query, kv head): rescale by exp(max_c - max) and normalise.
+    out.iter_mut().for_each(|x| *x = 0.0);
+    let mut t = 0;
+    while t < tasks.len() {
+        let (i, kh, _, _) = tasks[t];
+        let mut e = t;
+        while e < tasks.len() && tasks[e].0 == i && tasks[e].1 == kh {
+            e += 1;
+        }
+        for g in 0..group {
+            let h = kh * group + g;
+            let m = parts[t..e].iter().map(|pt| pt.max[g]).fold(f32::NEG_INFINITY, f32::max);
+            let mut denom = 0.0;
+            let o = &mut out[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+            for pt in &parts[t..e] {
+                let w = (pt.max[g] - m).exp();
+                denom += w * pt.sum[g];
+                axpy(w, &pt.acc[g * hd..(g + 1) * hd], o);
+            }
+            if denom > 0.0 {
+                let inv = 1.0 / denom;
+                o.iter_mut().for_each(|x| *x *= inv);
+            }
+        }
+        t = e;
     }
 }
 

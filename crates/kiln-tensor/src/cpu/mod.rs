@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod attention;
 pub mod elementwise;
+pub mod encoder;
 pub mod matmul;
 pub mod norm;
 pub mod rope;

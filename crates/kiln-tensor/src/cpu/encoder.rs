@@ -1,0 +1,158 @@
+//! Kernels for encoder-only models (BERT family) over packed variable-length sequences: in-place
+//! and allocation-free, because an encoder's forward pass is nothing but these and gemm.
+//!
+//! - [`attention_varlen`]: bidirectional attention where each sequence of a packed batch attends
+//!   only to itself (no padding, no mask tensor), parallel over sequences.
+//! - [`gelu_erf_in_place`]: exact-erf GELU with a rational f32 erf (Eigen's/XLA's
+//!   `generic_fast_erf_float`, error ~1e-7); the f64 series in `activation::erf` costs ~50x more and
+//!   GELU over (n_tokens, intermediate) would then rival the matmuls.
+//! - [`add_layer_norm_in_place`]: post-norm residual `x = LayerNorm(x + y)` in one pass.
+
+use rayon::prelude::*;
+
+use super::norm::layer_norm_row;
+use super::softmax::softmax_in_place;
+use super::vec::dot;
+
+/// erf(x) in f32 as a rational function on [-4, 4] (erf is ±1 in f32 beyond).
+#[inline]
+pub fn erf_fast(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_6e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329_5e-3;
+    q = q * x2 - 1.426_474e-2;
+    x * p / q
+}
+
+#[inline]
+pub fn gelu_erf_fast(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `x[i] = gelu(x[i])` over a `(rows, cols)` buffer, parallel over blocks of rows.
+pub fn gelu_erf_in_place(x: &mut [f32], cols: usize) {
+    if cols == 0 {
+        return;
+    }
+    x.par_chunks_mut(cols * 16).for_each(|c| c.iter_mut().for_each(|v| *v = gelu_erf_fast(*v)));
+}
+
+/// `x = LayerNorm(x + y)` row by row (`cols` = width), with `y` used as scratch.
+pub fn add_layer_norm_in_place(x: &mut [f32], y: &mut [f32], w: &[f32], b: Option<&[f32]>, eps: f32) {
+    let cols = w.len();
+    if cols == 0 {
+        return;
+    }
+    x.par_chunks_mut(cols).zip(y.par_chunks_mut(cols)).for_each(|(xr, yr)| {
+        for (a, &c) in yr.iter_mut().zip(xr.iter()) {
+            *a += c;
+        }
+        layer_norm_row(yr, w, b, eps, xr);
+    });
+}
+
+/// Bidirectional multi-head attention over a packed batch: rows `start..start + len` of `q`, `k`,
+/// `v` (each `(n_tokens, n_heads, head_dim)`) form one sequence, which sees all of its own keys
+/// and none of the others'. Writes `out (n_tokens, n_heads, head_dim)`.
+///
+/// Parallel over sequences (a batch of short sentences is dozens of independent tasks); the
+/// inner loops are plain dot/axpy, since for sentence-length sequences the score matrices are
+/// too small for gemm's packing to pay off.
+pub fn attention_varlen(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    spans: &[(usize, usize)],
+    n_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let row = n_heads * head_dim;
+    assert!(q.len() == k.len() && k.len() == v.len() && out.len() == q.len(), "attention_varlen: sizes");
+    // Split `out` into one slice per span (spans are disjoint and in order).
+    let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(spans.len());
+    let mut rest: &mut [f32] = out;
+    let mut at = 0;
+    for &(start, len) in spans {
+        assert!(start >= at, "attention_varlen: spans must be ordered and disjoint");
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut((start - at) * row);
+        let (mine, tail) = tail.split_at_mut(len * row);
+        parts.push((start, len, mine));
+        rest = tail;
+        at = start + len;
+    }
+    parts.into_par_iter().for_each(|(start, len, o)| {
+        let mut scores = vec![0.0f32; len];
+        for h in 0..n_heads {
+            for i in 0..len {
+                let qi = &q[(start + i) * row + h * head_dim..][..head_dim];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(qi, &k[(start + j) * row + h * head_dim..][..head_dim]) * scale;
+                }
+                softmax_in_place(&mut scores);
+                let oi = &mut o[i * row + h * head_dim..][..head_dim];
+                oi.iter_mut().for_each(|x| *x = 0.0);
+                for (j, &w) in scores.iter().enumerate() {
+                    let vj = &v[(start + j) * row + h * head_dim..][..head_dim];
+                    for (a, &b) in oi.iter_mut().zip(vj) {
+                        *a += w * b;
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::activation::{erf, gelu_erf};
+    use crate::cpu::attention::{reference_attention, AttnParams};
+
+    #[test]
+    fn fast_erf_matches_series() {
+        for i in -6000..6000 {
+            let x = i as f32 * 1e-3;
+            assert!((erf_fast(x) - erf(x)).abs() < 1e-6, "erf({x}) {} {}", erf_fast(x), erf(x));
+            // beyond |x| ~ 5, 1 + erf cancels in f32 (torch gives exactly 0 there)
+            assert!((gelu_erf_fast(x) - gelu_erf(x)).abs() < 1e-6 * x.abs().max(1.0), "gelu({x}) {} {}", gelu_erf_fast(x), gelu_erf(x));
+        }
+    }
+
+    #[test]
+    fn varlen_equals_per_sequence_reference() {
+        let (nh, hd) = (3, 8);
+        let lens = [5usize, 1, 17, 2];
+        let n: usize = lens.iter().sum();
+        let f = |s: usize| (0..n * nh * hd).map(|i| (((i * 7919 + s * 104729) % 1000) as f32 / 500.0 - 1.0)).collect::<Vec<_>>();
+        let (q, k, v) = (f(1), f(2), f(3));
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for &l in &lens {
+            spans.push((at, l));
+            at += l;
+        }
+        let mut out = vec![0.0; q.len()];
+        attention_varlen(&q, &k, &v, &spans, nh, hd, 0.3, &mut out);
+        let p = AttnParams { n_heads: nh, n_kv_heads: nh, head_dim: hd, scale: 0.3, causal: false, window: None, alibi_slopes: None };
+        let row = nh * hd;
+        for &(s, l) in &spans {
+            let r = s * row..(s + l) * row;
+            let want = reference_attention(&q[r.clone()], &k[r.clone()], &v[r.clone()], 0, &p);
+            for (a, b) in out[r].iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5);
+            }
+        }
+    }
+}
