@@ -1,11 +1,14 @@
 //! kiln-models: one file per model family, built from kiln-nn layers, and the registry that maps
 //! a checkpoint (`config.json` `architectures`, or GGUF `general.architecture`) to a constructor.
 
+mod bert;
 mod config;
+mod distilbert;
 mod error;
 mod llama;
 mod registry;
 
+pub use bert::{Bert, BertConfig, HeadKind};
 pub use config::HfConfig;
 pub use error::{Error, Result};
 pub use llama::{Llama, LlamaConfig};

@@ -11,9 +11,36 @@ use kiln_tensor::cpu::rope::RopeStyle;
 use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;
-use crate::{Error, Llama, LlamaConfig, Result};
+use crate::{Bert, BertConfig, Error, Llama, LlamaConfig, Result};
 
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    // Encoder-only (bert.rs, distilbert.rs); bare `model_type`s cover configs without `architectures`.
+    "BertModel",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertForMaskedLM",
+    "BertForPreTraining",
+    "RobertaModel",
+    "RobertaForSequenceClassification",
+    "RobertaForTokenClassification",
+    "RobertaForMaskedLM",
+    "XLMRobertaModel",
+    "XLMRobertaForSequenceClassification",
+    "XLMRobertaForTokenClassification",
+    "XLMRobertaForMaskedLM",
+    "CamembertModel",
+    "DistilBertModel",
+    "DistilBertForSequenceClassification",
+    "DistilBertForTokenClassification",
+    "DistilBertForMaskedLM",
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+];
 
 /// What the engine needs to know about a loaded model.
 #[derive(Debug, Clone)]
@@ -30,12 +57,16 @@ pub struct ModelInfo {
 #[derive(Clone)]
 pub enum Model {
     Llama(Llama),
+    /// Encoder-only: decoder methods (`forward`, `logits`) return `Error::EncoderOnly`.
+    Bert(Bert),
 }
 
 impl Model {
     pub fn new_cache(&self) -> KvCache {
         match self {
             Model::Llama(m) => m.new_cache(),
+            // Nothing to cache: an empty cache, and `forward` says why it cannot be used.
+            Model::Bert(_) => KvCache::new(0, 0),
         }
     }
 
@@ -47,6 +78,7 @@ impl Model {
         }
         match self {
             Model::Llama(m) => m.forward(tokens, batch, caches, None),
+            Model::Bert(_) => Err(self.encoder_only("causal forward pass")),
         }
     }
 
@@ -55,6 +87,7 @@ impl Model {
         let mut trace = Vec::new();
         let h = match self {
             Model::Llama(m) => m.forward(tokens, batch, caches, Some(&mut trace))?,
+            Model::Bert(_) => return Err(self.encoder_only("causal forward pass")),
         };
         Ok((h, trace))
     }
@@ -62,6 +95,19 @@ impl Model {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match self {
             Model::Llama(m) => m.logits(hidden),
+            Model::Bert(_) => Err(self.encoder_only("language-model head")),
+        }
+    }
+
+    fn encoder_only(&self, what: &'static str) -> Error {
+        Error::EncoderOnly { arch: self.info().architecture, what }
+    }
+
+    /// The encoder, for embedding and classification; `None` for decoder-only models.
+    pub fn as_encoder(&self) -> Option<&Bert> {
+        match self {
+            Model::Bert(m) => Some(m),
+            Model::Llama(_) => None,
         }
     }
 
@@ -71,6 +117,14 @@ impl Model {
                 architecture: "llama".into(),
                 vocab_size: m.cfg.vocab,
                 max_context: m.cfg.max_context(),
+                n_layers: m.cfg.n_layers,
+                eos_token_ids: Vec::new(),
+                bos_token_id: None,
+            },
+            Model::Bert(m) => ModelInfo {
+                architecture: "bert".into(),
+                vocab_size: m.cfg.vocab,
+                max_context: m.cfg.max_tokens(),
                 n_layers: m.cfg.n_layers,
                 eos_token_ids: Vec::new(),
                 bos_token_id: None,
@@ -109,6 +163,15 @@ pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Lo
     let model = match arch {
         "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => {
             Model::Llama(Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?)
+        }
+        a if a.starts_with("DistilBert") || a == "distilbert" => {
+            Model::Bert(crate::distilbert::load(&weights, crate::distilbert::config(&config, a)?, on_progress)?)
+        }
+        a if a.starts_with("Bert") || a == "bert" => {
+            Model::Bert(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "bert", on_progress)?)
+        }
+        a if a.starts_with("Roberta") || a.starts_with("XLMRoberta") || a.starts_with("Camembert") || a == "roberta" || a == "xlm-roberta" => {
+            Model::Bert(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "roberta", on_progress)?)
         }
         other => return Err(Error::UnknownArchitecture { found: other.to_string() }),
     };

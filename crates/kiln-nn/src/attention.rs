@@ -47,6 +47,18 @@ impl Batch {
         Batch { positions: (cached..cached + n).collect(), seqs: vec![SeqSpan { start: 0, len: n }] }
     }
 
+    /// Sequences of the given lengths packed back to back, each at positions `0..len` (an
+    /// encoder batch: no cache, no padding).
+    pub fn packed(lens: &[usize]) -> Batch {
+        let mut seqs = Vec::with_capacity(lens.len());
+        let mut positions = Vec::with_capacity(lens.iter().sum());
+        for &len in lens {
+            seqs.push(SeqSpan { start: positions.len(), len });
+            positions.extend(0..len);
+        }
+        Batch { positions, seqs }
+    }
+
     pub fn n_tokens(&self) -> usize {
         self.positions.len()
     }
@@ -113,5 +125,44 @@ impl Attention {
             );
         }
         self.o_proj.forward(&Tensor::from_vec(out, [n, q_row])?)
+    }
+
+    /// An attention layer from projections loaded under other names (BERT's `query`/`key`/
+    /// `value`/`output.dense`, DistilBERT's `q_lin`/.../`out_lin`).
+    pub fn from_parts(q_proj: Linear, k_proj: Linear, v_proj: Linear, o_proj: Linear, spec: AttentionSpec) -> Attention {
+        Attention { q_proj, k_proj, v_proj, o_proj, spec }
+    }
+
+    /// Bidirectional self-attention without a cache, for encoders: each sequence of `batch`
+    /// attends to all of its own rows and nothing else. Works on caller-owned buffers:
+    /// `x (n_tokens, hidden)`, scratch `q`, `k`, `v`, `ctx` (each n_tokens * n_heads * head_dim)
+    /// and `out (n_tokens, hidden)`. Rotary positions are applied when the spec has them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_packed(
+        &self,
+        x: &[f32],
+        batch: &Batch,
+        q: &mut [f32],
+        k: &mut [f32],
+        v: &mut [f32],
+        ctx: &mut [f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let s = &self.spec;
+        assert!(!s.causal && s.n_kv_heads == s.n_heads && s.window.is_none(), "forward_packed: bidirectional MHA only");
+        let n = batch.n_tokens();
+        let row = s.n_heads * s.head_dim;
+        let (q, k, v, ctx) = (&mut q[..n * row], &mut k[..n * row], &mut v[..n * row], &mut ctx[..n * row]);
+        self.q_proj.forward_into(x, n, q)?; // (n_tokens, n_heads, head_dim)
+        self.k_proj.forward_into(x, n, k)?;
+        self.v_proj.forward_into(x, n, v)?;
+        if let Some(rope) = &s.rope {
+            rope.apply(q, s.n_heads, s.head_dim, &batch.positions);
+            rope.apply(k, s.n_kv_heads, s.head_dim, &batch.positions);
+        }
+        let spans: Vec<(usize, usize)> = batch.seqs.iter().map(|sp| (sp.start, sp.len)).collect();
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        kiln_tensor::cpu::encoder::attention_varlen(q, k, v, &spans, s.n_heads, s.head_dim, scale, ctx);
+        self.o_proj.forward_into(ctx, n, out)
     }
 }

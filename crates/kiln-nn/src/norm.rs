@@ -36,4 +36,15 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.layer_norm(&self.weight, self.bias.as_ref(), self.eps)?)
     }
+
+    /// Post-norm residual in place: `x = LayerNorm(x + y)`; `y` is clobbered (scratch).
+    pub fn forward_add_in_place(&self, x: &mut [f32], y: &mut [f32]) -> Result<()> {
+        let w = self.weight.as_f32_slice()?;
+        let b = match &self.bias {
+            Some(b) => Some(b.as_f32_slice()?),
+            None => None,
+        };
+        kiln_tensor::cpu::encoder::add_layer_norm_in_place(x, y, w, b, self.eps);
+        Ok(())
+    }
 }
