@@ -94,7 +94,17 @@ impl Engine {
     }
 
     /// Runs `ids` through the model after what `cache` holds; logits of the last `n_logits` rows.
+    ///
+    /// The forward pass runs as one job inside the thread pool, so the many small parallel
+    /// sections of a decode step are shared by work-stealing between pool threads instead of each
+    /// being handed from this thread to the pool and back (a wake-up per op).
     pub fn step(&self, cache: &mut KvCache, ids: &[u32], n_logits: usize) -> Result<Tensor> {
+        let mut result = None;
+        rayon::scope(|_| result = Some(self.step_in_pool(cache, ids, n_logits)));
+        result.unwrap_or_else(|| Err(Error::InvalidArgument("forward pass did not run".into())))
+    }
+
+    fn step_in_pool(&self, cache: &mut KvCache, ids: &[u32], n_logits: usize) -> Result<Tensor> {
         let batch = Batch::single(cache.len(), ids.len());
         let hidden = self.model.forward(ids, &batch, &mut [cache])?;
         let rows = n_logits.min(ids.len());

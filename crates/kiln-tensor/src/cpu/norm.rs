@@ -6,6 +6,9 @@ use rayon::prelude::*;
 use super::vec::sum_squares;
 use crate::{Error, Result, Tensor};
 
+/// Below this many elements a norm runs on the calling thread (a decode step's single row).
+const PAR_THRESHOLD: usize = 1 << 14;
+
 fn check_weight(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
     let cols = *x.dims().last().unwrap_or(&0);
     if w.dims() != [cols] {
@@ -39,10 +42,12 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let ws = w.to_f32();
     let (xs, ws) = (xs.as_f32_slice()?, ws.as_f32_slice()?);
     let mut out = vec![0.0; xs.len()];
-    if cols > 0 {
+    if cols > 0 && xs.len() >= PAR_THRESHOLD {
         out.par_chunks_mut(cols)
             .zip(xs.par_chunks(cols))
             .for_each(|(o, r)| rms_norm_row(r, ws, eps, o));
+    } else if cols > 0 {
+        out.chunks_mut(cols).zip(xs.chunks(cols)).for_each(|(o, r)| rms_norm_row(r, ws, eps, o));
     }
     Tensor::from_vec(out, x.shape().clone())
 }
@@ -61,10 +66,12 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Resul
         None => None,
     };
     let mut out = vec![0.0; xs.len()];
-    if cols > 0 {
+    if cols > 0 && xs.len() >= PAR_THRESHOLD {
         out.par_chunks_mut(cols)
             .zip(xs.par_chunks(cols))
             .for_each(|(o, r)| layer_norm_row(r, ws, bs, eps, o));
+    } else if cols > 0 {
+        out.chunks_mut(cols).zip(xs.chunks(cols)).for_each(|(o, r)| layer_norm_row(r, ws, bs, eps, o));
     }
     Tensor::from_vec(out, x.shape().clone())
 }
