@@ -4,6 +4,8 @@
 //! clap with exit code 2 (the usual convention for usage errors).
 
 mod bench;
+mod classify;
+mod embed;
 mod generate;
 mod model_arg;
 mod score;
@@ -39,6 +41,12 @@ enum Command {
     Score(score::Args),
     /// Measure prefill and decode speed (like llama-bench).
     Bench(bench::Args),
+    /// Sentence embeddings from an encoder model (BERT, RoBERTa, DistilBERT, MiniLM).
+    Embed(embed::Args),
+    /// Cosine similarity of two texts' embeddings.
+    Similarity(embed::SimilarityArgs),
+    /// Sequence or token classification (NER) with an encoder's task head.
+    Classify(classify::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +55,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Similarity(a) => embed::similarity(a),
+        Command::Classify(a) => classify::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,12 +4,14 @@
 //! tensor-free pieces of the loop's tail are [`sampling`] (logits to the next token id) and
 //! [`stop`] (stop strings over streamed text), plus [`FinishReason`].
 
+pub mod embed;
 mod engine;
 mod error;
 pub mod sampling;
 mod score;
 pub mod stop;
 
+pub use embed::{Classification, Embeddings, Encoder, Entity};
 pub use engine::{Engine, Generation, Timings};
 pub use error::{Error, Result};
 pub use score::Score;

@@ -6,6 +6,7 @@ mod config;
 mod distilbert;
 mod error;
 mod llama;
+pub mod pooling;
 mod registry;
 
 pub use bert::{Bert, BertConfig, HeadKind};
