@@ -13,7 +13,6 @@
 // `u64::is_multiple_of` is newer than the workspace's rust-version (1.80); keep `%`.
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
-mod ggml_type;
 mod parse;
 mod value;
 
@@ -22,7 +21,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use ggml_type::GgmlType;
+/// The GGML type table lives in kiln-quant, beside the formats' kernels.
+pub use kiln_quant::GgmlType;
 pub use memmap2::Mmap;
 pub use value::{Value, ValueType};
 

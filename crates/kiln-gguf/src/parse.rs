@@ -239,7 +239,7 @@ fn locate_tensor(
     type_id: u32,
     offset: u64,
 ) -> Result<TensorInfo> {
-    let dtype = GgmlType::from_id(type_id).ok_or_else(|| Error::UnknownGgmlType {
+    let dtype = GgmlType::from_u32(type_id).map_err(|_| Error::UnknownGgmlType {
         path: path.to_path_buf(),
         tensor: name.clone(),
         type_id,
@@ -250,15 +250,17 @@ fn locate_tensor(
         .filter(|&n| n <= i64::MAX as u64)
         .ok_or_else(|| bad_tensor(path, &name, format!("element count of dims {dims:?} overflows")))?;
     let row = dims.first().copied().unwrap_or(1);
-    if row % dtype.block_size() != 0 {
+    let (block, type_size) = (dtype.block_size() as u64, dtype.type_size() as u64);
+    if row % block != 0 {
         return Err(bad_tensor(
             path,
             &name,
             format!("dims[0] = {row} is not a multiple of the {dtype} block size {}", dtype.block_size()),
         ));
     }
-    let n_bytes = dtype
-        .n_bytes(n_elements)
+    let n_bytes = (n_elements % block == 0)
+        .then(|| (n_elements / block).checked_mul(type_size))
+        .flatten()
         .ok_or_else(|| bad_tensor(path, &name, format!("byte size of dims {dims:?} overflows")))?;
     if offset % alignment != 0 {
         return Err(bad_tensor(path, &name, format!("offset {offset} is not a multiple of the alignment {alignment}")));

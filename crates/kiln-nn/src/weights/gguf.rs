@@ -67,13 +67,13 @@ impl GgufSource {
         let Some(name) = hf_to_gguf_name(hf_name) else { return Ok(None) };
         let Some(info) = self.file.tensor(&name) else { return Ok(None) };
         let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
-        let ty = kiln_quant::GgmlType::from_u32(info.ggml_type)?;
+        let ty = info.dtype;
         let bytes = SharedBytes::new(
             Arc::new(MmapOwner(self.file.mmap().clone())),
             info.data_offset as usize,
             info.n_bytes as usize,
         )?;
-        match (info.dtype, dims.as_slice()) {
+        match (ty, dims.as_slice()) {
             (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16, _) => {
                 let n: usize = dims.iter().product();
                 let mut out = vec![0.0f32; n];
