@@ -172,3 +172,30 @@ fn unknown_architecture_and_bad_paths_are_errors() {
     assert!(err.contains("model.safetensors"), "{err}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn sharded_safetensors_with_index_load_identically() {
+    let src = fixture_dir("llama");
+    let dir = std::env::temp_dir().join(format!("kiln-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        safetensors::serialize_to_file(views, &None, &dir.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ids = Reference::open("llama").ids("input_ids");
+    assert_eq!(one_shot_logits(&load_model(&src), &ids), one_shot_logits(&load_model(&dir), &ids));
+    let _ = std::fs::remove_dir_all(&dir);
+}
