@@ -161,8 +161,8 @@ impl Encoder {
         let h = self.model.forward(&e.ids, Some(&e.type_ids), &batch, None)?;
         let Some(logits) = self.model.classify(&h, &batch)? else {
             return Err(Error::InvalidArgument(format!(
-                "{} has no classification head (architectures: {}); use `kiln embed`",
-                self.info.architecture, self.info.architecture
+                "{} has no classification head (it is not a *ForSequenceClassification or *ForTokenClassification checkpoint); use `kiln embed`",
+                self.info.architecture
             )));
         };
         let probs = logits.softmax_last().map_err(kiln_models::Error::from)?.to_vec_f32();
@@ -274,5 +274,104 @@ mod tests {
         assert_eq!(e.ids, vec![101, 5, 6, 102]);
         assert_eq!(e.truncated_from, Some(6));
         assert_eq!(e.special, vec![true, false, false, true]);
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    }
+
+    fn load(name: &str) -> Encoder {
+        Encoder::load(&fixture(name), &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn reference(name: &str) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ner_entities_match_the_transformers_pipeline() {
+        let e = load("roberta");
+        let r = reference("roberta");
+        let texts = r["texts"].as_array().unwrap();
+        for (text, want) in texts.iter().zip(r["ner_simple"].as_array().unwrap()) {
+            let text = text.as_str().unwrap();
+            let Classification::Tokens(got) = e.classify(text, true).unwrap() else { panic!("token head") };
+            let want = want.as_array().unwrap();
+            assert_eq!(got.len(), want.len(), "{text}");
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(g.entity_group, w["entity_group"].as_str().unwrap(), "{text}");
+                assert_eq!((g.start as u64, g.end as u64), (w["start"].as_u64().unwrap(), w["end"].as_u64().unwrap()), "{text}: {g:?}");
+                assert!((g.score - w["score"].as_f64().unwrap() as f32).abs() < 1e-4, "{text}: {g:?}");
+                assert_eq!(g.word, w["word"].as_str().unwrap(), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_labels_match_transformers() {
+        let e = load("bert");
+        let r = reference("bert");
+        let texts = r["texts"].as_array().unwrap();
+        for (text, want) in texts.iter().zip(r["predicted"].as_array().unwrap()) {
+            let Some(text) = text.as_str() else { continue }; // the sentence pair
+            let Classification::Sequence(labels) = e.classify(text, true).unwrap() else { panic!("sequence head") };
+            assert_eq!(labels[0].0, want.as_str().unwrap(), "{text}");
+            assert_eq!(labels.len(), 3);
+            assert!((labels.iter().map(|l| l.1).sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn pooled_embeddings_match_sentence_transformers_semantics() {
+        use kiln_models::pooling::PoolingMode;
+        for name in ["bert", "roberta", "distilbert"] {
+            let e = load(name);
+            let r = reference(name);
+            let st = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
+            let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+            let tensor = |key: &str| -> Vec<f32> {
+                let o = &header[key]["data_offsets"];
+                let (a, b) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
+                st[8 + n + a..8 + n + b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+            };
+            // Plain texts only (the bert pair is not a single input).
+            let texts: Vec<String> = r["texts"].as_array().unwrap().iter().filter_map(|t| t.as_str().map(str::to_string)).collect();
+            let hidden = e.model.cfg.hidden;
+            for (mode, key, normalize) in [
+                (PoolingMode::Mean, "pooled_mean", false),
+                (PoolingMode::Cls, "pooled_cls", false),
+                (PoolingMode::Max, "pooled_max", false),
+                (PoolingMode::Mean, "pooled_mean_normalized", true),
+            ] {
+                let got = e.embed(&texts, &Pooling { modes: vec![mode], normalize }, 3, true).unwrap();
+                let want = tensor(key);
+                for (i, g) in got.vectors.iter().enumerate() {
+                    let w = &want[i * hidden..(i + 1) * hidden];
+                    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+                    assert!(err < 1e-4, "{name} {key} input {i}: rel err {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_or_defined_results() {
+        let e = load("bert");
+        // Empty and special-character-only inputs embed their special tokens ([CLS] [SEP]).
+        let got = e.embed(&["".into(), "!!!".into(), "[CLS]".into()], &e.pooling, 8, true).unwrap();
+        assert!(got.vectors.iter().all(|v| v.len() == 64 && v.iter().all(|x| x.is_finite())));
+        assert_eq!(e.encode("", true).unwrap().ids.len(), 2);
+        let long = "free software ".repeat(100);
+        assert!(e.encode(&long, false).unwrap_err().to_string().contains("maximum of 64"));
+        assert_eq!(e.encode(&long, true).unwrap().ids.len(), 64);
+        let err = e.embed(&[long], &e.pooling, 1, false).unwrap_err().to_string();
+        assert!(err.starts_with("input 1:"), "{err}");
+        // Embedding models have no head; decoder checkpoints and non-models are refused.
+        assert!(load("distilbert").classify("hi", true).unwrap_err().to_string().contains("no classification head"));
+        let err = Encoder::load(&fixture("llama"), &mut |_, _| {}).err().unwrap().to_string();
+        assert!(err.contains("not an encoder model"), "{err}");
+        assert!(Encoder::load(&fixture("minilm"), &mut |_, _| {}).is_err());
     }
 }

@@ -46,6 +46,8 @@ impl HeadKind {
 
 #[derive(Debug, Clone)]
 pub struct BertConfig {
+    /// The checkpoint's architecture (`BertModel`, `RobertaForTokenClassification`, ...).
+    pub architecture: String,
     pub hidden: usize,
     pub intermediate: usize,
     pub n_layers: usize,
@@ -73,6 +75,7 @@ impl BertConfig {
             }
         }
         Ok(BertConfig {
+            architecture: arch.to_string(),
             hidden: c.usize("hidden_size")?,
             intermediate: c.usize("intermediate_size")?,
             n_layers: c.usize("num_hidden_layers")?,

@@ -14,6 +14,7 @@ use crate::Result;
 
 pub fn config(c: &HfConfig, arch: &str) -> Result<BertConfig> {
     Ok(BertConfig {
+        architecture: arch.to_string(),
         hidden: c.usize("dim")?,
         intermediate: c.usize("hidden_dim")?,
         n_layers: c.usize("n_layers")?,

@@ -122,7 +122,7 @@ impl Model {
                 bos_token_id: None,
             },
             Model::Bert(m) => ModelInfo {
-                architecture: "bert".into(),
+                architecture: m.cfg.architecture.clone(),
                 vocab_size: m.cfg.vocab,
                 max_context: m.cfg.max_tokens(),
                 n_layers: m.cfg.n_layers,
