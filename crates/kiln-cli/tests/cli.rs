@@ -90,7 +90,7 @@ fn invalid_flag_values() {
     assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--threads", "0"]), 2, "--threads");
     assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--max-tokens", "lots"]), 2, "--max-tokens");
     assert_clean_error(&kiln(&["bench", "--prompt-tokens", "0"]), 2, "--prompt-tokens");
-    assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--temperature", "-1"]), 1, "temperature");
+    assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--temperature=-1"]), 1, "temperature");
     assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--top-p", "0"]), 1, "top_p");
     assert_clean_error(&kiln(&["score", "--text", "a", "--context", "1"]), 2, "--context");
     assert_clean_error(&kiln(&["frobnicate"]), 2, "frobnicate");
