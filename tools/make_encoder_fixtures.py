@@ -20,6 +20,13 @@ reference.safetensors (all sequences packed flat, in order, no padding):
                               sentence-transformers' Pooling/Normalize semantics
   bert:    pooler_output F32 [n_seqs, 64], logits F32 [n_seqs, 3], probs F32 [n_seqs, 3]
   roberta: logits F32 [n_tokens, 5], probs F32 [n_tokens, 5]
+  roberta_xlm, distilbert_cls: logits F32 [n_seqs, 3], probs F32 [n_seqs, 3]
+
+Fixtures: bert = BertForSequenceClassification (WordPiece, token types, pooler + classifier);
+roberta = RobertaForTokenClassification (byte-level BPE, padding-offset positions, a padding id
+inside a sequence); distilbert = DistilBertModel (WordPiece); roberta_xlm =
+XLMRobertaForSequenceClassification (Unigram, classifier.dense + tanh + out_proj); distilbert_cls
+= DistilBertForSequenceClassification (pre_classifier + ReLU + classifier).
 
 Each sequence is run alone (batch of 1, no padding) to make the reference; the script also runs
 them as one right-padded batch with an attention mask and asserts the results agree (< 1e-5), so
@@ -37,7 +44,11 @@ import os
 import shutil
 import tempfile
 
-import torch
+# Single-threaded tokenizer training: the Unigram trainer's EM sums in thread order otherwise.
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["RAYON_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
 import transformers
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -45,10 +56,13 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     DistilBertConfig,
+    DistilBertForSequenceClassification,
     DistilBertModel,
     PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForTokenClassification,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
     pipeline,
 )
 
@@ -82,6 +96,12 @@ def wordpiece_tokenizer():
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     trainer = trainers.WordPieceTrainer(vocab_size=VOCAB, special_tokens=special, show_progress=False)
     tok.train([CORPUS], trainer)
+    # The trainer numbers its initial alphabet in hash order, which changes from run to run;
+    # renumber deterministically (specials first, then by length and text). WordPiece matching
+    # is greedy longest-prefix, so ids do not change how text splits.
+    rest = sorted((t for t in tok.get_vocab() if t not in special), key=lambda t: (len(t), t))
+    vocab = {t: i for i, t in enumerate(special + rest)}
+    tok.model = models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -102,6 +122,33 @@ def bpe_tokenizer():
                                                       ("<s>", tok.token_to_id("<s>")),
                                                       trim_offsets=True, add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    return tok, dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+                     pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+
+
+def unigram_tokenizer():
+    """SentencePiece-style Unigram (XLM-R): Metaspace pre-tokenizer, <s> $A </s>. The pieces come
+    from the (deterministic) WordPiece vocabulary — word starts get the `▁` prefix, `##` pieces
+    lose theirs — with length-based scores, because tokenizers' UnigramTrainer picks different
+    pieces from run to run."""
+    wp, _ = wordpiece_tokenizer()
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    pieces = ["\u2581"]
+    for t in sorted(wp.get_vocab(), key=lambda t: (len(t), t)):
+        if t.startswith("[") and t.endswith("]"):
+            continue
+        for p in ([t[2:]] if t.startswith("##") else ["\u2581" + t, t]):
+            if p not in pieces:
+                pieces.append(p)
+    vocab = [(t, 0.0) for t in special] + [(p, -8.0 + 0.5 * len(p)) for p in pieces]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=special.index("<unk>"), byte_fallback=False))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", bos), ("</s>", eos)])
+    tok.decoder = decoders.Metaspace()
     return tok, dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
                      pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
 
@@ -140,6 +187,24 @@ def build(name):
                             pad_token_id=1, bos_token_id=0, eos_token_id=2)
         model = RobertaForTokenClassification(cfg)
         seed = 12
+    elif name == "roberta_xlm":
+        tok, sp = unigram_tokenizer()
+        cfg = XLMRobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=HIDDEN, num_hidden_layers=N_LAYERS,
+                               num_attention_heads=N_HEADS, intermediate_size=INTERMEDIATE,
+                               max_position_embeddings=MAX_POS + 2, type_vocab_size=1,
+                               hidden_act="gelu", layer_norm_eps=1e-5, num_labels=3,
+                               id2label=SEQ_LABELS, label2id={v: k for k, v in SEQ_LABELS.items()},
+                               pad_token_id=1, bos_token_id=0, eos_token_id=2)
+        model = XLMRobertaForSequenceClassification(cfg)
+        seed = 14
+    elif name == "distilbert_cls":
+        tok, sp = wordpiece_tokenizer()
+        cfg = DistilBertConfig(vocab_size=VOCAB, dim=HIDDEN, n_layers=N_LAYERS, n_heads=N_HEADS,
+                               hidden_dim=INTERMEDIATE, max_position_embeddings=MAX_POS,
+                               activation="gelu", pad_token_id=0, num_labels=3,
+                               id2label=SEQ_LABELS, label2id={v: k for k, v in SEQ_LABELS.items()})
+        model = DistilBertForSequenceClassification(cfg)
+        seed = 15
     elif name == "distilbert":
         tok, sp = wordpiece_tokenizer()
         cfg = DistilBertConfig(vocab_size=VOCAB, dim=HIDDEN, n_layers=N_LAYERS, n_heads=N_HEADS,
@@ -172,7 +237,7 @@ def run(model, ids, type_ids, mask=None):
     kw = dict(input_ids=ids, output_hidden_states=True)
     if mask is not None:
         kw["attention_mask"] = mask
-    if not isinstance(model, DistilBertModel):
+    if model.config.model_type != "distilbert":
         kw["token_type_ids"] = type_ids
     with torch.no_grad():
         return model(**kw)
@@ -188,7 +253,7 @@ def pool(h):
 def make_one(name, check):
     torch.manual_seed(0)
     model, tok, sp, seqs, seed = build(name)
-    base = model if isinstance(model, DistilBertModel) else getattr(model, model.base_model_prefix)
+    base = getattr(model, model.base_model_prefix, model)
     per_seq = []
     for ids, tt in seqs:
         out = run(model, torch.tensor([ids]), torch.tensor([tt]))
@@ -222,6 +287,11 @@ def make_one(name, check):
     for k in pooled[0]:
         t[k] = torch.stack([p[k] for p in pooled])
     extra = {}
+    if name in ("roberta_xlm", "distilbert_cls"):
+        t["logits"] = torch.cat([o.logits for o in per_seq])
+        t["probs"] = t["logits"].softmax(-1)
+        extra["id2label"] = {str(k): v for k, v in SEQ_LABELS.items()}
+        extra["predicted"] = [SEQ_LABELS[int(i)] for i in t["logits"].argmax(-1)]
     if name == "bert":
         t["pooler_output"] = torch.cat([base.pooler(o.hidden_states[-1]) for o in per_seq])
         t["logits"] = torch.cat([o.logits for o in per_seq])
@@ -297,7 +367,7 @@ def main():
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    for name in a.only or ["bert", "roberta", "distilbert"]:
+    for name in a.only or ["bert", "roberta", "distilbert", "roberta_xlm", "distilbert_cls"]:
         make_one(name, a.check)
 
 

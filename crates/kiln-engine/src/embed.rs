@@ -308,23 +308,47 @@ mod tests {
     }
 
     #[test]
+    fn token_ids_match_transformers_wordpiece_bpe_unigram() {
+        for name in ["bert", "roberta", "roberta_xlm"] {
+            let e = load(name);
+            let r = reference(name);
+            let st = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
+            let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+            let o = &header["input_ids"]["data_offsets"];
+            let ids: Vec<u32> = st[8 + n + o[0].as_u64().unwrap() as usize..8 + n + o[1].as_u64().unwrap() as usize]
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect();
+            let mut at = 0;
+            for text in r["texts"].as_array().unwrap().iter().filter_map(|t| t.as_str()) {
+                let got = e.encode(text, true).unwrap().ids;
+                assert_eq!(got, ids[at..at + got.len()], "{name}: {text}");
+                at += got.len();
+            }
+        }
+    }
+
+    #[test]
     fn sequence_labels_match_transformers() {
-        let e = load("bert");
-        let r = reference("bert");
-        let texts = r["texts"].as_array().unwrap();
-        for (text, want) in texts.iter().zip(r["predicted"].as_array().unwrap()) {
-            let Some(text) = text.as_str() else { continue }; // the sentence pair
-            let Classification::Sequence(labels) = e.classify(text, true).unwrap() else { panic!("sequence head") };
-            assert_eq!(labels[0].0, want.as_str().unwrap(), "{text}");
-            assert_eq!(labels.len(), 3);
-            assert!((labels.iter().map(|l| l.1).sum::<f32>() - 1.0).abs() < 1e-5);
+        for name in ["bert", "roberta_xlm", "distilbert_cls"] {
+            let e = load(name);
+            let r = reference(name);
+            let texts = r["texts"].as_array().unwrap();
+            for (text, want) in texts.iter().zip(r["predicted"].as_array().unwrap()) {
+                let Some(text) = text.as_str() else { continue }; // the sentence pair
+                let Classification::Sequence(labels) = e.classify(text, true).unwrap() else { panic!("sequence head") };
+                assert_eq!(labels[0].0, want.as_str().unwrap(), "{text}");
+                assert_eq!(labels.len(), 3);
+                assert!((labels.iter().map(|l| l.1).sum::<f32>() - 1.0).abs() < 1e-5);
+            }
         }
     }
 
     #[test]
     fn pooled_embeddings_match_sentence_transformers_semantics() {
         use kiln_models::pooling::PoolingMode;
-        for name in ["bert", "roberta", "distilbert"] {
+        for name in ["bert", "roberta", "distilbert", "roberta_xlm", "distilbert_cls"] {
             let e = load(name);
             let r = reference(name);
             let st = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();

@@ -1,6 +1,7 @@
 //! Encoder-only models against transformers: tiny random-weight fixtures from
 //! tools/make_encoder_fixtures.py (bert with a sequence-classification head, roberta with a
-//! token-classification head, distilbert bare). Every layer's hidden state and the head outputs
+//! token-classification head, distilbert bare, roberta_xlm = XLM-R and distilbert_cls with their
+//! own sequence-classification heads). Every layer's hidden state and the head outputs
 //! within 1e-4 relative error (max abs diff / max abs reference), all sequences packed into one
 //! batch without padding; a sequence's result does not depend on the rest of the batch.
 
@@ -10,7 +11,7 @@ use kiln_models::{load, Bert, Model};
 use kiln_nn::Batch;
 use safetensors::{Dtype, SafeTensors};
 
-const FAMILY: &[&str] = &["bert", "roberta", "distilbert"];
+const FAMILY: &[&str] = &["bert", "roberta", "distilbert", "roberta_xlm", "distilbert_cls"];
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
@@ -77,7 +78,7 @@ fn hidden_states_match_transformers_layer_by_layer() {
 
 #[test]
 fn head_outputs_match_transformers() {
-    for (name, per_token) in [("bert", false), ("roberta", true)] {
+    for (name, per_token) in [("bert", false), ("roberta", true), ("roberta_xlm", false), ("distilbert_cls", false)] {
         let r = Reference::open(name);
         let model = load_bert(name);
         let m = encoder(&model);
