@@ -75,8 +75,12 @@ impl Encoder {
     /// sentence-transformers models, modules.json).
     pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Encoder> {
         let loaded = kiln_models::load(path, on_progress)?;
-        let Some(model) = loaded.model.as_encoder().cloned() else {
-            return Err(kiln_models::Error::NotEncoder { model: format!("{} ({})", path.display(), loaded.info.architecture) }.into());
+        let model = match loaded.model {
+            kiln_models::Model::Bert(m) => *m,
+            _ => {
+                let model = format!("{} ({})", path.display(), loaded.info.architecture);
+                return Err(kiln_models::Error::NotEncoder { model }.into());
+            }
         };
         let tj = path.join("tokenizer.json");
         if !tj.exists() {

@@ -321,7 +321,7 @@ impl Bert {
             layer.forward(&mut x, batch, self.cfg.act, &mut s)?;
         }
         let out = Tensor::from_vec(x, [n, h])?;
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.push(out.clone());
         }
         Ok(out)

@@ -98,7 +98,7 @@ impl Pooling {
 
     /// One embedding from a sequence's rows `h (len, hidden)`; an empty sequence pools to zeros.
     pub fn pool(&self, h: &[f32], hidden: usize) -> Vec<f32> {
-        let len = if hidden == 0 { 0 } else { h.len() / hidden };
+        let len = h.len().checked_div(hidden).unwrap_or(0);
         let mut out = Vec::with_capacity(self.dim(hidden));
         for mode in &self.modes {
             match mode {

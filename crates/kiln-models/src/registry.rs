@@ -55,10 +55,11 @@ pub struct ModelInfo {
 }
 
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one model per process; the encoder variant is boxed
 pub enum Model {
     Llama(Llama),
     /// Encoder-only: decoder methods (`forward`, `logits`) return `Error::EncoderOnly`.
-    Bert(Bert),
+    Bert(Box<Bert>),
 }
 
 impl Model {
@@ -106,7 +107,7 @@ impl Model {
     /// The encoder, for embedding and classification; `None` for decoder-only models.
     pub fn as_encoder(&self) -> Option<&Bert> {
         match self {
-            Model::Bert(m) => Some(m),
+            Model::Bert(m) => Some(m.as_ref()),
             Model::Llama(_) => None,
         }
     }
@@ -165,13 +166,13 @@ pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Lo
             Model::Llama(Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?)
         }
         a if a.starts_with("DistilBert") || a == "distilbert" => {
-            Model::Bert(crate::distilbert::load(&weights, crate::distilbert::config(&config, a)?, on_progress)?)
+            Model::Bert(Box::new(crate::distilbert::load(&weights, crate::distilbert::config(&config, a)?, on_progress)?))
         }
         a if a.starts_with("Bert") || a == "bert" => {
-            Model::Bert(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "bert", on_progress)?)
+            Model::Bert(Box::new(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "bert", on_progress)?))
         }
         a if a.starts_with("Roberta") || a.starts_with("XLMRoberta") || a.starts_with("Camembert") || a == "roberta" || a == "xlm-roberta" => {
-            Model::Bert(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "roberta", on_progress)?)
+            Model::Bert(Box::new(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "roberta", on_progress)?))
         }
         other => return Err(Error::UnknownArchitecture { found: other.to_string() }),
     };

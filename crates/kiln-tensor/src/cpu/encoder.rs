@@ -148,6 +148,7 @@ mod x86 {
 /// Parallel over sequences (a batch of short sentences is dozens of independent tasks); the
 /// inner loops are plain dot/axpy, since for sentence-length sequences the score matrices are
 /// too small for gemm's packing to pay off.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_varlen(
     q: &[f32],
     k: &[f32],
