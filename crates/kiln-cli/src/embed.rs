@@ -60,7 +60,7 @@ pub fn load_encoder(common: &Common) -> Result<(Encoder, std::path::PathBuf)> {
         anyhow::bail!("give --model: a sentence-transformers or BERT-family model directory (e.g. models/all-MiniLM-L6-v2)");
     };
     let path = model_arg::resolve(Some(m))?;
-    if !path.is_dir() || !path.join("config.json").exists() {
+    if !path.is_dir() || !(path.join("config.json").exists() || path.join("modules.json").exists()) {
         anyhow::bail!("{}: not an encoder model directory (expected config.json, model.safetensors, tokenizer.json)", path.display());
     }
     let enc = Encoder::load(&path, &mut |_, _| {}).with_context(|| format!("loading {}", path.display()))?;

@@ -73,7 +73,8 @@ pub enum Classification {
 impl Encoder {
     /// Loads an encoder checkpoint directory (config.json, safetensors, tokenizer.json and, for
     /// sentence-transformers models, modules.json).
-    pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Encoder> {
+    pub fn load(root: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Encoder> {
+        let path = &transformer_dir(root);
         let loaded = kiln_models::load(path, on_progress)?;
         let model = match loaded.model {
             kiln_models::Model::Bert(m) => *m,
@@ -88,6 +89,7 @@ impl Encoder {
         }
         let tokenizer = Tokenizer::from_file(&tj)?;
         let st_max = std::fs::read_to_string(path.join("sentence_bert_config.json"))
+            .or_else(|_| std::fs::read_to_string(root.join("sentence_bert_config.json")))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("max_seq_length").and_then(|m| m.as_u64()));
@@ -113,7 +115,7 @@ impl Encoder {
             }
             Ok(enc)
         });
-        Ok(Encoder { model, info: loaded.info, tokenizer, max_tokens, pooling: Pooling::from_dir(path)?, encode })
+        Ok(Encoder { model, info: loaded.info, tokenizer, max_tokens, pooling: Pooling::from_dir(root)?, encode })
     }
 
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Encoded> {
@@ -189,6 +191,23 @@ impl Encoder {
                 Ok(Classification::Tokens(group_entities(&tokens, &|ids| self.tokenizer.decode(ids, true).unwrap_or_default())))
             }
         }
+    }
+}
+
+/// Where the transformer's files are: older sentence-transformers checkpoints keep them in the
+/// directory of modules.json's `Transformer` module (e.g. `0_Transformer/`), newer ones at the root.
+fn transformer_dir(root: &Path) -> std::path::PathBuf {
+    let modules = std::fs::read_to_string(root.join("modules.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let sub = modules.as_ref().and_then(|m| m.as_array()).and_then(|list| {
+        list.iter()
+            .find(|m| m.get("type").and_then(|t| t.as_str()).is_some_and(|t| t.ends_with(".Transformer")))
+            .and_then(|m| m.get("path").and_then(|p| p.as_str()))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+    });
+    match sub {
+        Some(sub) if root.join(&sub).join("config.json").exists() => root.join(sub),
+        _ => root.to_path_buf(),
     }
 }
 
@@ -382,6 +401,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn old_sentence_transformers_layout_with_a_transformer_subdirectory() {
+        let dir = std::env::temp_dir().join(format!("kiln-st-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(fixture("bert"), dir.join("0_Transformer")).unwrap();
+        std::fs::write(dir.join("modules.json"), r#"[{"idx":0,"name":"0","path":"0_Transformer","type":"sentence_transformers.models.Transformer"},{"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#).unwrap();
+        let e = Encoder::load(&dir, &mut |_, _| {});
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = e.unwrap();
+        assert_eq!(e.max_tokens, 64);
+        assert_eq!(e.pooling, Pooling::default());
     }
 
     #[test]
