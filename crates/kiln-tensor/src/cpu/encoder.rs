@@ -204,16 +204,27 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], start: usize, len: usize, n_heads
         }
         for i in 0..len {
             let qi = &q[(start + i) * row + h * head_dim..][..head_dim];
+            // Four accumulators over d: one would be a chain of dependent adds (latency-bound).
             for (jb, block) in scores.chunks_exact_mut(8).enumerate() {
-                let mut acc = [0f32; 8];
-                for (d, &qd) in qi.iter().enumerate() {
-                    let kr = &kt[d * len8 + jb * 8..][..8];
+                let mut acc = [[0f32; 8]; 4];
+                let mut d = 0;
+                while d + 4 <= head_dim {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        let (qd, kr) = (qi[d + u], &kt[(d + u) * len8 + jb * 8..][..8]);
+                        for l in 0..8 {
+                            a[l] += qd * kr[l];
+                        }
+                    }
+                    d += 4;
+                }
+                for (dd, &qd) in qi.iter().enumerate().skip(d) {
+                    let kr = &kt[dd * len8 + jb * 8..][..8];
                     for l in 0..8 {
-                        acc[l] += qd * kr[l];
+                        acc[0][l] += qd * kr[l];
                     }
                 }
                 for l in 0..8 {
-                    block[l] = acc[l] * scale;
+                    block[l] = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * scale;
                 }
             }
             let scores = &mut scores[..len];
@@ -225,13 +236,27 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], start: usize, len: usize, n_heads
             }
             let inv = 1.0 / sum;
             let oi = &mut o[i * row + h * head_dim..][..head_dim];
-            oi.iter_mut().for_each(|x| *x = 0.0);
-            for (j, &w) in scores.iter().enumerate() {
-                let vj = &v[(start + j) * row + h * head_dim..][..head_dim];
-                let w = w * inv;
-                for (a, &b) in oi.iter_mut().zip(vj) {
-                    *a += w * b;
+            // O_i = sum_j p_j V_j, 32 output columns at a time in four independent registers.
+            let mut d0 = 0;
+            for ob in oi.chunks_exact_mut(32) {
+                let mut acc = [[0f32; 8]; 4];
+                for (j, &w) in scores.iter().enumerate() {
+                    let vj = &v[(start + j) * row + h * head_dim + d0..][..32];
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        for l in 0..8 {
+                            a[l] += w * vj[u * 8 + l];
+                        }
+                    }
                 }
+                for (u, a) in acc.iter().enumerate() {
+                    for l in 0..8 {
+                        ob[u * 8 + l] = a[l] * inv;
+                    }
+                }
+                d0 += 32;
+            }
+            for d in d0..head_dim {
+                oi[d] = scores.iter().enumerate().map(|(j, &w)| w * v[(start + j) * row + h * head_dim + d]).sum::<f32>() * inv;
             }
         }
     }
@@ -255,7 +280,12 @@ mod tests {
 
     #[test]
     fn varlen_equals_per_sequence_reference() {
-        let (nh, hd) = (3, 8);
+        for hd in [8, 16, 32, 40, 64] {
+            varlen_case(3, hd);
+        }
+    }
+
+    fn varlen_case(nh: usize, hd: usize) {
         let lens = [5usize, 1, 17, 2];
         let n: usize = lens.iter().sum();
         let f = |s: usize| (0..n * nh * hd).map(|i| ((i * 7919 + s * 104729) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<_>>();
