@@ -9,10 +9,11 @@
 //! transformers' `pipeline("token-classification", aggregation_strategy="simple")`.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use kiln_models::pooling::Pooling;
-use kiln_models::{Bert, HeadKind, ModelInfo};
+use kiln_models::{Bert, HeadKind, ModelInfo, Scratch};
 use kiln_nn::Batch;
 use kiln_tokenizer::Tokenizer;
 
@@ -41,6 +42,8 @@ pub struct Encoder {
     /// The checkpoint's own pooling (modules.json), before any override.
     pub pooling: Pooling,
     encode: EncodeFn,
+    /// The encoder's working buffers, kept across batches.
+    scratch: Mutex<Scratch>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +118,8 @@ impl Encoder {
             }
             Ok(enc)
         });
-        Ok(Encoder { model, info: loaded.info, tokenizer, max_tokens, pooling: Pooling::from_dir(root)?, encode })
+        let pooling = Pooling::from_dir(root)?;
+        Ok(Encoder { model, info: loaded.info, tokenizer, max_tokens, pooling, encode, scratch: Mutex::default() })
     }
 
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Encoded> {
@@ -147,7 +151,10 @@ impl Encoder {
                 types.extend(e.type_ids);
             }
             let batch = Batch::packed(&lens);
-            let h = self.model.forward(&ids, Some(&types), &batch, None)?;
+            let h = {
+                let mut scratch = self.scratch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.model.forward_with(&ids, Some(&types), &batch, &mut scratch, None)?
+            };
             let h = h.as_f32_slice().map_err(kiln_models::Error::from)?;
             for span in &batch.seqs {
                 out.vectors.push(pooling.pool(&h[span.start * hidden..(span.start + span.len) * hidden], hidden));

@@ -148,8 +148,11 @@ pub(crate) struct Block {
     pub(crate) output_norm: LayerNorm,
 }
 
-/// Working buffers of one forward call, sized for its token count.
-struct Scratch {
+/// Working buffers of a forward call, grown to its token count. Callers that run many batches
+/// keep one and pass it to [`Bert::forward_with`], so the buffers (megabytes, which the allocator
+/// would return to the OS and fault back in zeroed) are not reallocated per batch.
+#[derive(Default)]
+pub struct Scratch {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -284,7 +287,19 @@ impl Bert {
 
     /// Final hidden states `(n_tokens, hidden)` of a packed batch. `type_ids` defaults to all
     /// zeros. With `trace`, also the embedding output and every layer's output.
-    pub fn forward(&self, tokens: &[u32], type_ids: Option<&[u32]>, batch: &Batch, mut trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+    pub fn forward(&self, tokens: &[u32], type_ids: Option<&[u32]>, batch: &Batch, trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+        self.forward_with(tokens, type_ids, batch, &mut Scratch::default(), trace)
+    }
+
+    /// [`Bert::forward`] reusing the caller's working buffers.
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        type_ids: Option<&[u32]>,
+        batch: &Batch,
+        s: &mut Scratch,
+        mut trace: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
         let n = tokens.len();
         let h = self.cfg.hidden;
         if let Some(span) = batch.seqs.iter().find(|s| s.len > self.cfg.max_tokens()) {
@@ -306,19 +321,16 @@ impl Bert {
         }
         let mut x = self.embeddings_norm.forward(&e)?.into_f32_vec(); // (n_tokens, hidden)
         let qkv = n * self.cfg.n_heads * self.cfg.head_dim();
-        let mut s = Scratch {
-            q: vec![0.0; qkv],
-            k: vec![0.0; qkv],
-            v: vec![0.0; qkv],
-            ctx: vec![0.0; qkv],
-            tmp: vec![0.0; n * h],
-            inter: vec![0.0; n * self.cfg.intermediate],
-        };
+        // Every buffer is fully overwritten before it is read (gemm outputs, attention rows of
+        // every span), so growing without clearing is enough.
+        for (buf, len) in [(&mut s.q, qkv), (&mut s.k, qkv), (&mut s.v, qkv), (&mut s.ctx, qkv), (&mut s.tmp, n * h), (&mut s.inter, n * self.cfg.intermediate)] {
+            buf.resize(len, 0.0);
+        }
         for layer in &self.layers {
             if let Some(t) = trace.as_deref_mut() {
                 t.push(Tensor::from_vec(x.clone(), [n, h])?);
             }
-            layer.forward(&mut x, batch, self.cfg.act, &mut s)?;
+            layer.forward(&mut x, batch, self.cfg.act, s)?;
         }
         let out = Tensor::from_vec(x, [n, h])?;
         if let Some(t) = trace {

@@ -9,7 +9,7 @@ mod llama;
 pub mod pooling;
 mod registry;
 
-pub use bert::{Bert, BertConfig, HeadKind};
+pub use bert::{Bert, BertConfig, HeadKind, Scratch};
 pub use config::HfConfig;
 pub use error::{Error, Result};
 pub use llama::{Llama, LlamaConfig};
