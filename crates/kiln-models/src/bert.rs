@@ -305,7 +305,18 @@ impl Bert {
         if let Some(span) = batch.seqs.iter().find(|s| s.len > self.cfg.max_tokens()) {
             return Err(Error::InputTooLong { n_tokens: span.len, max_tokens: self.cfg.max_tokens() });
         }
-        assert_eq!(batch.n_tokens(), n, "Bert::forward: batch and tokens disagree");
+        // The spans must tile the tokens in order (what `Batch::packed` builds).
+        let mut at = 0;
+        for span in &batch.seqs {
+            if span.start != at {
+                break;
+            }
+            at += span.len;
+        }
+        if at != n || batch.n_tokens() != n || type_ids.is_some_and(|t| t.len() != n) {
+            let spans: Vec<usize> = batch.seqs.iter().map(|s| s.len).collect();
+            return Err(kiln_tensor::Error::ShapeMismatch { op: "bert batch (tokens vs sequence spans)", lhs: vec![n], rhs: spans }.into());
+        }
         let mut e = self.word_embeddings.forward(tokens)?;
         e = e.add_rows(&self.position_embeddings.forward(&self.position_ids(tokens, batch))?)?;
         if let Some(tt) = &self.token_type_embeddings {

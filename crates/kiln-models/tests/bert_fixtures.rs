@@ -152,6 +152,9 @@ fn inputs_longer_than_the_position_table_are_errors() {
     let err = m.forward(&ids, None, &Batch::packed(&[max + 1]), None).unwrap_err().to_string();
     assert!(err.contains("at most 64 positions"), "{err}");
     assert!(m.forward(&ids[..max], None, &Batch::packed(&[max]), None).is_ok());
+    // Spans that do not tile the tokens are an error, not a panic.
+    assert!(m.forward(&ids[..10], None, &Batch::packed(&[4, 4]), None).is_err());
+    assert!(m.forward(&ids[..8], Some(&[0; 3]), &Batch::packed(&[4, 4]), None).is_err());
     // Empty batch: no tokens, no sequences, an empty result.
     assert_eq!(m.forward(&[], None, &Batch::packed(&[]), None).unwrap().dims(), &[0, 64]);
 }
