@@ -22,6 +22,10 @@ const OPTIONAL: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
+    // sentence-transformers: pooling, normalization and the sequence limit of embedding models.
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
 ];
 const WEIGHTS: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
