@@ -43,7 +43,11 @@ pub fn run(a: Args) -> Result<()> {
     let (engine, path, threads) = model_arg::load(&a.common)?;
     let (np, ng) = (a.prompt_tokens as usize, a.gen_tokens as usize);
     if np + ng > engine.info.max_context {
-        anyhow::bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}", np + ng, engine.info.max_context);
+        anyhow::bail!(
+            "--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}",
+            np + ng,
+            engine.info.max_context
+        );
     }
     let mut rng = StdRng::seed_from_u64(42);
     let vocab = engine.info.vocab_size as u32;
@@ -67,8 +71,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     let (pp_runs, tg_runs) = (pp.clone(), tg.clone());
     let (pps, tgs) = (median(&mut pp), median(&mut tg));
-    let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let size_mib = std::fs::metadata(&path).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
+    let name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let size_mib = std::fs::metadata(&path)
+        .map(|m| m.len() as f64 / (1 << 20) as f64)
+        .unwrap_or(0.0);
     if a.json {
         let v = json!({
             "model": name,

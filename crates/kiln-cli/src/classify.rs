@@ -28,12 +28,18 @@ pub fn run(a: Args) -> Result<()> {
     let (enc, path) = load_encoder(&a.common)?;
     let e = enc.encode(&a.text, !a.no_truncate)?;
     if let Some(n) = e.truncated_from {
-        eprintln!("kiln: the input has {n} tokens: truncated to the model's maximum of {}", enc.max_tokens);
+        eprintln!(
+            "kiln: the input has {n} tokens: truncated to the model's maximum of {}",
+            enc.max_tokens
+        );
     }
     match enc.classify(&a.text, !a.no_truncate)? {
         Classification::Sequence(labels) => {
             if a.json {
-                let l: Vec<_> = labels.iter().map(|(l, s)| json!({"label": l, "score": s})).collect();
+                let l: Vec<_> = labels
+                    .iter()
+                    .map(|(l, s)| json!({"label": l, "score": s}))
+                    .collect();
                 println!("{}", json!({"model": model_name(&path), "labels": l}));
             } else {
                 for (l, s) in labels {
@@ -50,7 +56,10 @@ pub fn run(a: Args) -> Result<()> {
                 println!("{}", json!({"model": model_name(&path), "entities": v}));
             } else {
                 for e in entities {
-                    println!("{}\t{:.4}\t{}..{}\t{}", e.entity_group, e.score, e.start, e.end, e.word);
+                    println!(
+                        "{}\t{:.4}\t{}..{}\t{}",
+                        e.entity_group, e.score, e.start, e.end, e.word
+                    );
                 }
             }
         }

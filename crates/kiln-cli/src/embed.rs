@@ -60,10 +60,12 @@ pub fn load_encoder(common: &Common) -> Result<(Encoder, std::path::PathBuf)> {
         anyhow::bail!("give --model: a sentence-transformers or BERT-family model directory (e.g. models/all-MiniLM-L6-v2)");
     };
     let path = model_arg::resolve(Some(m))?;
-    if !path.is_dir() || !(path.join("config.json").exists() || path.join("modules.json").exists()) {
+    if !path.is_dir() || !(path.join("config.json").exists() || path.join("modules.json").exists())
+    {
         anyhow::bail!("{}: not an encoder model directory (expected config.json, model.safetensors, tokenizer.json)", path.display());
     }
-    let enc = Encoder::load(&path, &mut |_, _| {}).with_context(|| format!("loading {}", path.display()))?;
+    let enc = Encoder::load(&path, &mut |_, _| {})
+        .with_context(|| format!("loading {}", path.display()))?;
     Ok((enc, path))
 }
 
@@ -78,13 +80,21 @@ pub fn pooling_for(enc: &Encoder, mode: Option<&str>, normalize: bool) -> Poolin
 
 fn report_truncation(enc: &Encoder, truncated: &[(usize, usize)]) {
     for (i, n) in truncated {
-        eprintln!("kiln: input {} has {n} tokens: truncated to the model's maximum of {}", i + 1, enc.max_tokens);
+        eprintln!(
+            "kiln: input {} has {n} tokens: truncated to the model's maximum of {}",
+            i + 1,
+            enc.max_tokens
+        );
     }
 }
 
 pub fn run(a: Args) -> Result<()> {
     let texts: Vec<String> = match &a.file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.lines().map(str::to_string).collect(),
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
         None => a.text.clone(),
     };
     if texts.is_empty() {
@@ -114,7 +124,12 @@ pub fn run(a: Args) -> Result<()> {
         for v in &e.vectors {
             println!("{}", serde_json::to_string(v)?);
         }
-        eprintln!("{} inputs, {} tokens, dim {dim}: {:.1} ms", texts.len(), e.n_tokens, e.embed_ms);
+        eprintln!(
+            "{} inputs, {} tokens, dim {dim}: {:.1} ms",
+            texts.len(),
+            e.n_tokens,
+            e.embed_ms
+        );
     }
     Ok(())
 }
@@ -129,5 +144,7 @@ pub fn similarity(a: SimilarityArgs) -> Result<()> {
 }
 
 pub fn model_name(path: &Path) -> String {
-    path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }

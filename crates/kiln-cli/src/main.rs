@@ -15,7 +15,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Fast LLM inference on CPUs and GPUs", propagate_version = true)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Fast LLM inference on CPUs and GPUs",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -29,7 +29,9 @@ impl kiln_fetch::Progress for Bar {
 fn bar(style: &str) -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    pb.set_style(ProgressStyle::with_template(style).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    pb.set_style(
+        ProgressStyle::with_template(style).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     pb
 }
 
@@ -63,8 +65,13 @@ pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
 }
 
 pub fn set_threads(threads: Option<u16>) -> Result<usize> {
-    let n = threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    let n = threads
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("starting the thread pool")?;
     Ok(n)
 }
 
@@ -73,7 +80,11 @@ pub fn load(common: &Common) -> Result<(Engine, PathBuf, usize)> {
     let threads = set_threads(common.threads)?;
     let path = resolve(common.model.as_deref())?;
     let pb = bar("loading {msg} [{bar:30}] {pos}/{len} layers");
-    pb.set_message(path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+    pb.set_message(
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
     pb.enable_steady_tick(Duration::from_millis(200));
     let engine = Engine::load(&path, &mut |done, total| {
         pb.set_length(total as u64);

@@ -27,12 +27,18 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let text = match (&a.text, &a.file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => anyhow::bail!("give --text or --file"),
     };
     let (engine, _, _) = model_arg::load(&a.common)?;
     let ids = engine.tokenizer.encode(&text, false)?;
-    let context = a.context.map_or(engine.info.max_context.min(ids.len().max(2)), |c| c as usize);
+    let context = a
+        .context
+        .map_or(engine.info.max_context.min(ids.len().max(2)), |c| {
+            c as usize
+        });
     let s = engine.score(&ids, context, &mut |done, total| {
         if !a.json {
             eprint!("\rwindow {done}/{total}");

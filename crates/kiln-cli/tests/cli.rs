@@ -5,7 +5,14 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).env("KILN_CACHE", std::env::temp_dir().join("kiln-cli-test-cache")).output().expect("run kiln")
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env(
+            "KILN_CACHE",
+            std::env::temp_dir().join("kiln-cli-test-cache"),
+        )
+        .output()
+        .expect("run kiln")
 }
 
 fn root() -> PathBuf {
@@ -17,7 +24,10 @@ fn model() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        assert!(std::env::var("KILN_REQUIRE_MODELS").is_err(), "model missing: run scripts/fetch-models.sh");
+        assert!(
+            std::env::var("KILN_REQUIRE_MODELS").is_err(),
+            "model missing: run scripts/fetch-models.sh"
+        );
         None
     }
 }
@@ -37,14 +47,24 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn missing_model_file() {
-    let out = kiln(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"]);
+    let out = kiln(&[
+        "generate",
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+    ]);
     assert_clean_error(&out, 1, "not found");
 }
 
 #[test]
 fn unknown_architecture() {
     let d = tmp("arch");
-    std::fs::write(d.join("config.json"), r#"{"architectures": ["FancyNetForCausalLM"]}"#).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"architectures": ["FancyNetForCausalLM"]}"#,
+    )
+    .unwrap();
     let out = kiln(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]);
     assert_clean_error(&out, 1, "unknown architecture `FancyNetForCausalLM`");
 }
@@ -70,45 +90,124 @@ fn truncated_gguf() {
     let out = kiln(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]);
     assert_clean_error(&out, 1, "cut.gguf");
     std::fs::write(&p, b"not a gguf file at all").unwrap();
-    assert_clean_error(&kiln(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]), 1, "error");
+    assert_clean_error(
+        &kiln(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]),
+        1,
+        "error",
+    );
 }
 
 #[test]
 fn prompt_longer_than_context() {
     let Some(m) = model() else { return };
-    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap().repeat(2);
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3")
+        .unwrap()
+        .repeat(2);
     let f = tmp("long").join("long.txt");
     std::fs::write(&f, &text).unwrap();
-    let out = kiln(&["generate", "--model", m.to_str().unwrap(), "--prompt", &text, "--max-tokens", "1"]);
+    let out = kiln(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        &text,
+        "--max-tokens",
+        "1",
+    ]);
     assert_clean_error(&out, 1, "context is 8192 tokens");
-    let out = kiln(&["score", "--model", m.to_str().unwrap(), "--file", f.to_str().unwrap(), "--context", "9000"]);
+    let out = kiln(&[
+        "score",
+        "--model",
+        m.to_str().unwrap(),
+        "--file",
+        f.to_str().unwrap(),
+        "--context",
+        "9000",
+    ]);
     assert_clean_error(&out, 1, "context is 8192 tokens");
 }
 
 #[test]
 fn invalid_flag_values() {
-    assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--threads", "0"]), 2, "--threads");
-    assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--max-tokens", "lots"]), 2, "--max-tokens");
-    assert_clean_error(&kiln(&["bench", "--prompt-tokens", "0"]), 2, "--prompt-tokens");
-    assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--temperature=-1"]), 1, "temperature");
-    assert_clean_error(&kiln(&["generate", "--prompt", "hi", "--top-p", "0"]), 1, "top_p");
-    assert_clean_error(&kiln(&["score", "--text", "a", "--context", "1"]), 2, "--context");
+    assert_clean_error(
+        &kiln(&["generate", "--prompt", "hi", "--threads", "0"]),
+        2,
+        "--threads",
+    );
+    assert_clean_error(
+        &kiln(&["generate", "--prompt", "hi", "--max-tokens", "lots"]),
+        2,
+        "--max-tokens",
+    );
+    assert_clean_error(
+        &kiln(&["bench", "--prompt-tokens", "0"]),
+        2,
+        "--prompt-tokens",
+    );
+    assert_clean_error(
+        &kiln(&["generate", "--prompt", "hi", "--temperature=-1"]),
+        1,
+        "temperature",
+    );
+    assert_clean_error(
+        &kiln(&["generate", "--prompt", "hi", "--top-p", "0"]),
+        1,
+        "top_p",
+    );
+    assert_clean_error(
+        &kiln(&["score", "--text", "a", "--context", "1"]),
+        2,
+        "--context",
+    );
     assert_clean_error(&kiln(&["frobnicate"]), 2, "frobnicate");
 }
 
 #[test]
 fn generate_json_has_the_documented_fields() {
     let Some(m) = model() else { return };
-    let out = kiln(&["generate", "--model", m.to_str().unwrap(), "--prompt", "The capital of France is", "--temperature", "0", "--max-tokens", "8", "--json", "--threads", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kiln(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "--json",
+        "--threads",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    for key in ["text", "token_ids", "prompt_tokens", "finish_reason", "timings"] {
+    for key in [
+        "text",
+        "token_ids",
+        "prompt_tokens",
+        "finish_reason",
+        "timings",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}: {v}");
     }
     assert_eq!(v["token_ids"].as_array().unwrap().len(), 8);
     assert_eq!(v["finish_reason"], "length");
-    let out = kiln(&["score", "--model", m.to_str().unwrap(), "--text", "The quick brown fox jumps over the lazy dog.", "--json"]);
+    let out = kiln(&[
+        "score",
+        "--model",
+        m.to_str().unwrap(),
+        "--text",
+        "The quick brown fox jumps over the lazy dog.",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("score JSON");
-    assert_eq!(v["token_logprobs"].as_array().unwrap().len() + 1, v["token_ids"].as_array().unwrap().len());
+    assert_eq!(
+        v["token_logprobs"].as_array().unwrap().len() + 1,
+        v["token_ids"].as_array().unwrap().len()
+    );
     assert!(v["perplexity"].as_f64().unwrap() > 1.0);
 }

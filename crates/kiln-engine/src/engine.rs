@@ -64,7 +64,13 @@ impl Engine {
         eos.sort_unstable();
         eos.dedup();
         let chat = ChatTemplate::from_tokenizer(&tokenizer).ok();
-        Ok(Engine { model: loaded.model, info: loaded.info, tokenizer, chat, eos })
+        Ok(Engine {
+            model: loaded.model,
+            info: loaded.info,
+            tokenizer,
+            chat,
+            eos,
+        })
     }
 
     pub fn eos_ids(&self) -> &[u32] {
@@ -88,7 +94,10 @@ impl Engine {
             return Err(Error::EmptyPrompt);
         }
         if ids.len() >= self.info.max_context {
-            return Err(Error::PromptTooLong { n_tokens: ids.len(), max_context: self.info.max_context });
+            return Err(Error::PromptTooLong {
+                n_tokens: ids.len(),
+                max_context: self.info.max_context,
+            });
         }
         Ok(ids)
     }
@@ -108,18 +117,28 @@ impl Engine {
         let batch = Batch::single(cache.len(), ids.len());
         let hidden = self.model.forward(ids, &batch, &mut [cache])?;
         let rows = n_logits.min(ids.len());
-        let hidden = hidden.narrow(0, ids.len() - rows, rows).map_err(kiln_models::Error::from)?;
+        let hidden = hidden
+            .narrow(0, ids.len() - rows, rows)
+            .map_err(kiln_models::Error::from)?;
         Ok(self.model.logits(&hidden)?)
     }
 
     /// Generates from prompt ids, calling `on_text` with each newly completed piece of text.
-    pub fn generate(&self, prompt: &[u32], params: &SamplingParams, on_text: &mut dyn FnMut(&str)) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }
         let max_context = self.info.max_context;
         if prompt.len() >= max_context {
-            return Err(Error::PromptTooLong { n_tokens: prompt.len(), max_context });
+            return Err(Error::PromptTooLong {
+                n_tokens: prompt.len(),
+                max_context,
+            });
         }
         let mut sampler = Sampler::new(params, self.info.vocab_size)?;
         let mut stop = StopChecker::new(&params.stop);
@@ -186,8 +205,14 @@ impl Engine {
 
 fn kiln_models_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

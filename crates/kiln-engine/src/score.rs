@@ -15,7 +15,12 @@ pub struct Score {
 }
 
 impl Engine {
-    pub fn score(&self, ids: &[u32], context: usize, on_window: &mut dyn FnMut(usize, usize)) -> Result<Score> {
+    pub fn score(
+        &self,
+        ids: &[u32],
+        context: usize,
+        on_window: &mut dyn FnMut(usize, usize),
+    ) -> Result<Score> {
         if ids.len() < 2 {
             return Err(Error::InvalidArgument(format!(
                 "scoring needs at least 2 tokens, the text has {}",
@@ -23,17 +28,24 @@ impl Engine {
             )));
         }
         if context < 2 {
-            return Err(Error::InvalidArgument(format!("--context must be at least 2, got {context}")));
+            return Err(Error::InvalidArgument(format!(
+                "--context must be at least 2, got {context}"
+            )));
         }
         if context > self.info.max_context {
-            return Err(Error::PromptTooLong { n_tokens: context, max_context: self.info.max_context });
+            return Err(Error::PromptTooLong {
+                n_tokens: context,
+                max_context: self.info.max_context,
+            });
         }
         let vocab = self.info.vocab_size;
         let windows: Vec<&[u32]> = ids.chunks(context).filter(|w| w.len() >= 2).collect();
         let mut logprobs = Vec::with_capacity(ids.len());
         for (i, w) in windows.iter().enumerate() {
             let mut cache = self.model.new_cache();
-            let mut logits = self.step(&mut cache, &w[..w.len() - 1], w.len() - 1)?.into_f32_vec();
+            let mut logits = self
+                .step(&mut cache, &w[..w.len() - 1], w.len() - 1)?
+                .into_f32_vec();
             for (row, &target) in logits.chunks_mut(vocab).zip(&w[1..]) {
                 log_softmax_in_place(row);
                 logprobs.push(row[target as usize]);
@@ -41,6 +53,11 @@ impl Engine {
             on_window(i + 1, windows.len());
         }
         let mean = logprobs.iter().map(|&x| x as f64).sum::<f64>() / logprobs.len() as f64;
-        Ok(Score { token_ids: ids.to_vec(), token_logprobs: logprobs, perplexity: (-mean).exp(), n_windows: windows.len() })
+        Ok(Score {
+            token_ids: ids.to_vec(),
+            token_logprobs: logprobs,
+            perplexity: (-mean).exp(),
+            n_windows: windows.len(),
+        })
     }
 }

@@ -15,15 +15,23 @@ fn root() -> PathBuf {
 fn engine() -> Option<Engine> {
     let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.exists() {
-        assert!(std::env::var("KILN_REQUIRE_MODELS").is_err(), "{} is missing: run scripts/fetch-models.sh", path.display());
-        eprintln!("skipping: {} not found (run scripts/fetch-models.sh)", path.display());
+        assert!(
+            std::env::var("KILN_REQUIRE_MODELS").is_err(),
+            "{} is missing: run scripts/fetch-models.sh",
+            path.display()
+        );
+        eprintln!(
+            "skipping: {} not found (run scripts/fetch-models.sh)",
+            path.display()
+        );
         return None;
     }
     Some(Engine::load(&path, &mut |_, _| {}).expect("SmolLM2 loads"))
 }
 
 fn fixture(name: &str) -> Value {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/smollm2").join(name)).expect("fixture");
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/smollm2").join(name)).expect("fixture");
     serde_json::from_str(&text).expect("fixture json")
 }
 
@@ -38,21 +46,35 @@ fn perplexity_of_gpl3_at_context_512_within_1_percent_of_transformers() {
     let ids = e.tokenizer.encode(&gpl3(), false).unwrap();
     assert_eq!(ids.len() as u64, want["n_tokens"].as_u64().unwrap());
     let s = e.score(&ids, 512, &mut |_, _| {}).unwrap();
-    assert_eq!(s.token_logprobs.len() as u64, want["n_scored"].as_u64().unwrap());
+    assert_eq!(
+        s.token_logprobs.len() as u64,
+        want["n_scored"].as_u64().unwrap()
+    );
     let (got, reference) = (s.perplexity, want["perplexity"].as_f64().unwrap());
     eprintln!("perplexity: kiln {got:.4}, transformers {reference:.4}");
-    assert!((got / reference - 1.0).abs() < 0.01, "kiln {got} vs transformers {reference}");
+    assert!(
+        (got / reference - 1.0).abs() < 0.01,
+        "kiln {got} vs transformers {reference}"
+    );
 }
 
 #[test]
 fn last_position_logits_close_to_transformers() {
     let Some(e) = engine() else { return };
     let want = fixture("short_prompt.json");
-    let ids: Vec<u32> = want["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = want["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     let mut cache = e.model.new_cache();
     let logits = e.step(&mut cache, &ids, 1).unwrap().into_f32_vec();
     let top = &want["last_logits_top50"];
-    let (tids, tvals) = (top["ids"].as_array().unwrap(), top["values"].as_array().unwrap());
+    let (tids, tvals) = (
+        top["ids"].as_array().unwrap(),
+        top["values"].as_array().unwrap(),
+    );
     let mut max_diff = 0f32;
     for (id, v) in tids.iter().zip(tvals) {
         let d = (logits[id.as_u64().unwrap() as usize] - v.as_f64().unwrap() as f32).abs();
@@ -61,14 +83,23 @@ fn last_position_logits_close_to_transformers() {
     // Q4_1 weights are identical; the difference (~0.6 on logits near 20) is kiln quantizing
     // activations to 8 bits as llama.cpp does; perplexity stays within 0.5% (test above).
     assert!(max_diff < 1.0, "top-50 logits differ by up to {max_diff}");
-    assert_eq!(kiln_engine::argmax(&logits) as u64, tids[0].as_u64().unwrap());
+    assert_eq!(
+        kiln_engine::argmax(&logits) as u64,
+        tids[0].as_u64().unwrap()
+    );
 }
 
 #[test]
 fn chat_answers_with_the_template_and_stops_at_end_of_turn() {
     let Some(e) = engine() else { return };
-    let prompt = e.encode_prompt("What is 2 + 2? Answer with one number.", true).unwrap();
-    let params = SamplingParams { temperature: 0.0, max_tokens: 48, ..SamplingParams::default() };
+    let prompt = e
+        .encode_prompt("What is 2 + 2? Answer with one number.", true)
+        .unwrap();
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 48,
+        ..SamplingParams::default()
+    };
     let g = e.generate(&prompt, &params, &mut |_| {}).unwrap();
     eprintln!("answer: {:?}", g.text);
     assert!(g.text.contains('4'), "{:?}", g.text);
@@ -87,12 +118,29 @@ fn prompt_longer_than_context_is_an_error() {
 fn seeded_sampling_is_reproducible_and_stop_strings_cut() {
     let Some(e) = engine() else { return };
     let prompt = e.encode_prompt("Once upon a time", false).unwrap();
-    let p = SamplingParams { temperature: 0.9, top_p: 0.95, seed: Some(7), max_tokens: 24, ..SamplingParams::default() };
+    let p = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: Some(7),
+        max_tokens: 24,
+        ..SamplingParams::default()
+    };
     let a = e.generate(&prompt, &p, &mut |_| {}).unwrap();
     let b = e.generate(&prompt, &p, &mut |_| {}).unwrap();
     assert_eq!(a.token_ids, b.token_ids);
     let mut streamed = String::new();
-    let g = e.generate(&prompt, &SamplingParams { temperature: 0.0, max_tokens: 40, stop: vec![",".into()], ..p }, &mut |t| streamed.push_str(t)).unwrap();
+    let g = e
+        .generate(
+            &prompt,
+            &SamplingParams {
+                temperature: 0.0,
+                max_tokens: 40,
+                stop: vec![",".into()],
+                ..p
+            },
+            &mut |t| streamed.push_str(t),
+        )
+        .unwrap();
     assert_eq!(streamed, g.text);
     if g.finish_reason == FinishReason::Stop {
         assert!(!g.text.contains(','));

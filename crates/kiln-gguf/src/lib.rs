@@ -32,7 +32,10 @@ use value::Getters;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a GGUF file (magic {found:?}, expected \"GGUF\")")]
     BadMagic { path: PathBuf, found: [u8; 4] },
     #[error("{path}: unsupported GGUF version {version} (supported: 2 and 3; v1 used 32-bit counts, and a huge number means a big-endian file)")]
@@ -41,26 +44,58 @@ pub enum Error {
     Truncated { path: PathBuf, what: String },
     #[error("{path}: {what} is not valid UTF-8")]
     InvalidUtf8 { path: PathBuf, what: String },
-    #[error("{path}: {what} is {count}, more than the remaining {remaining_bytes} bytes could hold")]
-    AbsurdCount { path: PathBuf, what: String, count: u64, remaining_bytes: u64 },
+    #[error(
+        "{path}: {what} is {count}, more than the remaining {remaining_bytes} bytes could hold"
+    )]
+    AbsurdCount {
+        path: PathBuf,
+        what: String,
+        count: u64,
+        remaining_bytes: u64,
+    },
     #[error("{path}: metadata key `{key}` has unknown value type {type_id}")]
-    UnknownValueType { path: PathBuf, key: String, type_id: u32 },
+    UnknownValueType {
+        path: PathBuf,
+        key: String,
+        type_id: u32,
+    },
     #[error("{path}: metadata key `{key}`: {reason}")]
-    BadValue { path: PathBuf, key: String, reason: String },
+    BadValue {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     #[error("{path}: metadata key `{key}` appears twice")]
     DuplicateKey { path: PathBuf, key: String },
     #[error("{path}: tensor `{tensor}` has unknown ggml type {type_id}")]
-    UnknownGgmlType { path: PathBuf, tensor: String, type_id: u32 },
+    UnknownGgmlType {
+        path: PathBuf,
+        tensor: String,
+        type_id: u32,
+    },
     #[error("{path}: tensor `{tensor}`: {reason}")]
-    BadTensor { path: PathBuf, tensor: String, reason: String },
+    BadTensor {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
     #[error("{path}: tensor `{tensor}` appears twice")]
     DuplicateTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor `{tensor}` (bytes {start}..{end}) is not inside this file")]
-    ForeignTensor { path: PathBuf, tensor: String, start: u64, end: u64 },
+    ForeignTensor {
+        path: PathBuf,
+        tensor: String,
+        start: u64,
+        end: u64,
+    },
     #[error("metadata key `{key}` is missing")]
     MissingKey { key: String },
     #[error("metadata key `{key}` is a {found}, expected {expected}")]
-    WrongType { key: String, expected: &'static str, found: &'static str },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -107,18 +142,29 @@ impl GgufFile {
     /// Memory-maps `path` and parses and validates its header.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| Error::Io { path: path.clone(), source };
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
         let file = File::open(&path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len == 0 {
             // Mapping an empty file is an error on some platforms; say what is really wrong.
-            return Err(Error::Truncated { path, what: "header".to_string() });
+            return Err(Error::Truncated {
+                path,
+                what: "header".to_string(),
+            });
         }
         // SAFETY: the map is read-only. Like every mmap-based model loader (llama.cpp, candle,
         // safetensors) we rely on the file not being truncated or rewritten while mapped.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let header = parse::parse(&mmap, &path)?;
-        let by_name = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let by_name = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(GgufFile {
             path,
             mmap: Arc::new(mmap),
@@ -223,12 +269,15 @@ impl GgufFile {
     /// The bytes of a tensor, borrowed from the mapping.
     pub fn tensor_bytes(&self, info: &TensorInfo) -> Result<&[u8]> {
         let end = info.data_offset.checked_add(info.n_bytes);
-        end.and_then(|end| self.mmap.get(usize::try_from(info.data_offset).ok()?..usize::try_from(end).ok()?))
-            .ok_or_else(|| Error::ForeignTensor {
-                path: self.path.clone(),
-                tensor: info.name.clone(),
-                start: info.data_offset,
-                end: end.unwrap_or(u64::MAX),
-            })
+        end.and_then(|end| {
+            self.mmap
+                .get(usize::try_from(info.data_offset).ok()?..usize::try_from(end).ok()?)
+        })
+        .ok_or_else(|| Error::ForeignTensor {
+            path: self.path.clone(),
+            tensor: info.name.clone(),
+            start: info.data_offset,
+            end: end.unwrap_or(u64::MAX),
+        })
     }
 }

@@ -46,7 +46,10 @@ impl<'a> Reader<'a> {
     }
 
     fn truncated(&self, what: impl Into<String>) -> Error {
-        Error::Truncated { path: self.path.to_path_buf(), what: what.into() }
+        Error::Truncated {
+            path: self.path.to_path_buf(),
+            what: what.into(),
+        }
     }
 
     fn bytes(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
@@ -76,8 +79,10 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String> {
         let len = self.u64(what)?;
         let bytes = self.bytes(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| Error::InvalidUtf8 { path: self.path.to_path_buf(), what: what() })
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::InvalidUtf8 {
+            path: self.path.to_path_buf(),
+            what: what(),
+        })
     }
 
     /// Fails unless `count` items of at least `min_size` bytes each could fit in what is left.
@@ -109,14 +114,14 @@ impl<'a> Reader<'a> {
             ValueType::Bool => match u8::from_le_bytes(self.array(&what)?) {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                other => {
-                    return Err(self.bad_value(key, format!("bool stored as byte {other}")))
-                }
+                other => return Err(self.bad_value(key, format!("bool stored as byte {other}"))),
             },
             ValueType::String => Value::String(self.string(&what)?),
             ValueType::Array => {
                 if depth >= MAX_NESTING {
-                    return Err(self.bad_value(key, format!("arrays nested deeper than {MAX_NESTING}")));
+                    return Err(
+                        self.bad_value(key, format!("arrays nested deeper than {MAX_NESTING}"))
+                    );
                 }
                 let type_id = self.u32(&what)?;
                 let elem = ValueType::from_id(type_id).ok_or_else(|| Error::UnknownValueType {
@@ -138,12 +143,20 @@ impl<'a> Reader<'a> {
     }
 
     fn bad_value(&self, key: &str, reason: String) -> Error {
-        Error::BadValue { path: self.path.to_path_buf(), key: key.to_string(), reason }
+        Error::BadValue {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        }
     }
 }
 
 fn bad_tensor(path: &Path, tensor: &str, reason: String) -> Error {
-    Error::BadTensor { path: path.to_path_buf(), tensor: tensor.to_string(), reason }
+    Error::BadTensor {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        reason,
+    }
 }
 
 pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Header> {
@@ -151,11 +164,17 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Header> {
     let header = || "header".to_string();
     let magic: [u8; 4] = r.array(&header)?;
     if &magic != MAGIC {
-        return Err(Error::BadMagic { path: path.to_path_buf(), found: magic });
+        return Err(Error::BadMagic {
+            path: path.to_path_buf(),
+            found: magic,
+        });
     }
     let version = r.u32(&header)?;
     if version != 2 && version != 3 {
-        return Err(Error::UnsupportedVersion { path: path.to_path_buf(), version });
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            version,
+        });
     }
     let tensor_count = r.u64(&header)?;
     let kv_count = r.u64(&header)?;
@@ -175,7 +194,10 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Header> {
         })?;
         let value = r.value(ty, &key, 0)?;
         if metadata.contains_key(&key) {
-            return Err(Error::DuplicateKey { path: path.to_path_buf(), key });
+            return Err(Error::DuplicateKey {
+                path: path.to_path_buf(),
+                key,
+            });
         }
         metadata.insert(key, value);
     }
@@ -203,13 +225,31 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Header> {
     let mut seen = HashSet::new();
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, dims, type_id, offset) in raw {
-        let info = locate_tensor(path, buf.len() as u64, data_offset, alignment, name, dims, type_id, offset)?;
+        let info = locate_tensor(
+            path,
+            buf.len() as u64,
+            data_offset,
+            alignment,
+            name,
+            dims,
+            type_id,
+            offset,
+        )?;
         if !seen.insert(info.name.clone()) {
-            return Err(Error::DuplicateTensor { path: path.to_path_buf(), tensor: info.name });
+            return Err(Error::DuplicateTensor {
+                path: path.to_path_buf(),
+                tensor: info.name,
+            });
         }
         tensors.push(info);
     }
-    Ok(Header { version, metadata, tensors, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 fn read_tensor_info(r: &mut Reader<'_>, i: u64) -> Result<(String, Vec<u64>, u32, u64)> {
@@ -217,7 +257,11 @@ fn read_tensor_info(r: &mut Reader<'_>, i: u64) -> Result<(String, Vec<u64>, u32
     let what = || format!("info of tensor `{name}`");
     let n_dims = r.u32(&what)?;
     if n_dims > MAX_DIMS {
-        return Err(bad_tensor(r.path, &name, format!("{n_dims} dims (at most {MAX_DIMS})")));
+        return Err(bad_tensor(
+            r.path,
+            &name,
+            format!("{n_dims} dims (at most {MAX_DIMS})"),
+        ));
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -248,14 +292,23 @@ fn locate_tensor(
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= i64::MAX as u64)
-        .ok_or_else(|| bad_tensor(path, &name, format!("element count of dims {dims:?} overflows")))?;
+        .ok_or_else(|| {
+            bad_tensor(
+                path,
+                &name,
+                format!("element count of dims {dims:?} overflows"),
+            )
+        })?;
     let row = dims.first().copied().unwrap_or(1);
     let (block, type_size) = (dtype.block_size() as u64, dtype.type_size() as u64);
     if row % block != 0 {
         return Err(bad_tensor(
             path,
             &name,
-            format!("dims[0] = {row} is not a multiple of the {dtype} block size {}", dtype.block_size()),
+            format!(
+                "dims[0] = {row} is not a multiple of the {dtype} block size {}",
+                dtype.block_size()
+            ),
         ));
     }
     let n_bytes = (n_elements % block == 0)
@@ -263,7 +316,11 @@ fn locate_tensor(
         .flatten()
         .ok_or_else(|| bad_tensor(path, &name, format!("byte size of dims {dims:?} overflows")))?;
     if offset % alignment != 0 {
-        return Err(bad_tensor(path, &name, format!("offset {offset} is not a multiple of the alignment {alignment}")));
+        return Err(bad_tensor(
+            path,
+            &name,
+            format!("offset {offset} is not a multiple of the alignment {alignment}"),
+        ));
     }
     let start = data_offset.checked_add(offset);
     let end = start.and_then(|s| s.checked_add(n_bytes));

@@ -144,12 +144,18 @@ impl Value {
 pub(crate) struct Getters<'a>(pub &'a BTreeMap<String, Value>);
 
 fn wrong(key: &str, expected: &'static str, found: &Value) -> Error {
-    Error::WrongType { key: key.to_string(), expected, found: found.type_name() }
+    Error::WrongType {
+        key: key.to_string(),
+        expected,
+        found: found.type_name(),
+    }
 }
 
 impl<'a> Getters<'a> {
     pub fn get(&self, key: &str) -> Result<&'a Value> {
-        self.0.get(key).ok_or_else(|| Error::MissingKey { key: key.to_string() })
+        self.0.get(key).ok_or_else(|| Error::MissingKey {
+            key: key.to_string(),
+        })
     }
 
     fn int<T: TryFrom<i128>>(&self, key: &str, expected: &'static str) -> Result<T> {
@@ -173,7 +179,9 @@ impl<'a> Getters<'a> {
 
     pub fn f32(&self, key: &str) -> Result<f32> {
         let v = self.get(key)?;
-        v.as_float().map(|f| f as f32).ok_or_else(|| wrong(key, "f32 or f64", v))
+        v.as_float()
+            .map(|f| f as f32)
+            .ok_or_else(|| wrong(key, "f32 or f64", v))
     }
 
     pub fn bool(&self, key: &str) -> Result<bool> {
@@ -217,7 +225,11 @@ impl<'a> Getters<'a> {
         const EXPECTED: &str = "array of floats";
         self.array(key, EXPECTED)?
             .iter()
-            .map(|item| item.as_float().map(|f| f as f32).ok_or_else(|| wrong(key, EXPECTED, item)))
+            .map(|item| {
+                item.as_float()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| wrong(key, EXPECTED, item))
+            })
             .collect()
     }
 }

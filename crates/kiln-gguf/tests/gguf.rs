@@ -23,7 +23,11 @@ fn string(out: &mut Vec<u8>, s: &[u8]) {
 
 impl Writer {
     fn new(version: u32) -> Writer {
-        Writer { version, alignment: 32, ..Default::default() }
+        Writer {
+            version,
+            alignment: 32,
+            ..Default::default()
+        }
     }
 
     /// A raw kv: type tag followed by the encoded value.
@@ -50,7 +54,8 @@ impl Writer {
     }
 
     fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, data: Vec<u8>) -> &mut Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ty, data));
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ty, data));
         self
     }
 
@@ -91,7 +96,8 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn write_tmp(bytes: &[u8]) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kiln-gguf-{}-{n}.gguf", std::process::id()));
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kiln-gguf-{}-{n}.gguf", std::process::id()));
     std::fs::write(&path, bytes).expect("write temp file");
     path
 }
@@ -129,8 +135,14 @@ fn reads_v2_and_v3() {
         assert_eq!(f.get_u32("llama.context_length").expect("u64 as u32"), 8192);
         assert_eq!(f.get_f32("llama.rope.freq_base").expect("f32"), 10000.0);
         assert!(f.get_bool("tokenizer.ggml.add_bos_token").expect("bool"));
-        assert_eq!(f.get_str_array("tokenizer.ggml.tokens").expect("strs"), ["a", "b", "ü"]);
-        assert_eq!(f.get_i32_array("tokenizer.ggml.token_type").expect("ints"), [1, -2, 3]);
+        assert_eq!(
+            f.get_str_array("tokenizer.ggml.tokens").expect("strs"),
+            ["a", "b", "ü"]
+        );
+        assert_eq!(
+            f.get_i32_array("tokenizer.ggml.token_type").expect("ints"),
+            [1, -2, 3]
+        );
         assert_eq!(f.get("neg"), Some(&Value::I32(-3)));
 
         assert_eq!(f.tensors().len(), 2);
@@ -140,7 +152,10 @@ fn reads_v2_and_v3() {
         assert_eq!(emb.n_bytes, 24);
         assert_eq!(emb.data_offset % 32, 0);
         let bytes = f.tensor_bytes(emb).expect("bytes");
-        assert_eq!(f32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")), 5.0);
+        assert_eq!(
+            f32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")),
+            5.0
+        );
         let q = f.tensor("blk.0.attn_q.weight").expect("tensor");
         assert_eq!((q.ggml_type, q.offset, q.n_bytes), (3, 32, 20));
         assert_eq!(f.tensor_bytes(q).expect("bytes"), [7u8; 20]);
@@ -156,11 +171,16 @@ fn getter_errors_name_the_key() {
         other => panic!("{other:?}"),
     }
     match f.get_str("llama.block_count") {
-        Err(e @ Error::WrongType { .. }) => assert!(e.to_string().contains("llama.block_count"), "{e}"),
+        Err(e @ Error::WrongType { .. }) => {
+            assert!(e.to_string().contains("llama.block_count"), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(matches!(f.get_u32("neg"), Err(Error::WrongType { .. })));
-    assert!(matches!(f.get_f32_array("tokenizer.ggml.tokens"), Err(Error::WrongType { .. })));
+    assert!(matches!(
+        f.get_f32_array("tokenizer.ggml.tokens"),
+        Err(Error::WrongType { .. })
+    ));
 }
 
 #[test]
@@ -196,7 +216,10 @@ fn every_truncation_is_an_error() {
 fn bad_magic_and_versions() {
     let mut bytes = sample(3).bytes();
     bytes[..4].copy_from_slice(b"GGML");
-    assert!(matches!(GgufFile::open(write_tmp(&bytes)), Err(Error::BadMagic { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&bytes)),
+        Err(Error::BadMagic { .. })
+    ));
     for version in [1u32, 4, 0x0300_0000] {
         let mut bytes = sample(3).bytes();
         bytes[4..8].copy_from_slice(&version.to_le_bytes());
@@ -213,24 +236,39 @@ fn bad_magic_and_versions() {
 fn absurd_counts_fail_fast() {
     let mut bytes = sample(3).bytes();
     bytes[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(matches!(GgufFile::open(write_tmp(&bytes)), Err(Error::AbsurdCount { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&bytes)),
+        Err(Error::AbsurdCount { .. })
+    ));
     let mut bytes = sample(3).bytes();
     bytes[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    assert!(matches!(GgufFile::open(write_tmp(&bytes)), Err(Error::AbsurdCount { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&bytes)),
+        Err(Error::AbsurdCount { .. })
+    ));
     // A huge array count.
     let mut w = Writer::new(3);
     let mut v = 0u32.to_le_bytes().to_vec();
     v.extend((1u64 << 50).to_le_bytes());
     w.kv("big", 9, &v);
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::AbsurdCount { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::AbsurdCount { .. })
+    ));
     // A huge string length.
     let mut w = Writer::new(3);
     w.kv("s", 8, &u64::MAX.to_le_bytes());
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::Truncated { .. })
+    ));
     // Dims whose product overflows.
     let mut w = Writer::new(3);
     w.tensor("huge", &[1 << 40, 1 << 40], 0, vec![]);
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::BadTensor { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::BadTensor { .. })
+    ));
 }
 
 #[test]
@@ -245,29 +283,50 @@ fn bad_values_and_types() {
     }
     let mut w = Writer::new(3);
     w.kv("k", 13, &[0; 8]);
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::UnknownValueType { type_id: 13, .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::UnknownValueType { type_id: 13, .. })
+    ));
     let mut w = Writer::new(3);
     w.kv("k", 7, &[2]);
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::BadValue { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::BadValue { .. })
+    ));
     let mut w = Writer::new(3);
     w.kv_str("k", "a").kv_str("k", "b");
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::DuplicateKey { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::DuplicateKey { .. })
+    ));
     let mut w = Writer::new(3);
     w.kv("general.alignment", 4, &48u32.to_le_bytes());
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::BadValue { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::BadValue { .. })
+    ));
 
     let mut w = Writer::new(3);
     w.tensor("t", &[4], 4, vec![0; 16]);
     match GgufFile::open(write_tmp(&w.bytes())) {
-        Err(Error::UnknownGgmlType { tensor, type_id: 4, .. }) => assert_eq!(tensor, "t"),
+        Err(Error::UnknownGgmlType {
+            tensor, type_id: 4, ..
+        }) => assert_eq!(tensor, "t"),
         other => panic!("{other:?}"),
     }
     let mut w = Writer::new(3);
     w.tensor("t", &[16], 2, vec![0; 18]);
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::BadTensor { .. })));
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::BadTensor { .. })
+    ));
     let mut w = Writer::new(3);
-    w.tensor("t", &[1], 0, vec![0; 4]).tensor("t", &[1], 0, vec![0; 4]);
-    assert!(matches!(GgufFile::open(write_tmp(&w.bytes())), Err(Error::DuplicateTensor { .. })));
+    w.tensor("t", &[1], 0, vec![0; 4])
+        .tensor("t", &[1], 0, vec![0; 4]);
+    assert!(matches!(
+        GgufFile::open(write_tmp(&w.bytes())),
+        Err(Error::DuplicateTensor { .. })
+    ));
 }
 
 #[test]
@@ -275,7 +334,10 @@ fn foreign_tensor_info_is_rejected() {
     let f = GgufFile::open(write_tmp(&sample(3).bytes())).expect("open");
     let mut info = f.tensors()[0].clone();
     info.data_offset = u64::MAX - 4;
-    assert!(matches!(f.tensor_bytes(&info), Err(Error::ForeignTensor { .. })));
+    assert!(matches!(
+        f.tensor_bytes(&info),
+        Err(Error::ForeignTensor { .. })
+    ));
 }
 
 fn workspace_root() -> PathBuf {

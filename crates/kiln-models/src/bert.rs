@@ -68,10 +68,18 @@ pub struct BertConfig {
 impl BertConfig {
     pub fn from_hf(c: &HfConfig, arch: &str) -> Result<BertConfig> {
         let model_type = c.str("model_type").unwrap_or("bert");
-        let roberta = matches!(model_type, "roberta" | "xlm-roberta" | "camembert") || arch.starts_with("Roberta") || arch.starts_with("XLMRoberta") || arch.starts_with("Camembert");
+        let roberta = matches!(model_type, "roberta" | "xlm-roberta" | "camembert")
+            || arch.starts_with("Roberta")
+            || arch.starts_with("XLMRoberta")
+            || arch.starts_with("Camembert");
         if let Some(p) = c.str("position_embedding_type") {
             if p != "absolute" {
-                return Err(Error::BadConfig { path: c.origin.clone(), reason: format!("position_embedding_type `{p}` is not supported (only absolute)") });
+                return Err(Error::BadConfig {
+                    path: c.origin.clone(),
+                    reason: format!(
+                        "position_embedding_type `{p}` is not supported (only absolute)"
+                    ),
+                });
             }
         }
         Ok(BertConfig {
@@ -85,7 +93,8 @@ impl BertConfig {
             type_vocab_size: c.opt_usize("type_vocab_size")?.unwrap_or(2),
             layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)? as f32,
             act: Activation::parse(c.str("hidden_act").unwrap_or("gelu"))?,
-            padding_idx_positions: roberta.then(|| c.opt_usize("pad_token_id").ok().flatten().unwrap_or(1) as u32),
+            padding_idx_positions: roberta
+                .then(|| c.opt_usize("pad_token_id").ok().flatten().unwrap_or(1) as u32),
             head: HeadKind::from_architecture(arch),
             labels: labels(c),
         })
@@ -94,7 +103,9 @@ impl BertConfig {
     /// The longest input (special tokens included) the position table can number.
     pub fn max_tokens(&self) -> usize {
         match self.padding_idx_positions {
-            Some(pad) => self.max_position_embeddings.saturating_sub(pad as usize + 1),
+            Some(pad) => self
+                .max_position_embeddings
+                .saturating_sub(pad as usize + 1),
             None => self.max_position_embeddings,
         }
     }
@@ -120,7 +131,9 @@ impl BertConfig {
 
 /// `id2label` as a vector indexed by id.
 pub(crate) fn labels(c: &HfConfig) -> Vec<String> {
-    let Some(map) = c.json.get("id2label").and_then(|v| v.as_object()) else { return Vec::new() };
+    let Some(map) = c.json.get("id2label").and_then(|v| v.as_object()) else {
+        return Vec::new();
+    };
     let mut out: Vec<String> = Vec::new();
     for (k, v) in map {
         if let (Ok(i), Some(name)) = (k.parse::<usize>(), v.as_str()) {
@@ -163,9 +176,17 @@ pub struct Scratch {
 
 impl Block {
     /// `x (n_tokens, hidden)` updated in place.
-    fn forward(&self, x: &mut [f32], batch: &Batch, act: Activation, s: &mut Scratch) -> Result<()> {
+    fn forward(
+        &self,
+        x: &mut [f32],
+        batch: &Batch,
+        act: Activation,
+        s: &mut Scratch,
+    ) -> Result<()> {
         let n = batch.n_tokens();
-        self.attention.forward_packed(x, batch, &mut s.q, &mut s.k, &mut s.v, &mut s.ctx, &mut s.tmp)?;
+        self.attention.forward_packed(
+            x, batch, &mut s.q, &mut s.k, &mut s.v, &mut s.ctx, &mut s.tmp,
+        )?;
         self.attention_norm.forward_add_in_place(x, &mut s.tmp)?; // h = LN(x + attn(x))
         self.intermediate.forward_into(x, n, &mut s.inter)?;
         act_in_place(act, &mut s.inter, self.intermediate.out_features());
@@ -189,8 +210,14 @@ fn act_in_place(act: Activation, x: &mut [f32], cols: usize) {
 /// `classifier` over every token.
 #[derive(Clone)]
 pub(crate) enum Head {
-    Sequence { dense: Linear, tanh: bool, out: Linear },
-    Token { classifier: Linear },
+    Sequence {
+        dense: Linear,
+        tanh: bool,
+        out: Linear,
+    },
+    Token {
+        classifier: Linear,
+    },
 }
 
 #[derive(Clone)]
@@ -205,16 +232,31 @@ pub struct Bert {
 }
 
 impl Bert {
-    pub fn load(w: &Weights, cfg: BertConfig, prefix: &str, on_layer: &mut dyn FnMut(usize, usize)) -> Result<Bert> {
+    pub fn load(
+        w: &Weights,
+        cfg: BertConfig,
+        prefix: &str,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Bert> {
         // Task checkpoints nest the encoder under `bert.`/`roberta.`; bare models do not.
-        let m = if w.contains(&format!("{prefix}.embeddings.word_embeddings.weight")) { w.pp(prefix) } else { w.clone() };
+        let m = if w.contains(&format!("{prefix}.embeddings.word_embeddings.weight")) {
+            w.pp(prefix)
+        } else {
+            w.clone()
+        };
         let e = m.pp("embeddings");
         let (h, eps) = (cfg.hidden, cfg.layer_norm_eps);
-        let token_type_embeddings = if cfg.type_vocab_size > 0 && e.contains("token_type_embeddings.weight") {
-            Some(Embedding::load(&e, "token_type_embeddings.weight", cfg.type_vocab_size, h)?)
-        } else {
-            None
-        };
+        let token_type_embeddings =
+            if cfg.type_vocab_size > 0 && e.contains("token_type_embeddings.weight") {
+                Some(Embedding::load(
+                    &e,
+                    "token_type_embeddings.weight",
+                    cfg.type_vocab_size,
+                    h,
+                )?)
+            } else {
+                None
+            };
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let l = m.pp("encoder").pp("layer").pp(i);
@@ -229,7 +271,13 @@ impl Bert {
             layers.push(Block {
                 attention,
                 attention_norm: LayerNorm::load(&o, "LayerNorm", h, eps, true)?,
-                intermediate: Linear::load(&l.pp("intermediate"), "dense", h, cfg.intermediate, true)?,
+                intermediate: Linear::load(
+                    &l.pp("intermediate"),
+                    "dense",
+                    h,
+                    cfg.intermediate,
+                    true,
+                )?,
                 output: Linear::load(&l.pp("output"), "dense", cfg.intermediate, h, true)?,
                 output_norm: LayerNorm::load(&l.pp("output"), "LayerNorm", h, eps, true)?,
             });
@@ -238,12 +286,16 @@ impl Bert {
         let n_labels = cfg.labels.len().max(1);
         let head = match cfg.head {
             HeadKind::None => None,
-            HeadKind::Token => Some(Head::Token { classifier: Linear::load(w, "classifier", h, n_labels, true)? }),
-            HeadKind::Sequence if w.contains("classifier.out_proj.weight") => Some(Head::Sequence {
-                dense: Linear::load(&w.pp("classifier"), "dense", h, h, true)?,
-                tanh: true,
-                out: Linear::load(&w.pp("classifier"), "out_proj", h, n_labels, true)?,
+            HeadKind::Token => Some(Head::Token {
+                classifier: Linear::load(w, "classifier", h, n_labels, true)?,
             }),
+            HeadKind::Sequence if w.contains("classifier.out_proj.weight") => {
+                Some(Head::Sequence {
+                    dense: Linear::load(&w.pp("classifier"), "dense", h, h, true)?,
+                    tanh: true,
+                    out: Linear::load(&w.pp("classifier"), "out_proj", h, n_labels, true)?,
+                })
+            }
             HeadKind::Sequence => Some(Head::Sequence {
                 dense: Linear::load(&m.pp("pooler"), "dense", h, h, true)?,
                 tanh: true,
@@ -252,7 +304,12 @@ impl Bert {
         };
         Ok(Bert {
             word_embeddings: Embedding::load(&e, "word_embeddings.weight", cfg.vocab, h)?,
-            position_embeddings: Embedding::load(&e, "position_embeddings.weight", cfg.max_position_embeddings, h)?,
+            position_embeddings: Embedding::load(
+                &e,
+                "position_embeddings.weight",
+                cfg.max_position_embeddings,
+                h,
+            )?,
             token_type_embeddings,
             embeddings_norm: LayerNorm::load(&e, "LayerNorm", h, eps, true)?,
             layers,
@@ -268,7 +325,10 @@ impl Bert {
         for span in &batch.seqs {
             let rows = span.start..span.start + span.len;
             match self.cfg.padding_idx_positions {
-                None => pos[rows].iter_mut().enumerate().for_each(|(i, p)| *p = i as u32),
+                None => pos[rows]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, p)| *p = i as u32),
                 Some(pad) => {
                     let mut count = 0;
                     for (p, &t) in pos[rows.clone()].iter_mut().zip(&tokens[rows]) {
@@ -287,7 +347,13 @@ impl Bert {
 
     /// Final hidden states `(n_tokens, hidden)` of a packed batch. `type_ids` defaults to all
     /// zeros. With `trace`, also the embedding output and every layer's output.
-    pub fn forward(&self, tokens: &[u32], type_ids: Option<&[u32]>, batch: &Batch, trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        type_ids: Option<&[u32]>,
+        batch: &Batch,
+        trace: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
         self.forward_with(tokens, type_ids, batch, &mut Scratch::default(), trace)
     }
 
@@ -303,7 +369,10 @@ impl Bert {
         let n = tokens.len();
         let h = self.cfg.hidden;
         if let Some(span) = batch.seqs.iter().find(|s| s.len > self.cfg.max_tokens()) {
-            return Err(Error::InputTooLong { n_tokens: span.len, max_tokens: self.cfg.max_tokens() });
+            return Err(Error::InputTooLong {
+                n_tokens: span.len,
+                max_tokens: self.cfg.max_tokens(),
+            });
         }
         // The spans must tile the tokens in order (what `Batch::packed` builds).
         let mut at = 0;
@@ -315,10 +384,19 @@ impl Bert {
         }
         if at != n || batch.n_tokens() != n || type_ids.is_some_and(|t| t.len() != n) {
             let spans: Vec<usize> = batch.seqs.iter().map(|s| s.len).collect();
-            return Err(kiln_tensor::Error::ShapeMismatch { op: "bert batch (tokens vs sequence spans)", lhs: vec![n], rhs: spans }.into());
+            return Err(kiln_tensor::Error::ShapeMismatch {
+                op: "bert batch (tokens vs sequence spans)",
+                lhs: vec![n],
+                rhs: spans,
+            }
+            .into());
         }
         let mut e = self.word_embeddings.forward(tokens)?;
-        e = e.add_rows(&self.position_embeddings.forward(&self.position_ids(tokens, batch))?)?;
+        e = e.add_rows(
+            &self
+                .position_embeddings
+                .forward(&self.position_ids(tokens, batch))?,
+        )?;
         if let Some(tt) = &self.token_type_embeddings {
             let zeros;
             let ids = match type_ids {
@@ -334,7 +412,14 @@ impl Bert {
         let qkv = n * self.cfg.n_heads * self.cfg.head_dim();
         // Every buffer is fully overwritten before it is read (gemm outputs, attention rows of
         // every span), so growing without clearing is enough.
-        for (buf, len) in [(&mut s.q, qkv), (&mut s.k, qkv), (&mut s.v, qkv), (&mut s.ctx, qkv), (&mut s.tmp, n * h), (&mut s.inter, n * self.cfg.intermediate)] {
+        for (buf, len) in [
+            (&mut s.q, qkv),
+            (&mut s.k, qkv),
+            (&mut s.v, qkv),
+            (&mut s.ctx, qkv),
+            (&mut s.tmp, n * h),
+            (&mut s.inter, n * self.cfg.intermediate),
+        ] {
             buf.resize(len, 0.0);
         }
         for layer in &self.layers {
@@ -383,7 +468,12 @@ impl TensorExt for Tensor {
         let b = rhs.to_f32();
         let b = b.as_f32_slice()?;
         if a.len() != b.len() {
-            return Err(kiln_tensor::Error::ShapeMismatch { op: "add_rows", lhs: self.dims().to_vec(), rhs: rhs.dims().to_vec() }.into());
+            return Err(kiln_tensor::Error::ShapeMismatch {
+                op: "add_rows",
+                lhs: self.dims().to_vec(),
+                rhs: rhs.dims().to_vec(),
+            }
+            .into());
         }
         a.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
         Ok(Tensor::from_vec(a, self.shape().clone())?)

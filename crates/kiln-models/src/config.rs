@@ -14,40 +14,62 @@ pub struct HfConfig {
 
 impl HfConfig {
     pub fn from_file(path: &std::path::Path) -> Result<HfConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::BadConfig { path: path.display().to_string(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::BadConfig {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         if !json.is_object() {
-            return Err(Error::BadConfig { path: path.display().to_string(), reason: "not a JSON object".into() });
+            return Err(Error::BadConfig {
+                path: path.display().to_string(),
+                reason: "not a JSON object".into(),
+            });
         }
-        Ok(HfConfig { json, origin: path.display().to_string() })
+        Ok(HfConfig {
+            json,
+            origin: path.display().to_string(),
+        })
     }
 
     fn bad(&self, reason: String) -> Error {
-        Error::BadConfig { path: self.origin.clone(), reason }
+        Error::BadConfig {
+            path: self.origin.clone(),
+            reason,
+        }
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.bad(format!("missing `{key}`")))
+        self.opt_usize(key)?
+            .ok_or_else(|| self.bad(format!("missing `{key}`")))
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.bad(format!("`{key}` must be a non-negative integer"))),
+            Some(v) => v
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| self.bad(format!("`{key}` must be a non-negative integer"))),
         }
     }
 
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.bad(format!("`{key}` must be a number"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.bad(format!("`{key}` must be a number"))),
         }
     }
 
     pub fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.json.get(key).and_then(|v| v.as_bool()).unwrap_or(default)
+        self.json
+            .get(key)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(default)
     }
 
     pub fn str(&self, key: &str) -> Option<&str> {
@@ -56,7 +78,12 @@ impl HfConfig {
 
     /// The first entry of `architectures`, or a name derived from `model_type`.
     pub fn architecture(&self) -> Result<String> {
-        if let Some(a) = self.json.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()) {
+        if let Some(a) = self
+            .json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+        {
             return Ok(a.to_string());
         }
         match self.str("model_type") {
@@ -77,7 +104,11 @@ impl HfConfig {
             "llama" => "LlamaForCausalLM",
             "mistral" => "MistralForCausalLM",
             "qwen2" => "Qwen2ForCausalLM",
-            other => return Err(Error::UnknownArchitecture { found: format!("{other} (GGUF)") }),
+            other => {
+                return Err(Error::UnknownArchitecture {
+                    found: format!("{other} (GGUF)"),
+                })
+            }
         };
         let k = |s: &str| format!("{arch}.{s}");
         let n_heads = file.get_u32(&k("attention.head_count"))?;
@@ -86,23 +117,43 @@ impl HfConfig {
         m.insert("architectures".into(), json!([hf_arch]));
         m.insert("model_type".into(), json!(arch));
         m.insert("hidden_size".into(), json!(hidden));
-        m.insert("intermediate_size".into(), json!(file.get_u32(&k("feed_forward_length"))?));
-        m.insert("num_hidden_layers".into(), json!(file.get_u32(&k("block_count"))?));
+        m.insert(
+            "intermediate_size".into(),
+            json!(file.get_u32(&k("feed_forward_length"))?),
+        );
+        m.insert(
+            "num_hidden_layers".into(),
+            json!(file.get_u32(&k("block_count"))?),
+        );
         m.insert("num_attention_heads".into(), json!(n_heads));
-        let kv = file.get_u32(&k("attention.head_count_kv")).unwrap_or(n_heads);
+        let kv = file
+            .get_u32(&k("attention.head_count_kv"))
+            .unwrap_or(n_heads);
         m.insert("num_key_value_heads".into(), json!(kv));
         if let Ok(d) = file.get_u32(&k("attention.key_length")) {
             m.insert("head_dim".into(), json!(d));
         }
-        m.insert("rms_norm_eps".into(), json!(file.get_f32(&k("attention.layer_norm_rms_epsilon"))?));
-        m.insert("max_position_embeddings".into(), json!(file.get_u32(&k("context_length"))?));
-        m.insert("rope_theta".into(), json!(file.get_f32(&k("rope.freq_base")).unwrap_or(10000.0)));
+        m.insert(
+            "rms_norm_eps".into(),
+            json!(file.get_f32(&k("attention.layer_norm_rms_epsilon"))?),
+        );
+        m.insert(
+            "max_position_embeddings".into(),
+            json!(file.get_u32(&k("context_length"))?),
+        );
+        m.insert(
+            "rope_theta".into(),
+            json!(file.get_f32(&k("rope.freq_base")).unwrap_or(10000.0)),
+        );
         let vocab = match file.get_u32(&k("vocab_size")) {
             Ok(v) => v as usize,
             Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         m.insert("vocab_size".into(), json!(vocab));
-        m.insert("tie_word_embeddings".into(), json!(file.tensor("output.weight").is_none()));
+        m.insert(
+            "tie_word_embeddings".into(),
+            json!(file.tensor("output.weight").is_none()),
+        );
         if let Ok(w) = file.get_u32(&k("attention.sliding_window")) {
             m.insert("sliding_window".into(), json!(w));
         }
@@ -128,7 +179,10 @@ impl HfConfig {
         if let Ok(b) = file.get_u32("tokenizer.ggml.bos_token_id") {
             m.insert("bos_token_id".into(), json!(b));
         }
-        Ok(HfConfig { json: Value::Object(m), origin: file.path().display().to_string() })
+        Ok(HfConfig {
+            json: Value::Object(m),
+            origin: file.path().display().to_string(),
+        })
     }
 }
 
@@ -136,7 +190,11 @@ impl HfConfig {
 pub fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -31,7 +31,11 @@ pub fn config(c: &HfConfig, arch: &str) -> Result<BertConfig> {
 }
 
 pub fn load(w: &Weights, cfg: BertConfig, on_layer: &mut dyn FnMut(usize, usize)) -> Result<Bert> {
-    let m = if w.contains("distilbert.embeddings.word_embeddings.weight") { w.pp("distilbert") } else { w.clone() };
+    let m = if w.contains("distilbert.embeddings.word_embeddings.weight") {
+        w.pp("distilbert")
+    } else {
+        w.clone()
+    };
     let e = m.pp("embeddings");
     let (h, eps) = (cfg.hidden, cfg.layer_norm_eps);
     let mut layers = Vec::with_capacity(cfg.n_layers);
@@ -57,7 +61,9 @@ pub fn load(w: &Weights, cfg: BertConfig, on_layer: &mut dyn FnMut(usize, usize)
     let n_labels = cfg.labels.len().max(1);
     let head = match cfg.head {
         HeadKind::None => None,
-        HeadKind::Token => Some(Head::Token { classifier: Linear::load(w, "classifier", h, n_labels, true)? }),
+        HeadKind::Token => Some(Head::Token {
+            classifier: Linear::load(w, "classifier", h, n_labels, true)?,
+        }),
         HeadKind::Sequence => Some(Head::Sequence {
             dense: Linear::load(w, "pre_classifier", h, h, true)?,
             tanh: false,
@@ -66,7 +72,12 @@ pub fn load(w: &Weights, cfg: BertConfig, on_layer: &mut dyn FnMut(usize, usize)
     };
     Ok(Bert {
         word_embeddings: kiln_nn::Embedding::load(&e, "word_embeddings.weight", cfg.vocab, h)?,
-        position_embeddings: kiln_nn::Embedding::load(&e, "position_embeddings.weight", cfg.max_position_embeddings, h)?,
+        position_embeddings: kiln_nn::Embedding::load(
+            &e,
+            "position_embeddings.weight",
+            cfg.max_position_embeddings,
+            h,
+        )?,
         token_type_embeddings: None,
         embeddings_norm: LayerNorm::load(&e, "LayerNorm", h, eps, true)?,
         layers,

@@ -13,10 +13,17 @@ pub enum Error {
     #[error("{path}: {reason}")]
     BadConfig { path: String, reason: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{arch} is an encoder-only model: it has no {what} (use `kiln embed` or `kiln classify`)")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{arch} is an encoder-only model: it has no {what} (use `kiln embed` or `kiln classify`)"
+    )]
     EncoderOnly { arch: String, what: &'static str },
-    #[error("{model} is not an encoder model (embed/classify need BERT, RoBERTa, XLM-R or DistilBERT)")]
+    #[error(
+        "{model} is not an encoder model (embed/classify need BERT, RoBERTa, XLM-R or DistilBERT)"
+    )]
     NotEncoder { model: String },
     #[error("an input has {n_tokens} tokens but the model numbers at most {max_tokens} positions")]
     InputTooLong { n_tokens: usize, max_tokens: usize },

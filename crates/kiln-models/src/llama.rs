@@ -7,7 +7,10 @@
 //! pairs, which is the same function as HF's rotate-half on unpermuted rows.
 
 use kiln_nn::rope::RopeScaling;
-use kiln_nn::{Activation, Attention, AttentionSpec, Batch, Embedding, GatedMlp, KvCache, Linear, RmsNorm, Rope, Weights};
+use kiln_nn::{
+    Activation, Attention, AttentionSpec, Batch, Embedding, GatedMlp, KvCache, Linear, RmsNorm,
+    Rope, Weights,
+};
 use kiln_tensor::cpu::rope::RopeStyle;
 use kiln_tensor::Tensor;
 
@@ -44,13 +47,21 @@ impl LlamaConfig {
         let model_type = c.str("model_type").unwrap_or("llama");
         let is_qwen2 = model_type == "qwen2";
         let window = c.opt_usize("sliding_window")?;
-        let layer_types: Option<Vec<String>> = c.json.get("layer_types").and_then(|v| v.as_array()).map(|a| {
-            a.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect()
-        });
+        let layer_types: Option<Vec<String>> = c
+            .json
+            .get("layer_types")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().unwrap_or("").to_string())
+                    .collect()
+            });
         let windows = (0..n_layers)
             .map(|i| match (&layer_types, window) {
                 (_, None) => None,
-                (Some(types), Some(w)) => (types.get(i).map(|t| t.as_str()) == Some("sliding_attention")).then_some(w),
+                (Some(types), Some(w)) => {
+                    (types.get(i).map(|t| t.as_str()) == Some("sliding_attention")).then_some(w)
+                }
                 // transformers 4.x Qwen2: windows only when enabled, from layer max_window_layers on.
                 (None, Some(w)) if is_qwen2 => {
                     let from = c.opt_usize("max_window_layers").ok().flatten().unwrap_or(0);
@@ -85,7 +96,9 @@ impl LlamaConfig {
     /// extends it.
     pub fn max_context(&self) -> usize {
         match self.rope.scaling() {
-            RopeScaling::None | RopeScaling::Llama3 { .. } | RopeScaling::Yarn { .. } => self.max_position_embeddings,
+            RopeScaling::None | RopeScaling::Llama3 { .. } | RopeScaling::Yarn { .. } => {
+                self.max_position_embeddings
+            }
             RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor, .. } => {
                 (self.max_position_embeddings as f32 * factor) as usize
             }
@@ -102,9 +115,24 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, batch: &Batch, layer: usize, caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        let h = x.add(&self.self_attn.forward(&self.input_layernorm.forward(x)?, batch, layer, caches)?)?;
-        Ok(h.add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    fn forward(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        layer: usize,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let h = x.add(&self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            batch,
+            layer,
+            caches,
+        )?)?;
+        Ok(h.add(
+            &self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?)?,
+        )?)
     }
 }
 
@@ -118,7 +146,11 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(w: &Weights, cfg: LlamaConfig, on_layer: &mut dyn FnMut(usize, usize)) -> Result<Llama> {
+    pub fn load(
+        w: &Weights,
+        cfg: LlamaConfig,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Llama> {
         let m = w.pp("model");
         let embed_tokens = Embedding::load(&m, "embed_tokens.weight", cfg.vocab, cfg.hidden)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
@@ -136,10 +168,26 @@ impl Llama {
                 rope: Some(cfg.rope.clone()),
             };
             layers.push(Block {
-                input_layernorm: RmsNorm::load(&l, "input_layernorm", cfg.hidden, cfg.rms_norm_eps)?,
+                input_layernorm: RmsNorm::load(
+                    &l,
+                    "input_layernorm",
+                    cfg.hidden,
+                    cfg.rms_norm_eps,
+                )?,
                 self_attn: Attention::load(&l.pp("self_attn"), spec)?,
-                post_attention_layernorm: RmsNorm::load(&l, "post_attention_layernorm", cfg.hidden, cfg.rms_norm_eps)?,
-                mlp: GatedMlp::load(&l.pp("mlp"), cfg.hidden, cfg.intermediate, cfg.act, cfg.mlp_bias)?,
+                post_attention_layernorm: RmsNorm::load(
+                    &l,
+                    "post_attention_layernorm",
+                    cfg.hidden,
+                    cfg.rms_norm_eps,
+                )?,
+                mlp: GatedMlp::load(
+                    &l.pp("mlp"),
+                    cfg.hidden,
+                    cfg.intermediate,
+                    cfg.act,
+                    cfg.mlp_bias,
+                )?,
             });
             on_layer(i + 1, cfg.n_layers);
         }
@@ -149,7 +197,13 @@ impl Llama {
         } else {
             Linear::load(w, "lm_head", cfg.hidden, cfg.vocab, false)?
         };
-        Ok(Llama { embed_tokens, layers, norm, lm_head, cfg })
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cfg,
+        })
     }
 
     pub fn new_cache(&self) -> KvCache {

@@ -41,7 +41,10 @@ pub struct Pooling {
 
 impl Default for Pooling {
     fn default() -> Pooling {
-        Pooling { modes: vec![PoolingMode::Mean], normalize: false }
+        Pooling {
+            modes: vec![PoolingMode::Mean],
+            normalize: false,
+        }
     }
 }
 
@@ -49,20 +52,36 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| Error::BadConfig { path: path.display().to_string(), reason: e.to_string() }),
+            .map_err(|e| Error::BadConfig {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Io { path: path.display().to_string(), source: e }),
+        Err(e) => Err(Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        }),
     }
 }
 
 impl Pooling {
     /// The pooling a sentence-transformers checkpoint directory asks for.
     pub fn from_dir(dir: &Path) -> Result<Pooling> {
-        let Some(modules) = read_json(&dir.join("modules.json"))? else { return Ok(Pooling::default()) };
+        let Some(modules) = read_json(&dir.join("modules.json"))? else {
+            return Ok(Pooling::default());
+        };
         let list = modules.as_array().cloned().unwrap_or_default();
-        let kind = |m: &serde_json::Value| m.get("type").and_then(|t| t.as_str()).unwrap_or("").to_string();
+        let kind = |m: &serde_json::Value| {
+            m.get("type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
         let normalize = list.iter().any(|m| kind(m).ends_with(".Normalize"));
-        let mut pooling = Pooling { normalize, ..Pooling::default() };
+        let mut pooling = Pooling {
+            normalize,
+            ..Pooling::default()
+        };
         if let Some(m) = list.iter().find(|m| kind(m).ends_with(".Pooling")) {
             let sub = m.get("path").and_then(|p| p.as_str()).unwrap_or("");
             let path = dir.join(sub).join("config.json");
@@ -72,7 +91,10 @@ impl Pooling {
                     ("pooling_mode_cls_token", PoolingMode::Cls),
                     ("pooling_mode_max_tokens", PoolingMode::Max),
                     ("pooling_mode_mean_tokens", PoolingMode::Mean),
-                    ("pooling_mode_mean_sqrt_len_tokens", PoolingMode::MeanSqrtLen),
+                    (
+                        "pooling_mode_mean_sqrt_len_tokens",
+                        PoolingMode::MeanSqrtLen,
+                    ),
                 ]
                 .into_iter()
                 .filter(|(k, _)| on(k))
@@ -80,7 +102,10 @@ impl Pooling {
                 .collect();
                 for k in ["pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"] {
                     if on(k) {
-                        return Err(Error::BadConfig { path: path.display().to_string(), reason: format!("`{k}` is not supported") });
+                        return Err(Error::BadConfig {
+                            path: path.display().to_string(),
+                            reason: format!("`{k}` is not supported"),
+                        });
                     }
                 }
                 if !modes.is_empty() {
@@ -116,7 +141,11 @@ impl Pooling {
                         s.iter_mut().zip(row).for_each(|(a, &b)| *a += b);
                     }
                     // sentence-transformers clamps the token count at 1e-9.
-                    let d = if *mode == PoolingMode::Mean { (len as f32).max(1e-9) } else { (len as f32).max(1e-9).sqrt() };
+                    let d = if *mode == PoolingMode::Mean {
+                        (len as f32).max(1e-9)
+                    } else {
+                        (len as f32).max(1e-9).sqrt()
+                    };
                     out.extend(s.iter().map(|x| x / d));
                 }
             }
@@ -171,8 +200,17 @@ mod tests {
         std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
         std::fs::write(dir.join("modules.json"), r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},{"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},{"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#).unwrap();
         std::fs::write(dir.join("1_Pooling/config.json"), r#"{"word_embedding_dimension": 4, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#).unwrap();
-        assert_eq!(Pooling::from_dir(&dir).unwrap(), Pooling { modes: vec![PoolingMode::Cls], normalize: true });
+        assert_eq!(
+            Pooling::from_dir(&dir).unwrap(),
+            Pooling {
+                modes: vec![PoolingMode::Cls],
+                normalize: true
+            }
+        );
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(Pooling::from_dir(Path::new("/nonexistent")).unwrap(), Pooling::default());
+        assert_eq!(
+            Pooling::from_dir(Path::new("/nonexistent")).unwrap(),
+            Pooling::default()
+        );
     }
 }

@@ -72,7 +72,12 @@ impl Model {
     }
 
     /// Final hidden states of a packed step; checks token ids first.
-    pub fn forward(&self, tokens: &[u32], batch: &Batch, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        batch: &Batch,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
         let vocab = self.info().vocab_size;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { id, vocab });
@@ -84,7 +89,12 @@ impl Model {
     }
 
     /// Like `forward`, also returning every layer's input and the last layer's output.
-    pub fn forward_traced(&self, tokens: &[u32], batch: &Batch, caches: &mut [&mut KvCache]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_traced(
+        &self,
+        tokens: &[u32],
+        batch: &Batch,
+        caches: &mut [&mut KvCache],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut trace = Vec::new();
         let h = match self {
             Model::Llama(m) => m.forward(tokens, batch, caches, Some(&mut trace))?,
@@ -101,7 +111,10 @@ impl Model {
     }
 
     fn encoder_only(&self, what: &'static str) -> Error {
-        Error::EncoderOnly { arch: self.info().architecture, what }
+        Error::EncoderOnly {
+            arch: self.info().architecture,
+            what,
+        }
     }
 
     /// The encoder, for embedding and classification; `None` for decoder-only models.
@@ -162,25 +175,52 @@ pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Lo
     };
     let arch = arch_of(&config)?;
     let model = match arch {
-        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => {
-            Model::Llama(Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?)
-        }
+        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => Model::Llama(
+            Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?,
+        ),
         a if a.starts_with("DistilBert") || a == "distilbert" => {
-            Model::Bert(Box::new(crate::distilbert::load(&weights, crate::distilbert::config(&config, a)?, on_progress)?))
+            Model::Bert(Box::new(crate::distilbert::load(
+                &weights,
+                crate::distilbert::config(&config, a)?,
+                on_progress,
+            )?))
         }
-        a if a.starts_with("Bert") || a == "bert" => {
-            Model::Bert(Box::new(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "bert", on_progress)?))
+        a if a.starts_with("Bert") || a == "bert" => Model::Bert(Box::new(Bert::load(
+            &weights,
+            BertConfig::from_hf(&config, a)?,
+            "bert",
+            on_progress,
+        )?)),
+        a if a.starts_with("Roberta")
+            || a.starts_with("XLMRoberta")
+            || a.starts_with("Camembert")
+            || a == "roberta"
+            || a == "xlm-roberta" =>
+        {
+            Model::Bert(Box::new(Bert::load(
+                &weights,
+                BertConfig::from_hf(&config, a)?,
+                "roberta",
+                on_progress,
+            )?))
         }
-        a if a.starts_with("Roberta") || a.starts_with("XLMRoberta") || a.starts_with("Camembert") || a == "roberta" || a == "xlm-roberta" => {
-            Model::Bert(Box::new(Bert::load(&weights, BertConfig::from_hf(&config, a)?, "roberta", on_progress)?))
+        other => {
+            return Err(Error::UnknownArchitecture {
+                found: other.to_string(),
+            })
         }
-        other => return Err(Error::UnknownArchitecture { found: other.to_string() }),
     };
     let mut info = model.info();
     info.architecture = arch.to_string();
     info.eos_token_ids = config.eos_token_ids();
-    info.bos_token_id = crate::config::ids(config.json.get("bos_token_id")).first().copied();
-    Ok(Loaded { model, info, config })
+    info.bos_token_id = crate::config::ids(config.json.get("bos_token_id"))
+        .first()
+        .copied();
+    Ok(Loaded {
+        model,
+        info,
+        config,
+    })
 }
 
 fn arch_of(config: &HfConfig) -> Result<&'static str> {

@@ -20,7 +20,9 @@ const FAMILY: &[&str] = &[
 ];
 
 fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 struct Reference {
@@ -29,35 +31,52 @@ struct Reference {
 
 impl Reference {
     fn open(name: &str) -> Reference {
-        Reference { bytes: std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("fixture") }
+        Reference {
+            bytes: std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("fixture"),
+        }
     }
     fn f32(&self, key: &str) -> Option<Vec<f32>> {
         let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
         let t = st.tensor(key).ok()?;
         assert_eq!(t.dtype(), Dtype::F32);
-        Some(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Some(
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
     }
     fn ids(&self, key: &str) -> Vec<u32> {
         let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
         let t = st.tensor(key).expect(key);
         assert_eq!(t.dtype(), Dtype::I64);
-        t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect()
     }
 }
 
 fn rel_err(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "length");
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
 }
 
 fn load_model(dir: &Path) -> Model {
-    load(dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).model
+    load(dir, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .model
 }
 
 fn one_shot_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     let mut cache = model.new_cache();
-    let h = model.forward(ids, &Batch::single(0, ids.len()), &mut [&mut cache]).unwrap();
+    let h = model
+        .forward(ids, &Batch::single(0, ids.len()), &mut [&mut cache])
+        .unwrap();
     model.logits(&h).unwrap().to_vec_f32()
 }
 
@@ -74,18 +93,35 @@ fn hidden_states_and_logits_match_transformers() {
         let model = load_model(&fixture_dir(name));
         let ids = r.ids("input_ids");
         let mut cache = model.new_cache();
-        let (h, trace) = model.forward_traced(&ids, &Batch::single(0, ids.len()), &mut [&mut cache]).unwrap();
+        let (h, trace) = model
+            .forward_traced(&ids, &Batch::single(0, ids.len()), &mut [&mut cache])
+            .unwrap();
         let n_layers = trace.len() - 1;
         for (i, t) in trace.iter().enumerate().take(n_layers) {
             let want = r.f32(&format!("hidden_states.{i}")).unwrap();
             let e = rel_err(&t.to_vec_f32(), &want);
-            assert!(e < 1e-4, "{name}: hidden state {i} (input of layer {i}) differs: rel err {e}");
+            assert!(
+                e < 1e-4,
+                "{name}: hidden state {i} (input of layer {i}) differs: rel err {e}"
+            );
         }
-        let e = rel_err(&trace[n_layers].to_vec_f32(), &r.f32("last_layer_pre_norm").unwrap());
-        assert!(e < 1e-4, "{name}: output of the last layer differs: rel err {e}");
-        let e = rel_err(&h.to_vec_f32(), &r.f32(&format!("hidden_states.{n_layers}")).unwrap());
+        let e = rel_err(
+            &trace[n_layers].to_vec_f32(),
+            &r.f32("last_layer_pre_norm").unwrap(),
+        );
+        assert!(
+            e < 1e-4,
+            "{name}: output of the last layer differs: rel err {e}"
+        );
+        let e = rel_err(
+            &h.to_vec_f32(),
+            &r.f32(&format!("hidden_states.{n_layers}")).unwrap(),
+        );
         assert!(e < 1e-4, "{name}: final norm differs: rel err {e}");
-        let e = rel_err(&model.logits(&h).unwrap().to_vec_f32(), &r.f32("logits").unwrap());
+        let e = rel_err(
+            &model.logits(&h).unwrap().to_vec_f32(),
+            &r.f32("logits").unwrap(),
+        );
         assert!(e < 1e-4, "{name}: logits differ: rel err {e}");
     }
 }
@@ -106,7 +142,14 @@ fn greedy_generation_matches_transformers() {
             let last = &logits[logits.len() - vocab..];
             let e = rel_err(last, &want_logits[s * vocab..(s + 1) * vocab]);
             assert!(e < 1e-4, "{name}: step {s} logits differ: rel err {e}");
-            let next = last.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
+            let next = last
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                )
+                .0 as u32;
             got.push(next);
             logits = step(&model, &mut cache, &[next]);
         }
@@ -132,7 +175,10 @@ fn prefill_then_decode_equals_one_shot() {
         assert_eq!(rows.len(), full.len());
         for (t, (a, b)) in rows.chunks(vocab).zip(full.chunks(vocab)).enumerate() {
             let e = rel_err(a, b);
-            assert!(e < 1e-5, "{name}: position {t}: incremental vs one-shot rel err {e}");
+            assert!(
+                e < 1e-5,
+                "{name}: position {t}: incremental vs one-shot rel err {e}"
+            );
         }
     }
 }
@@ -158,14 +204,29 @@ fn transformers_4_config_loads_identically() {
 fn unknown_architecture_and_bad_paths_are_errors() {
     let tmp = std::env::temp_dir().join(format!("kiln-bad-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    std::fs::write(tmp.join("config.json"), r#"{"architectures": ["FancyNetForCausalLM"]}"#).unwrap();
+    std::fs::write(
+        tmp.join("config.json"),
+        r#"{"architectures": ["FancyNetForCausalLM"]}"#,
+    )
+    .unwrap();
     let err = load(&tmp, &mut |_, _| {}).err().unwrap().to_string();
-    assert!(err.contains("unknown architecture `FancyNetForCausalLM`"), "{err}");
+    assert!(
+        err.contains("unknown architecture `FancyNetForCausalLM`"),
+        "{err}"
+    );
     std::fs::write(tmp.join("config.json"), "{ not json").unwrap();
     assert!(load(&tmp, &mut |_, _| {}).is_err());
-    assert!(load(&tmp.join("missing"), &mut |_, _| {}).err().unwrap().to_string().contains("no such file"));
+    assert!(load(&tmp.join("missing"), &mut |_, _| {})
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("no such file"));
     // A truncated safetensors file.
-    std::fs::copy(fixture_dir("llama").join("config.json"), tmp.join("config.json")).unwrap();
+    std::fs::copy(
+        fixture_dir("llama").join("config.json"),
+        tmp.join("config.json"),
+    )
+    .unwrap();
     let bytes = std::fs::read(fixture_dir("llama").join("model.safetensors")).unwrap();
     std::fs::write(tmp.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let err = load(&tmp, &mut |_, _| {}).err().unwrap().to_string();
@@ -186,8 +247,10 @@ fn sharded_safetensors_with_index_load_identically() {
     let mut weight_map = serde_json::Map::new();
     for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
         let file = format!("model-{:05}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, safetensors::tensor::TensorView)> =
-            part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
         safetensors::serialize_to_file(views, &None, &dir.join(&file)).unwrap();
         for n in part {
             weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
@@ -196,6 +259,9 @@ fn sharded_safetensors_with_index_load_identically() {
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let ids = Reference::open("llama").ids("input_ids");
-    assert_eq!(one_shot_logits(&load_model(&src), &ids), one_shot_logits(&load_model(&dir), &ids));
+    assert_eq!(
+        one_shot_logits(&load_model(&src), &ids),
+        one_shot_logits(&load_model(&dir), &ids)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

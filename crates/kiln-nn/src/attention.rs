@@ -44,7 +44,10 @@ pub struct Batch {
 impl Batch {
     /// One sequence of `n` new tokens following `cached` already-cached positions.
     pub fn single(cached: usize, n: usize) -> Batch {
-        Batch { positions: (cached..cached + n).collect(), seqs: vec![SeqSpan { start: 0, len: n }] }
+        Batch {
+            positions: (cached..cached + n).collect(),
+            seqs: vec![SeqSpan { start: 0, len: n }],
+        }
     }
 
     /// Sequences of the given lengths packed back to back, each at positions `0..len` (an
@@ -53,7 +56,10 @@ impl Batch {
         let mut seqs = Vec::with_capacity(lens.len());
         let mut positions = Vec::with_capacity(lens.iter().sum());
         for &len in lens {
-            seqs.push(SeqSpan { start: positions.len(), len });
+            seqs.push(SeqSpan {
+                start: positions.len(),
+                len,
+            });
             positions.extend(0..len);
         }
         Batch { positions, seqs }
@@ -76,7 +82,11 @@ pub struct Attention {
 impl Attention {
     /// Loads `q_proj`, `k_proj`, `v_proj`, `o_proj` under `w`.
     pub fn load(w: &Weights, spec: AttentionSpec) -> Result<Attention> {
-        let (h, q, kv) = (spec.hidden, spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim);
+        let (h, q, kv) = (
+            spec.hidden,
+            spec.n_heads * spec.head_dim,
+            spec.n_kv_heads * spec.head_dim,
+        );
         Ok(Attention {
             q_proj: Linear::load(w, "q_proj", h, q, spec.qkv_bias)?,
             k_proj: Linear::load(w, "k_proj", h, kv, spec.qkv_bias)?,
@@ -88,7 +98,13 @@ impl Attention {
 
     /// `x (n_tokens, hidden) -> (n_tokens, hidden)`; appends this step's keys/values to layer
     /// `layer` of each sequence's cache (the caller advances the caches after the last layer).
-    pub fn forward(&self, x: &Tensor, batch: &Batch, layer: usize, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        layer: usize,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
         let s = &self.spec;
         let n = batch.n_tokens();
         let mut q = self.q_proj.forward(x)?.into_f32_vec(); // (n_tokens, n_heads, head_dim)
@@ -129,8 +145,20 @@ impl Attention {
 
     /// An attention layer from projections loaded under other names (BERT's `query`/`key`/
     /// `value`/`output.dense`, DistilBERT's `q_lin`/.../`out_lin`).
-    pub fn from_parts(q_proj: Linear, k_proj: Linear, v_proj: Linear, o_proj: Linear, spec: AttentionSpec) -> Attention {
-        Attention { q_proj, k_proj, v_proj, o_proj, spec }
+    pub fn from_parts(
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+        o_proj: Linear,
+        spec: AttentionSpec,
+    ) -> Attention {
+        Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            spec,
+        }
     }
 
     /// Bidirectional self-attention without a cache, for encoders: each sequence of `batch`
@@ -149,10 +177,18 @@ impl Attention {
         out: &mut [f32],
     ) -> Result<()> {
         let s = &self.spec;
-        assert!(!s.causal && s.n_kv_heads == s.n_heads && s.window.is_none(), "forward_packed: bidirectional MHA only");
+        assert!(
+            !s.causal && s.n_kv_heads == s.n_heads && s.window.is_none(),
+            "forward_packed: bidirectional MHA only"
+        );
         let n = batch.n_tokens();
         let row = s.n_heads * s.head_dim;
-        let (q, k, v, ctx) = (&mut q[..n * row], &mut k[..n * row], &mut v[..n * row], &mut ctx[..n * row]);
+        let (q, k, v, ctx) = (
+            &mut q[..n * row],
+            &mut k[..n * row],
+            &mut v[..n * row],
+            &mut ctx[..n * row],
+        );
         self.q_proj.forward_into(x, n, q)?; // (n_tokens, n_heads, head_dim)
         self.k_proj.forward_into(x, n, k)?;
         self.v_proj.forward_into(x, n, v)?;
@@ -162,7 +198,9 @@ impl Attention {
         }
         let spans: Vec<(usize, usize)> = batch.seqs.iter().map(|sp| (sp.start, sp.len)).collect();
         let scale = 1.0 / (s.head_dim as f32).sqrt();
-        kiln_tensor::cpu::encoder::attention_varlen(q, k, v, &spans, s.n_heads, s.head_dim, scale, ctx);
+        kiln_tensor::cpu::encoder::attention_varlen(
+            q, k, v, &spans, s.n_heads, s.head_dim, scale, ctx,
+        );
         self.o_proj.forward_into(ctx, n, out)
     }
 }

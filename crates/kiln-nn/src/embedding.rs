@@ -15,7 +15,11 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn load(w: &Weights, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
-        Ok(Embedding { table: w.matrix(name, vocab, dim)?, vocab, dim })
+        Ok(Embedding {
+            table: w.matrix(name, vocab, dim)?,
+            vocab,
+            dim,
+        })
     }
 
     /// The table itself, for a tied output projection.

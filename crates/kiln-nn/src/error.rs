@@ -9,13 +9,20 @@ pub enum Error {
     #[error(transparent)]
     Gguf(#[from] kiln_gguf::Error),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors { path: String, reason: String },
     #[error("tensor `{name}` not found in {source_desc}")]
     MissingTensor { name: String, source_desc: String },
     #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
-    WrongShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    WrongShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("tensor `{name}`: unsupported dtype {dtype}")]
     UnsupportedDType { name: String, dtype: String },
     #[error("config: {0}")]

@@ -19,7 +19,11 @@ pub struct KvCache {
 impl KvCache {
     /// `row` = n_kv_heads * head_dim, the floats per position per layer.
     pub fn new(n_layers: usize, row: usize) -> KvCache {
-        KvCache { layers: vec![LayerKv::default(); n_layers], len: 0, row }
+        KvCache {
+            layers: vec![LayerKv::default(); n_layers],
+            len: 0,
+            row,
+        }
     }
 
     /// Positions whose keys and values are cached.
@@ -53,6 +57,9 @@ impl KvCache {
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.capacity() + l.v.capacity()) * 4).sum()
+        self.layers
+            .iter()
+            .map(|l| (l.k.capacity() + l.v.capacity()) * 4)
+            .sum()
     }
 }

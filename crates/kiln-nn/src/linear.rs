@@ -16,17 +16,37 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{name}.weight` (out, in) and, when `bias`, `{name}.bias` (out,).
-    pub fn load(w: &Weights, name: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Linear> {
+    pub fn load(
+        w: &Weights,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let w = w.pp(name);
         let weight = w.matrix("weight", out_features, in_features)?;
-        let bias = if bias { Some(w.tensor("bias", &[out_features])?) } else { None };
-        Ok(Linear { weight, bias, in_features, out_features })
+        let bias = if bias {
+            Some(w.tensor("bias", &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            in_features,
+            out_features,
+        })
     }
 
     /// A bias-free projection sharing an existing matrix (tied embeddings).
     pub fn from_param(weight: Param) -> Linear {
         let d = weight.dims();
-        Linear { weight, bias: None, in_features: d[1], out_features: d[0] }
+        Linear {
+            weight,
+            bias: None,
+            in_features: d[1],
+            out_features: d[0],
+        }
     }
 
     pub fn out_features(&self) -> usize {
@@ -56,7 +76,10 @@ impl Linear {
     /// encoder forward passes (one gemm over every token of a packed batch).
     pub fn forward_into(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         let (k, m) = (self.in_features, self.out_features);
-        assert!(x.len() >= n * k && out.len() >= n * m, "Linear::forward_into: buffer sizes");
+        assert!(
+            x.len() >= n * k && out.len() >= n * m,
+            "Linear::forward_into: buffer sizes"
+        );
         match &self.weight {
             Param::Dense(w) => {
                 let w = w.as_f32_slice()?;
@@ -67,7 +90,9 @@ impl Linear {
         }
         if let Some(b) = &self.bias {
             let b = b.as_f32_slice()?;
-            out[..n * m].chunks_mut(m).for_each(|r| r.iter_mut().zip(b).for_each(|(y, &c)| *y += c));
+            out[..n * m]
+                .chunks_mut(m)
+                .for_each(|r| r.iter_mut().zip(b).for_each(|(y, &c)| *y += c));
         }
         Ok(())
     }

@@ -44,7 +44,13 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
-    pub fn load(w: &Weights, hidden: usize, intermediate: usize, act: Activation, bias: bool) -> Result<GatedMlp> {
+    pub fn load(
+        w: &Weights,
+        hidden: usize,
+        intermediate: usize,
+        act: Activation,
+        bias: bool,
+    ) -> Result<GatedMlp> {
         Ok(GatedMlp {
             gate_proj: Linear::load(w, "gate_proj", hidden, intermediate, bias)?,
             up_proj: Linear::load(w, "up_proj", hidden, intermediate, bias)?,

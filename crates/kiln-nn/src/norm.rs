@@ -13,7 +13,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(w: &Weights, name: &str, dim: usize, eps: f32) -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: w.pp(name).tensor("weight", &[dim])?, eps })
+        Ok(RmsNorm {
+            weight: w.pp(name).tensor("weight", &[dim])?,
+            eps,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.rms_norm(&self.weight, self.eps)?)
@@ -30,8 +33,16 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn load(w: &Weights, name: &str, dim: usize, eps: f32, bias: bool) -> Result<LayerNorm> {
         let w = w.pp(name);
-        let bias = if bias { Some(w.tensor("bias", &[dim])?) } else { None };
-        Ok(LayerNorm { weight: w.tensor("weight", &[dim])?, bias, eps })
+        let bias = if bias {
+            Some(w.tensor("bias", &[dim])?)
+        } else {
+            None
+        };
+        Ok(LayerNorm {
+            weight: w.tensor("weight", &[dim])?,
+            bias,
+            eps,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.layer_norm(&self.weight, self.bias.as_ref(), self.eps)?)

@@ -13,11 +13,24 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     None,
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Dynamic NTK: the base grows with the sequence length past `max_position_embeddings`.
-    Dynamic { factor: f32, max_position_embeddings: usize },
-    Yarn { inv_freq: Vec<f32>, attention_factor: f32 },
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max: usize },
+    Dynamic {
+        factor: f32,
+        max_position_embeddings: usize,
+    },
+    Yarn {
+        inv_freq: Vec<f32>,
+        attention_factor: f32,
+    },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -32,7 +45,10 @@ pub struct Rope {
 }
 
 fn base_inv_freq(theta: f32, dim: usize) -> Vec<f32> {
-    (0..dim).step_by(2).map(|i| 1.0 / theta.powf(i as f32 / dim as f32)).collect()
+    (0..dim)
+        .step_by(2)
+        .map(|i| 1.0 / theta.powf(i as f32 / dim as f32))
+        .collect()
 }
 
 fn num(v: &Value, key: &str) -> Option<f64> {
@@ -45,12 +61,34 @@ impl Rope {
         let (inv_freq, mscale) = match &scaling {
             RopeScaling::None | RopeScaling::Dynamic { .. } => (base, 1.0),
             RopeScaling::Linear { factor } => (base.iter().map(|f| f / factor).collect(), 1.0),
-            RopeScaling::Yarn { inv_freq, attention_factor } => (inv_freq.clone(), *attention_factor),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max } => {
-                (llama3_inv_freq(&base, *factor, *low_freq_factor, *high_freq_factor, *original_max), 1.0)
-            }
+            RopeScaling::Yarn {
+                inv_freq,
+                attention_factor,
+            } => (inv_freq.clone(), *attention_factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max,
+            } => (
+                llama3_inv_freq(
+                    &base,
+                    *factor,
+                    *low_freq_factor,
+                    *high_freq_factor,
+                    *original_max,
+                ),
+                1.0,
+            ),
         };
-        Rope { theta, dim, scaling, style, inv_freq, mscale }
+        Rope {
+            theta,
+            dim,
+            scaling,
+            style,
+            inv_freq,
+            mscale,
+        }
     }
 
     /// Reads a Hugging Face config.json (either spelling). `style` is `Half` for HF checkpoints and
@@ -86,35 +124,64 @@ impl Rope {
     /// Rotates `x (n_tokens, n_heads, head_dim)` in place for the given positions.
     pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize]) {
         match &self.scaling {
-            RopeScaling::Dynamic { factor, max_position_embeddings } => {
-                let seq_len = positions.iter().max().map_or(0, |p| p + 1).max(*max_position_embeddings);
+            RopeScaling::Dynamic {
+                factor,
+                max_position_embeddings,
+            } => {
+                let seq_len = positions
+                    .iter()
+                    .max()
+                    .map_or(0, |p| p + 1)
+                    .max(*max_position_embeddings);
                 let d = self.dim as f32;
                 let base = self.theta
-                    * ((factor * seq_len as f32 / *max_position_embeddings as f32) - (factor - 1.0)).powf(d / (d - 2.0));
+                    * ((factor * seq_len as f32 / *max_position_embeddings as f32)
+                        - (factor - 1.0))
+                        .powf(d / (d - 2.0));
                 let inv = base_inv_freq(base, self.dim);
                 apply_rope(x, n_heads, head_dim, positions, &inv, 1.0, self.style);
             }
-            _ => apply_rope(x, n_heads, head_dim, positions, &self.inv_freq, self.mscale, self.style),
+            _ => apply_rope(
+                x,
+                n_heads,
+                head_dim,
+                positions,
+                &self.inv_freq,
+                self.mscale,
+                self.style,
+            ),
         }
     }
 }
 
 fn parse_scaling(s: &Value, theta: f32, dim: usize, max_pos: usize) -> Result<RopeScaling> {
-    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
     let factor = num(s, "factor");
     let need = |f: Option<f64>, what: &str| {
-        f.map(|x| x as f32).ok_or_else(|| Error::Config(format!("rope scaling `{kind}` needs `{what}`")))
+        f.map(|x| x as f32)
+            .ok_or_else(|| Error::Config(format!("rope scaling `{kind}` needs `{what}`")))
     };
     let original = num(s, "original_max_position_embeddings").map(|x| x as usize);
     Ok(match kind {
         "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: need(factor, "factor")? },
-        "dynamic" => RopeScaling::Dynamic { factor: need(factor, "factor")?, max_position_embeddings: max_pos },
+        "linear" => RopeScaling::Linear {
+            factor: need(factor, "factor")?,
+        },
+        "dynamic" => RopeScaling::Dynamic {
+            factor: need(factor, "factor")?,
+            max_position_embeddings: max_pos,
+        },
         "llama3" => RopeScaling::Llama3 {
             factor: need(factor, "factor")?,
             low_freq_factor: need(num(s, "low_freq_factor"), "low_freq_factor")?,
             high_freq_factor: need(num(s, "high_freq_factor"), "high_freq_factor")?,
-            original_max: original.ok_or_else(|| Error::Config("llama3 rope needs original_max_position_embeddings".into()))?,
+            original_max: original.ok_or_else(|| {
+                Error::Config("llama3 rope needs original_max_position_embeddings".into())
+            })?,
         },
         "yarn" => {
             let original_max = original.unwrap_or(max_pos);
@@ -126,7 +193,13 @@ fn parse_scaling(s: &Value, theta: f32, dim: usize, max_pos: usize) -> Result<Ro
     })
 }
 
-fn llama3_inv_freq(base: &[f32], factor: f32, low: f32, high: f32, original_max: usize) -> Vec<f32> {
+fn llama3_inv_freq(
+    base: &[f32],
+    factor: f32,
+    low: f32,
+    high: f32,
+    original_max: usize,
+) -> Vec<f32> {
     let old = original_max as f32;
     let (low_wavelen, high_wavelen) = (old / low, old / high);
     base.iter()
@@ -145,8 +218,18 @@ fn llama3_inv_freq(base: &[f32], factor: f32, low: f32, high: f32, original_max:
 }
 
 fn yarn(s: &Value, theta: f32, dim: usize, factor: f32, original_max: usize) -> RopeScaling {
-    let get_mscale = |scale: f32, m: f32| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
-    let attention_factor = match (num(s, "attention_factor"), num(s, "mscale"), num(s, "mscale_all_dim")) {
+    let get_mscale = |scale: f32, m: f32| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    };
+    let attention_factor = match (
+        num(s, "attention_factor"),
+        num(s, "mscale"),
+        num(s, "mscale_all_dim"),
+    ) {
         (Some(a), _, _) => a as f32,
         (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
             get_mscale(factor, m as f32) / get_mscale(factor, ma as f32)
@@ -157,8 +240,9 @@ fn yarn(s: &Value, theta: f32, dim: usize, factor: f32, original_max: usize) -> 
     let beta_slow = num(s, "beta_slow").unwrap_or(1.0) as f32;
     let truncate = s.get("truncate").and_then(|v| v.as_bool()).unwrap_or(true);
     let d = dim as f32;
-    let correction_dim =
-        |rot: f32| (d * (original_max as f32 / (rot * 2.0 * std::f32::consts::PI)).ln()) / (2.0 * theta.ln());
+    let correction_dim = |rot: f32| {
+        (d * (original_max as f32 / (rot * 2.0 * std::f32::consts::PI)).ln()) / (2.0 * theta.ln())
+    };
     let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
     if truncate {
         low = low.floor();
@@ -176,5 +260,8 @@ fn yarn(s: &Value, theta: f32, dim: usize, factor: f32, original_max: usize) -> 
             interpolation * (1.0 - extrapolation_factor) + extrapolation * extrapolation_factor
         })
         .collect();
-    RopeScaling::Yarn { inv_freq, attention_factor }
+    RopeScaling::Yarn {
+        inv_freq,
+        attention_factor,
+    }
 }

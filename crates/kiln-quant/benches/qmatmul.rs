@@ -17,7 +17,9 @@ fn matrix(ty: GgmlType, rows: usize, cols: usize) -> QMatrix {
     let mut s = 0x2545F4914F6CDD1Du64;
     let w: Vec<f32> = (0..rows * cols)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         })
         .collect();
@@ -40,7 +42,8 @@ fn bench(c: &mut Criterion) {
             let id = format!("{ty}/{rows}x{cols}");
 
             let mut g = c.benchmark_group("decode");
-            g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+            g.warm_up_time(Duration::from_millis(500))
+                .measurement_time(Duration::from_secs(2));
             g.throughput(Throughput::Bytes((rows * m.row_bytes()) as u64));
             let x = vec![0.25f32; cols];
             let mut out = vec![0f32; rows];
@@ -73,7 +76,9 @@ fn bench(c: &mut Criterion) {
             g.sample_size(10).warm_up_time(Duration::from_millis(500));
             g.measurement_time(Duration::from_secs(if rows > 10_000 { 6 } else { 2 }));
             g.throughput(Throughput::Elements((2 * rows * cols * n_tokens) as u64));
-            let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let x: Vec<f32> = (0..n_tokens * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
             let mut out = vec![0f32; n_tokens * rows];
             g.bench_function(BenchmarkId::from_parameter(&id), |b| {
                 b.iter(|| m.matmul(&x, n_tokens, &mut out).expect("matmul"))

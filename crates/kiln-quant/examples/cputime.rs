@@ -23,9 +23,13 @@ fn main() {
     };
     let arg = |i: usize, d: usize| a.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
     let (rows, cols, n_tokens) = (arg(2, 576), arg(3, 576), arg(4, 1));
-    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5).collect();
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5)
+        .collect();
     let m = QMatrix::quantize(ty, rows, cols, &w).expect("shape");
-    let x: Vec<f32> = (0..n_tokens * cols).map(|i| ((i * 31 % 97) as f32 / 97.0) - 0.5).collect();
+    let x: Vec<f32> = (0..n_tokens * cols)
+        .map(|i| ((i * 31 % 97) as f32 / 97.0) - 0.5)
+        .collect();
     let mut out = vec![0f32; n_tokens * rows];
     let iters = (2e9 / (rows * cols * n_tokens) as f64).clamp(3.0, 100_000.0) as usize;
     m.matmul(&x, n_tokens, &mut out).expect("matmul");

@@ -33,11 +33,14 @@ fn forward(layers: &[[QMatrix; 7]], out_m: &QMatrix, n: usize, n_logits: usize) 
     for l in layers {
         for m in l {
             let (rows, cols) = (m.rows(), m.cols());
-            m.matmul(&x[..n * cols], n, &mut y[..n * rows]).expect("matmul");
+            m.matmul(&x[..n * cols], n, &mut y[..n * rows])
+                .expect("matmul");
         }
     }
     let mut logits = vec![0f32; n_logits * VOCAB];
-    out_m.matmul(&x[..n_logits * HIDDEN], n_logits, &mut logits).expect("matmul");
+    out_m
+        .matmul(&x[..n_logits * HIDDEN], n_logits, &mut logits)
+        .expect("matmul");
 }
 
 fn main() {
@@ -68,8 +71,17 @@ fn run() {
         })
         .collect();
     let out_m = matrix(GgmlType::Q8_0, VOCAB, HIDDEN, 999);
-    let bytes: usize = layers.iter().flatten().chain([&out_m]).map(|m| m.data().len()).sum();
-    eprintln!("built {:.1} MB of weights in {:.1} s", bytes as f64 / 1e6, t0.elapsed().as_secs_f64());
+    let bytes: usize = layers
+        .iter()
+        .flatten()
+        .chain([&out_m])
+        .map(|m| m.data().len())
+        .sum();
+    eprintln!(
+        "built {:.1} MB of weights in {:.1} s",
+        bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    );
 
     forward(&layers, &out_m, 1, 1);
     let mut best = f64::MAX;
@@ -86,13 +98,20 @@ fn run() {
         1.0 / best,
         bytes as f64 / best / 1e9
     );
-    for (n_logits, what) in [(1, "logits for the last token only, as llama-bench"), (512, "logits for all")] {
+    for (n_logits, what) in [
+        (1, "logits for the last token only, as llama-bench"),
+        (512, "logits for all"),
+    ] {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
             forward(&layers, &out_m, 512, n_logits);
             best = best.min(t.elapsed().as_secs_f64());
         }
-        println!("prefill 512 ({what}): {:.1} ms = {:.0} tokens/s", best * 1e3, 512.0 / best);
+        println!(
+            "prefill 512 ({what}): {:.1} ms = {:.0} tokens/s",
+            best * 1e3,
+            512.0 / best
+        );
     }
 }

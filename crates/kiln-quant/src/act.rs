@@ -41,7 +41,11 @@ pub struct BlockQ8K {
 
 impl Default for BlockQ8K {
     fn default() -> Self {
-        Self { d: 0.0, qs: [0; 256], bsums: [0; 16] }
+        Self {
+            d: 0.0,
+            qs: [0; 256],
+            bsums: [0; 16],
+        }
     }
 }
 
@@ -56,7 +60,11 @@ pub fn quantize_q8(x: &[f32; 32]) -> BlockQ8 {
         *q = (v * id).round() as i8;
         sum += *q as i32;
     }
-    BlockQ8 { d, s: d * sum as f32, qs }
+    BlockQ8 {
+        d,
+        s: d * sum as f32,
+        qs,
+    }
 }
 
 /// Quantizes one 256-block symmetrically (`d = amax / 127`, like ggml's Q8_K up to the sign
@@ -65,7 +73,10 @@ pub fn quantize_q8k(x: &[f32; 256]) -> BlockQ8K {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut b = BlockQ8K { d, ..Default::default() };
+    let mut b = BlockQ8K {
+        d,
+        ..Default::default()
+    };
     for (q, v) in b.qs.iter_mut().zip(x) {
         *q = (v * id).round() as i8;
     }

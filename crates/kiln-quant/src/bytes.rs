@@ -16,18 +16,30 @@ pub struct SharedBytes {
 
 impl SharedBytes {
     /// A window into `owner`; errors if it does not fit.
-    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize, len: usize) -> Result<Self> {
+    pub fn new(
+        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        offset: usize,
+        len: usize,
+    ) -> Result<Self> {
         let owner_len = (*owner).as_ref().len();
         match offset.checked_add(len) {
             Some(end) if end <= owner_len => Ok(Self { owner, offset, len }),
-            _ => Err(Error::BadByteRange { offset, len, owner_len }),
+            _ => Err(Error::BadByteRange {
+                offset,
+                len,
+                owner_len,
+            }),
         }
     }
 
     /// Takes ownership of a vector (no copy).
     pub fn from_vec(v: Vec<u8>) -> Self {
         let len = v.len();
-        Self { owner: Arc::new(v), offset: 0, len }
+        Self {
+            owner: Arc::new(v),
+            offset: 0,
+            len,
+        }
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -51,6 +63,9 @@ impl AsRef<[u8]> for SharedBytes {
 
 impl std::fmt::Debug for SharedBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedBytes").field("offset", &self.offset).field("len", &self.len).finish()
+        f.debug_struct("SharedBytes")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
     }
 }

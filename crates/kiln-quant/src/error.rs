@@ -11,13 +11,25 @@ pub enum Error {
     #[error("GGML type {} (id {}) is not supported by kiln-quant for {op}", ty.name(), *ty as u32)]
     Unsupported { ty: GgmlType, op: &'static str },
     #[error("{} needs a multiple of {block_size} values per row, got {n_cols}", ty.name())]
-    NotBlockMultiple { ty: GgmlType, n_cols: usize, block_size: usize },
+    NotBlockMultiple {
+        ty: GgmlType,
+        n_cols: usize,
+        block_size: usize,
+    },
     #[error("size mismatch for {what}: expected {expected}, got {got}")]
-    SizeMismatch { what: &'static str, expected: usize, got: usize },
+    SizeMismatch {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("row {row} out of range for a matrix of {rows} rows")]
     RowOutOfRange { row: usize, rows: usize },
     #[error("byte range {offset}..{offset}+{len} is outside a buffer of {owner_len} bytes")]
-    BadByteRange { offset: usize, len: usize, owner_len: usize },
+    BadByteRange {
+        offset: usize,
+        len: usize,
+        owner_len: usize,
+    },
     #[error("size overflow computing {what}")]
     Overflow { what: &'static str },
 }

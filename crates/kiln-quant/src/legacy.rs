@@ -35,7 +35,10 @@ pub(crate) trait Legacy {
 
 /// Reference dot product of one weight row with one token's activation blocks.
 pub(crate) fn dot_row<F: Legacy>(w: &[u8], a: &[BlockQ8]) -> f32 {
-    w.chunks_exact(F::BYTES).zip(a).map(|(w, a)| F::dot_block(w, a)).sum()
+    w.chunks_exact(F::BYTES)
+        .zip(a)
+        .map(|(w, a)| F::dot_block(w, a))
+        .sum()
 }
 
 /// Scalar kernel: output rows `r0..r1` for every token.

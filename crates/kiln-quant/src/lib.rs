@@ -67,7 +67,11 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
 pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
     let n_bytes = ty.row_bytes(out.len())?;
     if src.len() != n_bytes {
-        return Err(Error::SizeMismatch { what: "dequantize input bytes", expected: n_bytes, got: src.len() });
+        return Err(Error::SizeMismatch {
+            what: "dequantize input bytes",
+            expected: n_bytes,
+            got: src.len(),
+        });
     }
     match ty {
         GgmlType::F32 => plain::dequantize_f32(src, out),
@@ -78,13 +82,22 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
         GgmlType::Q4_1 => deblocks(src, out, q4_1::dequantize_block),
         GgmlType::Q4_K => deblocks(src, out, q4_k::dequantize_block),
         GgmlType::Q6_K => deblocks(src, out, q6_k::dequantize_block),
-        _ => return Err(Error::Unsupported { ty, op: "dequantize" }),
+        _ => {
+            return Err(Error::Unsupported {
+                ty,
+                op: "dequantize",
+            })
+        }
     }
     Ok(())
 }
 
 /// Applies a fixed-size block quantizer over matching chunks (sizes were checked by the caller).
-fn blocks<const N: usize, const B: usize>(src: &[f32], dst: &mut [u8], f: fn(&[f32; N]) -> [u8; B]) {
+fn blocks<const N: usize, const B: usize>(
+    src: &[f32],
+    dst: &mut [u8],
+    f: fn(&[f32; N]) -> [u8; B],
+) {
     for (s, d) in src.chunks_exact(N).zip(dst.chunks_exact_mut(B)) {
         if let (Ok(s), Ok(d)) = (<&[f32; N]>::try_from(s), <&mut [u8; B]>::try_from(d)) {
             *d = f(s);
@@ -92,7 +105,11 @@ fn blocks<const N: usize, const B: usize>(src: &[f32], dst: &mut [u8], f: fn(&[f
     }
 }
 
-fn deblocks<const N: usize, const B: usize>(src: &[u8], out: &mut [f32], f: fn(&[u8; B], &mut [f32; N])) {
+fn deblocks<const N: usize, const B: usize>(
+    src: &[u8],
+    out: &mut [f32],
+    f: fn(&[u8; B], &mut [f32; N]),
+) {
     for (s, d) in src.chunks_exact(B).zip(out.chunks_exact_mut(N)) {
         if let (Ok(s), Ok(d)) = (<&[u8; B]>::try_from(s), <&mut [f32; N]>::try_from(d)) {
             f(s, d);

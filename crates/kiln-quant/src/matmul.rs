@@ -37,21 +37,44 @@ impl QMatrix {
             return Err(Error::Unsupported { ty, op: "QMatrix" });
         }
         let row_bytes = ty.row_bytes(cols)?;
-        let expected = row_bytes.checked_mul(rows).ok_or(Error::Overflow { what: "matrix bytes" })?;
+        let expected = row_bytes.checked_mul(rows).ok_or(Error::Overflow {
+            what: "matrix bytes",
+        })?;
         if data.len() != expected {
-            return Err(Error::SizeMismatch { what: "QMatrix data bytes", expected, got: data.len() });
+            return Err(Error::SizeMismatch {
+                what: "QMatrix data bytes",
+                expected,
+                got: data.len(),
+            });
         }
-        Ok(Self { ty, rows, cols, row_bytes, data })
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
     }
 
     /// Quantizes a row-major f32 matrix (for tests, benchmarks and small tensors).
     pub fn quantize(ty: GgmlType, rows: usize, cols: usize, w: &[f32]) -> Result<Self> {
-        let n = rows.checked_mul(cols).ok_or(Error::Overflow { what: "matrix size" })?;
+        let n = rows.checked_mul(cols).ok_or(Error::Overflow {
+            what: "matrix size",
+        })?;
         if w.len() != n {
-            return Err(Error::SizeMismatch { what: "QMatrix::quantize input", expected: n, got: w.len() });
+            return Err(Error::SizeMismatch {
+                what: "QMatrix::quantize input",
+                expected: n,
+                got: w.len(),
+            });
         }
         ty.row_bytes(cols)?;
-        Self::new(ty, rows, cols, SharedBytes::from_vec(crate::quantize(ty, w)?))
+        Self::new(
+            ty,
+            rows,
+            cols,
+            SharedBytes::from_vec(crate::quantize(ty, w)?),
+        )
     }
 
     pub fn ty(&self) -> GgmlType {
@@ -79,10 +102,17 @@ impl QMatrix {
     /// Dequantizes row `i` into `out` (`cols` values); used for embedding lookups.
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) -> Result<()> {
         if i >= self.rows {
-            return Err(Error::RowOutOfRange { row: i, rows: self.rows });
+            return Err(Error::RowOutOfRange {
+                row: i,
+                rows: self.rows,
+            });
         }
         if out.len() != self.cols {
-            return Err(Error::SizeMismatch { what: "dequantize_row output", expected: self.cols, got: out.len() });
+            return Err(Error::SizeMismatch {
+                what: "dequantize_row output",
+                expected: self.cols,
+                got: out.len(),
+            });
         }
         let bytes = &self.data.as_slice()[i * self.row_bytes..(i + 1) * self.row_bytes];
         crate::dequantize(self.ty, bytes, out)
@@ -105,19 +135,34 @@ impl QMatrix {
     /// CPU lacks it.
     pub fn matmul_isa(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
         if !Isa::available().contains(&isa) {
-            return Err(Error::Unsupported { ty: self.ty, op: "matmul with an instruction set this CPU lacks" });
+            return Err(Error::Unsupported {
+                ty: self.ty,
+                op: "matmul with an instruction set this CPU lacks",
+            });
         }
         self.run(isa, x, n_tokens, out)
     }
 
     fn run(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
-        let n_x = n_tokens.checked_mul(self.cols).ok_or(Error::Overflow { what: "matmul input" })?;
+        let n_x = n_tokens.checked_mul(self.cols).ok_or(Error::Overflow {
+            what: "matmul input",
+        })?;
         if x.len() != n_x {
-            return Err(Error::SizeMismatch { what: "matmul input x", expected: n_x, got: x.len() });
+            return Err(Error::SizeMismatch {
+                what: "matmul input x",
+                expected: n_x,
+                got: x.len(),
+            });
         }
-        let n_out = n_tokens.checked_mul(self.rows).ok_or(Error::Overflow { what: "matmul output" })?;
+        let n_out = n_tokens.checked_mul(self.rows).ok_or(Error::Overflow {
+            what: "matmul output",
+        })?;
         if out.len() != n_out {
-            return Err(Error::SizeMismatch { what: "matmul output", expected: n_out, got: out.len() });
+            return Err(Error::SizeMismatch {
+                what: "matmul output",
+                expected: n_out,
+                got: out.len(),
+            });
         }
         if n_out == 0 {
             return Ok(());
@@ -130,8 +175,18 @@ impl QMatrix {
             GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
             GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
             GgmlType::Q8_0 => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
-            GgmlType::Q4_K => self.run_kquant(isa, x, n_tokens, out, q4_k::dot_row, q4_k::DOT_AVX2, q4_k::DOT4_AVX2),
-            GgmlType::Q6_K => self.run_kquant(isa, x, n_tokens, out, q6_k::dot_row, q6_k::DOT_AVX2, None),
+            GgmlType::Q4_K => self.run_kquant(
+                isa,
+                x,
+                n_tokens,
+                out,
+                q4_k::dot_row,
+                q4_k::DOT_AVX2,
+                q4_k::DOT4_AVX2,
+            ),
+            GgmlType::Q6_K => {
+                self.run_kquant(isa, x, n_tokens, out, q6_k::dot_row, q6_k::DOT_AVX2, None)
+            }
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => self.run_plain(x, n_tokens, out),
             ty => return Err(Error::Unsupported { ty, op: "matmul" }),
         }
@@ -143,29 +198,36 @@ impl QMatrix {
         // Token-tile kernels read the scales and sums of 4 tokens at once from `aux`:
         // `aux[b * n_tokens + t] = acts[t][b].d`, then the same for `.s`.
         let aux_len = if n_tokens >= 4 { 2 * nb * n_tokens } else { 0 };
-        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| with_scratch(&SCRATCH_AUX, aux_len, |aux| {
-            quantize_acts(x, self.cols, acts, nb, |x, a| act::quantize_row_q8_isa(isa, x, a));
-            if aux_len > 0 {
-                let (ds, ss) = aux.split_at_mut(nb * n_tokens);
-                for (t, row) in acts.chunks_exact(nb).enumerate() {
-                    for (b, blk) in row.iter().enumerate() {
-                        ds[b * n_tokens + t] = blk.d;
-                        ss[b * n_tokens + t] = blk.s;
+        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
+            with_scratch(&SCRATCH_AUX, aux_len, |aux| {
+                quantize_acts(x, self.cols, acts, nb, |x, a| {
+                    act::quantize_row_q8_isa(isa, x, a)
+                });
+                if aux_len > 0 {
+                    let (ds, ss) = aux.split_at_mut(nb * n_tokens);
+                    for (t, row) in acts.chunks_exact(nb).enumerate() {
+                        for (b, blk) in row.iter().enumerate() {
+                            ds[b * n_tokens + t] = blk.d;
+                            ss[b * n_tokens + t] = blk.s;
+                        }
                     }
                 }
-            }
-            let chunk: unsafe fn(&Job<BlockQ8>, usize, usize) = match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => crate::x86::legacy::chunk_avx2::<F>,
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => crate::x86::legacy::chunk_vnni::<F>,
-                _ => legacy::chunk_scalar::<F>,
-            };
-            let job = Job { aux, ..self.job(acts, nb, n_tokens, out) };
-            // SAFETY: `for_each_chunk` hands out disjoint row ranges within `0..rows`; `isa` is
-            // available (checked by the callers of `run`).
-            self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk(&job, r0, r1) });
-        }));
+                let chunk: unsafe fn(&Job<BlockQ8>, usize, usize) = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => crate::x86::legacy::chunk_avx2::<F>,
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512Vnni => crate::x86::legacy::chunk_vnni::<F>,
+                    _ => legacy::chunk_scalar::<F>,
+                };
+                let job = Job {
+                    aux,
+                    ..self.job(acts, nb, n_tokens, out)
+                };
+                // SAFETY: `for_each_chunk` hands out disjoint row ranges within `0..rows`; `isa` is
+                // available (checked by the callers of `run`).
+                self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk(&job, r0, r1) });
+            })
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -189,7 +251,9 @@ impl QMatrix {
             let job = self.job(acts, nb, n_tokens, out);
             // SAFETY: disjoint row ranges as in `run_legacy`; `dot` is either safe or needs AVX2,
             // which `isa` (available) includes, and gets a whole row with its `nb` blocks.
-            self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk_rows(&job, r0, r1, dot, dot4) });
+            self.for_each_chunk(n_tokens, |r0, r1| unsafe {
+                chunk_rows(&job, r0, r1, dot, dot4)
+            });
         });
     }
 
@@ -214,7 +278,13 @@ impl QMatrix {
         });
     }
 
-    fn job<'a, A>(&'a self, acts: &'a [A], nb: usize, n_tokens: usize, out: &mut [f32]) -> Job<'a, A> {
+    fn job<'a, A>(
+        &'a self,
+        acts: &'a [A],
+        nb: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> Job<'a, A> {
         Job {
             w: self.data.as_slice(),
             row_bytes: self.row_bytes,
@@ -232,7 +302,11 @@ impl QMatrix {
     fn for_each_chunk(&self, n_tokens: usize, f: impl Fn(usize, usize) + Sync) {
         let threads = rayon::current_num_threads();
         let parallel = threads > 1 && self.rows * self.row_bytes * n_tokens >= (1 << 15);
-        let mut chunk = if parallel { self.rows.div_ceil(threads * 4) } else { self.rows };
+        let mut chunk = if parallel {
+            self.rows.div_ceil(threads * 4)
+        } else {
+            self.rows
+        };
         if n_tokens > 1 {
             // Cache blocking, also on one thread: every token tile re-reads the chunk's weights.
             chunk = chunk.min(CHUNK_BYTES / self.row_bytes.max(1));
@@ -301,11 +375,18 @@ pub(crate) type RowDot4<A> = unsafe fn(&[u8], [&[A]; 4]) -> [f32; 4];
 /// # Safety
 /// As [`Job::set`]; `dot`'s and `dot4`'s own requirements hold for a whole row and its `nb`
 /// blocks.
-unsafe fn chunk_rows<A>(job: &Job<A>, r0: usize, r1: usize, dot: RowDot<A>, dot4: Option<RowDot4<A>>) {
+unsafe fn chunk_rows<A>(
+    job: &Job<A>,
+    r0: usize,
+    r1: usize,
+    dot: RowDot<A>,
+    dot4: Option<RowDot4<A>>,
+) {
     let mut t0 = 0;
     if let Some(dot4) = dot4 {
         while t0 + 4 <= job.n_tokens {
-            let a: [&[A]; 4] = std::array::from_fn(|k| &job.acts[(t0 + k) * job.nb..(t0 + k + 1) * job.nb]);
+            let a: [&[A]; 4] =
+                std::array::from_fn(|k| &job.acts[(t0 + k) * job.nb..(t0 + k + 1) * job.nb]);
             for r in r0..r1 {
                 let w = &job.w[r * job.row_bytes..(r + 1) * job.row_bytes];
                 // SAFETY: forwarded from this function's contract.
@@ -337,7 +418,11 @@ thread_local! {
 /// Lends `f` a `len`-long slice of this thread's scratch. The vector is taken out of the cell
 /// for the duration, so a re-entrant call (rayon may run another matmul on this thread while it
 /// waits) gets a fresh vector instead of a `RefCell` panic.
-fn with_scratch<T: Clone + Default, R>(key: &'static LocalKey<Cell<Vec<T>>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+fn with_scratch<T: Clone + Default, R>(
+    key: &'static LocalKey<Cell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
     let mut v = key.take();
     v.resize(len, T::default());
     let r = f(&mut v[..len]);
@@ -346,10 +431,19 @@ fn with_scratch<T: Clone + Default, R>(key: &'static LocalKey<Cell<Vec<T>>>, len
 }
 
 /// Quantizes every token row of `x` (in parallel for prefill).
-fn quantize_acts<A: Send>(x: &[f32], cols: usize, acts: &mut [A], nb: usize, q: impl Fn(&[f32], &mut [A]) + Sync) {
+fn quantize_acts<A: Send>(
+    x: &[f32],
+    cols: usize,
+    acts: &mut [A],
+    nb: usize,
+    q: impl Fn(&[f32], &mut [A]) + Sync,
+) {
     let n_tokens = acts.len() / nb;
     if n_tokens >= 8 && rayon::current_num_threads() > 1 {
-        acts.par_chunks_mut(nb).zip(x.par_chunks(cols)).with_min_len(4).for_each(|(a, x)| q(x, a));
+        acts.par_chunks_mut(nb)
+            .zip(x.par_chunks(cols))
+            .with_min_len(4)
+            .for_each(|(a, x)| q(x, a));
     } else {
         for (a, x) in acts.chunks_mut(nb).zip(x.chunks(cols)) {
             q(x, a);

@@ -82,7 +82,9 @@ fn wait_until(cond: impl Fn() -> bool) {
 
 /// Runs `f(c)` for every `c in 0..n`, in parallel over the rayon global pool's size.
 pub(crate) fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    let helpers = rayon::current_num_threads().saturating_sub(1).min(n.saturating_sub(1));
+    let helpers = rayon::current_num_threads()
+        .saturating_sub(1)
+        .min(n.saturating_sub(1));
     if helpers == 0 {
         (0..n).for_each(f);
         return;
@@ -112,7 +114,10 @@ pub(crate) fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     if let Err(p) = r {
         resume_unwind(p);
     }
-    assert!(!state.poisoned.load(Ordering::SeqCst), "a kiln-quant kernel panicked on a rayon helper");
+    assert!(
+        !state.poisoned.load(Ordering::SeqCst),
+        "a kiln-quant kernel panicked on a rayon helper"
+    );
 }
 
 #[cfg(test)]
@@ -122,13 +127,21 @@ mod tests {
     #[test]
     fn every_index_once_on_any_pool() {
         for threads in [1, 2, 3, 8] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
             for n in [0, 1, 2, 7, 100] {
                 let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-                pool.install(|| parallel_for(n, &|c| {
-                    hits[c].fetch_add(1, Ordering::Relaxed);
-                }));
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{threads} threads, n = {n}");
+                pool.install(|| {
+                    parallel_for(n, &|c| {
+                        hits[c].fetch_add(1, Ordering::Relaxed);
+                    })
+                });
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "{threads} threads, n = {n}"
+                );
             }
         }
     }
@@ -137,16 +150,22 @@ mod tests {
     fn a_panicking_chunk_unwinds_after_the_others_finish() {
         // Whichever thread claims chunk 0 panics: the caller unwinds itself, a helper poisons the
         // call (its panic then goes to the pool's handler instead of aborting the test).
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).panic_handler(|_| {}).build().expect("pool");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .panic_handler(|_| {})
+            .build()
+            .expect("pool");
         let finished = AtomicUsize::new(0);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            pool.install(|| parallel_for(50, &|c| {
-                if c == 0 {
-                    panic!("chunk 0");
-                }
-                std::thread::sleep(std::time::Duration::from_micros(50));
-                finished.fetch_add(1, Ordering::SeqCst);
-            }))
+            pool.install(|| {
+                parallel_for(50, &|c| {
+                    if c == 0 {
+                        panic!("chunk 0");
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+            })
         }));
         assert!(r.is_err());
         // Nothing may still be running: the count is final.

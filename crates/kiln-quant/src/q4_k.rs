@@ -26,7 +26,10 @@ pub(crate) fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 
@@ -49,8 +52,16 @@ pub fn quantize_block(x: &[f32; BLOCK]) -> [u8; BYTES] {
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];
     for j in 0..8 {
-        sc[j] = if df > 0.0 { (scale[j] / df).round().min(63.0) as u8 } else { 0 };
-        m[j] = if dminf > 0.0 { (minv[j] / dminf).round().min(63.0) as u8 } else { 0 };
+        sc[j] = if df > 0.0 {
+            (scale[j] / df).round().min(63.0) as u8
+        } else {
+            0
+        };
+        m[j] = if dminf > 0.0 {
+            (minv[j] / dminf).round().min(63.0) as u8
+        } else {
+            0
+        };
     }
     let mut out = [0u8; BYTES];
     out[0..2].copy_from_slice(&d.to_le_bytes());
@@ -95,7 +106,10 @@ pub fn dequantize_block(b: &[u8; BYTES], out: &mut [f32; BLOCK]) {
 
 /// Reference dot product of one weight row (`w.len() == nb * BYTES`) with its activations.
 pub(crate) fn dot_row(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    w.chunks_exact(BYTES).zip(a).map(|(w, a)| dot_block(w, a)).sum()
+    w.chunks_exact(BYTES)
+        .zip(a)
+        .map(|(w, a)| dot_block(w, a))
+        .sum()
 }
 
 fn dot_block(w: &[u8], a: &BlockQ8K) -> f32 {
@@ -144,13 +158,23 @@ unsafe fn mins_and_scales(p: *const u8) -> std::arch::x86_64::__m256i {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         let sp = p as *const u32;
-        let mut u = [sp.read_unaligned(), sp.add(1).read_unaligned(), sp.add(2).read_unaligned(), 0u32];
+        let mut u = [
+            sp.read_unaligned(),
+            sp.add(1).read_unaligned(),
+            sp.add(2).read_unaligned(),
+            0u32,
+        ];
         u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
         let uaux = u[1] & KMASK1;
         u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
         u[2] = uaux;
         u[0] &= KMASK1;
-        _mm256_cvtepu8_epi16(_mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32))
+        _mm256_cvtepu8_epi16(_mm_set_epi32(
+            u[3] as i32,
+            u[2] as i32,
+            u[1] as i32,
+            u[0] as i32,
+        ))
     }
 }
 
@@ -181,14 +205,23 @@ pub(crate) unsafe fn dot_row4_avx2(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
             let ab: [&BlockQ8K; 4] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
             for k in 0..4 {
                 let q8sums = _mm256_loadu_si256(ab[k].bsums.as_ptr() as *const __m256i);
-                let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+                let q8s = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(q8sums),
+                    _mm256_extracti128_si256(q8sums, 1),
+                );
                 let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s));
                 acc_m[k] = _mm_fmadd_ps(_mm_set1_ps(-ab[k].d * xdmin), prod, acc_m[k]);
             }
             let mut sumi = [_mm256_setzero_si256(); 4];
             for j in 0..4 {
-                let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((4 * j + 1) << 8) | (4 * j)) as i16));
-                let scale_h = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((4 * j + 3) << 8) | (4 * j + 2)) as i16));
+                let scale_l = _mm256_shuffle_epi8(
+                    scales,
+                    _mm256_set1_epi16((((4 * j + 1) << 8) | (4 * j)) as i16),
+                );
+                let scale_h = _mm256_shuffle_epi8(
+                    scales,
+                    _mm256_set1_epi16((((4 * j + 3) << 8) | (4 * j + 2)) as i16),
+                );
                 let q4bits = _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i);
                 let q4l = _mm256_and_si256(q4bits, m4);
                 let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
@@ -202,7 +235,11 @@ pub(crate) unsafe fn dot_row4_avx2(w: &[u8], a: [&[BlockQ8K]; 4]) -> [f32; 4] {
                 }
             }
             for k in 0..4 {
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(ab[k].d * xd), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+                acc[k] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(ab[k].d * xd),
+                    _mm256_cvtepi32_ps(sumi[k]),
+                    acc[k],
+                );
             }
         }
         std::array::from_fn(|k| {
@@ -237,7 +274,10 @@ pub(crate) unsafe fn dot_row_avx2(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let mins_and_scales = mins_and_scales(p.add(4));
             // Σ m_j * (bsum_2j + bsum_2j+1)
             let q8sums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i);
-            let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+            let q8s = _mm_hadd_epi16(
+                _mm256_castsi256_si128(q8sums),
+                _mm256_extracti128_si256(q8sums, 1),
+            );
             let prod = _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
             acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
             let sc128 = _mm256_castsi256_si128(mins_and_scales);
@@ -247,8 +287,14 @@ pub(crate) unsafe fn dot_row_avx2(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let q8 = ab.qs.as_ptr();
             for j in 0..4 {
                 // Broadcast the 16-bit scales of sub-blocks 2j and 2j+1.
-                let scale_l = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((4 * j + 1) << 8) | (4 * j)) as i16));
-                let scale_h = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((((4 * j + 3) << 8) | (4 * j + 2)) as i16));
+                let scale_l = _mm256_shuffle_epi8(
+                    scales,
+                    _mm256_set1_epi16((((4 * j + 1) << 8) | (4 * j)) as i16),
+                );
+                let scale_h = _mm256_shuffle_epi8(
+                    scales,
+                    _mm256_set1_epi16((((4 * j + 3) << 8) | (4 * j + 2)) as i16),
+                );
                 let q4bits = _mm256_loadu_si256(q4.add(32 * j) as *const __m256i);
                 let q4l = _mm256_and_si256(q4bits, m4);
                 let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);

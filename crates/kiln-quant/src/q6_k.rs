@@ -40,7 +40,10 @@ fn q_at(b: &[u8], i: usize) -> u8 {
 pub fn quantize_block(x: &[f32; BLOCK]) -> [u8; BYTES] {
     let mut scale = [0f32; 16];
     for (j, s) in scale.iter_mut().enumerate() {
-        *s = x[16 * j..16 * j + 16].iter().fold(0f32, |a, &v| a.max(v.abs())) / 31.0;
+        *s = x[16 * j..16 * j + 16]
+            .iter()
+            .fold(0f32, |a, &v| a.max(v.abs()))
+            / 31.0;
     }
     let max_scale = scale.iter().fold(0f32, |a, &v| a.max(v));
     let d = half::f16::from_f32(max_scale / 127.0);
@@ -48,7 +51,11 @@ pub fn quantize_block(x: &[f32; BLOCK]) -> [u8; BYTES] {
     let mut out = [0u8; BYTES];
     let mut q = [0u8; BLOCK];
     for j in 0..16 {
-        let sc = if df > 0.0 { (scale[j] / df).round().min(127.0) as i8 } else { 0 };
+        let sc = if df > 0.0 {
+            (scale[j] / df).round().min(127.0) as i8
+        } else {
+            0
+        };
         out[192 + j] = sc as u8;
         let step = df * sc as f32;
         let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
@@ -62,7 +69,8 @@ pub fn quantize_block(x: &[f32; BLOCK]) -> [u8; BYTES] {
             let (q1, q2, q3, q4) = (q[base], q[base + 32], q[base + 64], q[base + 96]);
             out[64 * n + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
             out[64 * n + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
-            out[128 + 32 * n + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+            out[128 + 32 * n + l] =
+                (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
         }
     }
     out[208..210].copy_from_slice(&d.to_le_bytes());
@@ -78,7 +86,10 @@ pub fn dequantize_block(b: &[u8; BYTES], out: &mut [f32; BLOCK]) {
 
 /// Reference dot product of one weight row (`w.len() == nb * BYTES`) with its activations.
 pub(crate) fn dot_row(w: &[u8], a: &[BlockQ8K]) -> f32 {
-    w.chunks_exact(BYTES).zip(a).map(|(w, a)| dot_block(w, a)).sum()
+    w.chunks_exact(BYTES)
+        .zip(a)
+        .map(|(w, a)| dot_block(w, a))
+        .sum()
 }
 
 fn dot_block(w: &[u8], a: &BlockQ8K) -> f32 {
@@ -144,13 +155,27 @@ pub(crate) unsafe fn dot_row_avx2(w: &[u8], a: &[BlockQ8K]) -> f32 {
                 for (k, &q) in q6.iter().enumerate() {
                     let y = _mm256_loadu_si256(q8.add(32 * k) as *const __m256i);
                     // (q - 32)·y = q·y - 32·y, both through vpmaddubsw (q and 32 unsigned).
-                    let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(m32s, y));
+                    let p16 =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(m32s, y));
                     // Scales of sub-blocks 8n + 2k and 8n + 2k + 1, 8 copies each, as i16.
                     let s = 8 * n + 2 * k;
                     let shuf = _mm_setr_epi8(
-                        s as i8, s as i8, s as i8, s as i8, s as i8, s as i8, s as i8, s as i8,
-                        s as i8 + 1, s as i8 + 1, s as i8 + 1, s as i8 + 1,
-                        s as i8 + 1, s as i8 + 1, s as i8 + 1, s as i8 + 1,
+                        s as i8,
+                        s as i8,
+                        s as i8,
+                        s as i8,
+                        s as i8,
+                        s as i8,
+                        s as i8,
+                        s as i8,
+                        s as i8 + 1,
+                        s as i8 + 1,
+                        s as i8 + 1,
+                        s as i8 + 1,
+                        s as i8 + 1,
+                        s as i8 + 1,
+                        s as i8 + 1,
+                        s as i8 + 1,
                     );
                     let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p16));

@@ -49,7 +49,11 @@ impl Legacy for Q8_0 {
     const SIGNED: bool = true;
 
     fn dot_block(w: &[u8], a: &BlockQ8) -> f32 {
-        let isum: i32 = w[2..BYTES].iter().zip(&a.qs).map(|(&q, &y)| (q as i8) as i32 * y as i32).sum();
+        let isum: i32 = w[2..BYTES]
+            .iter()
+            .zip(&a.qs)
+            .map(|(&q, &y)| (q as i8) as i32 * y as i32)
+            .sum();
         crate::f16_at(w, 0) * a.d * isum as f32
     }
 

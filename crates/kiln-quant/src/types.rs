@@ -54,7 +54,10 @@ const ALL: [GgmlType; 31] = [
 impl GgmlType {
     /// The type with GGUF id `id`; unknown or retired ids are an error.
     pub fn from_u32(id: u32) -> Result<Self> {
-        ALL.iter().copied().find(|t| *t as u32 == id).ok_or(Error::UnknownType(id))
+        ALL.iter()
+            .copied()
+            .find(|t| *t as u32 == id)
+            .ok_or(Error::UnknownType(id))
     }
 
     pub fn id(self) -> u32 {
@@ -146,9 +149,15 @@ impl GgmlType {
     pub fn row_bytes(self, n_cols: usize) -> Result<usize> {
         let block_size = self.block_size();
         if !n_cols.is_multiple_of(block_size) {
-            return Err(Error::NotBlockMultiple { ty: self, n_cols, block_size });
+            return Err(Error::NotBlockMultiple {
+                ty: self,
+                n_cols,
+                block_size,
+            });
         }
-        (n_cols / block_size).checked_mul(self.type_size()).ok_or(Error::Overflow { what: "row bytes" })
+        (n_cols / block_size)
+            .checked_mul(self.type_size())
+            .ok_or(Error::Overflow { what: "row bytes" })
     }
 
     /// Whether this crate can dequantize this type and multiply by it.

@@ -7,7 +7,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     // Sum of uniforms: close enough to a normal for quantization error bounds.
-    (0..n).map(|_| (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.87).collect()
+    (0..n)
+        .map(|_| (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.87)
+        .collect()
 }
 
 #[test]
@@ -34,15 +36,27 @@ fn type_table() {
     }
     assert_eq!(GgmlType::Q4_1.row_bytes(576).unwrap(), 18 * 20);
     assert_eq!(GgmlType::Q6_K.row_bytes(512).unwrap(), 2 * 210);
-    assert!(matches!(GgmlType::Q4_K.row_bytes(576), Err(Error::NotBlockMultiple { .. })));
-    assert!(matches!(GgmlType::Q8_0.row_bytes(33), Err(Error::NotBlockMultiple { .. })));
+    assert!(matches!(
+        GgmlType::Q4_K.row_bytes(576),
+        Err(Error::NotBlockMultiple { .. })
+    ));
+    assert!(matches!(
+        GgmlType::Q8_0.row_bytes(33),
+        Err(Error::NotBlockMultiple { .. })
+    ));
 }
 
 #[test]
 fn unsupported_types_are_errors() {
     let bytes = vec![0u8; GgmlType::Q5_K.row_bytes(256).unwrap()];
     let e = QMatrix::new(GgmlType::Q5_K, 1, 256, SharedBytes::from_vec(bytes.clone())).unwrap_err();
-    assert!(matches!(e, Error::Unsupported { ty: GgmlType::Q5_K, .. }));
+    assert!(matches!(
+        e,
+        Error::Unsupported {
+            ty: GgmlType::Q5_K,
+            ..
+        }
+    ));
     assert!(e.to_string().contains("q5_K"), "{e}");
     assert!(quantize(GgmlType::IQ2_XXS, &[0.0; 256]).is_err());
     let mut out = vec![0f32; 256];
@@ -52,11 +66,17 @@ fn unsupported_types_are_errors() {
 #[test]
 fn bad_sizes_are_errors() {
     let w = randn(4 * 64, 1);
-    assert!(matches!(QMatrix::quantize(GgmlType::Q8_0, 4, 64, &w[..100]), Err(Error::SizeMismatch { .. })));
+    assert!(matches!(
+        QMatrix::quantize(GgmlType::Q8_0, 4, 64, &w[..100]),
+        Err(Error::SizeMismatch { .. })
+    ));
     assert!(QMatrix::quantize(GgmlType::Q8_0, 8, 32, &w[..256]).is_ok());
     assert!(QMatrix::quantize(GgmlType::Q8_0, 2, 128, &w[..256]).is_ok());
     assert!(QMatrix::quantize(GgmlType::Q4_K, 1, 256, &w[..256]).is_ok());
-    assert!(matches!(QMatrix::quantize(GgmlType::Q4_0, 16, 16, &w[..256]), Err(Error::NotBlockMultiple { .. })));
+    assert!(matches!(
+        QMatrix::quantize(GgmlType::Q4_0, 16, 16, &w[..256]),
+        Err(Error::NotBlockMultiple { .. })
+    ));
     let bytes = quantize(GgmlType::Q4_1, &w).unwrap();
     assert!(matches!(
         QMatrix::new(GgmlType::Q4_1, 5, 64, SharedBytes::from_vec(bytes.clone())),
@@ -64,14 +84,32 @@ fn bad_sizes_are_errors() {
     ));
     let owner = std::sync::Arc::new(bytes.clone());
     assert!(SharedBytes::new(owner.clone(), 10, bytes.len()).is_err());
-    let m = QMatrix::new(GgmlType::Q4_1, 4, 64, SharedBytes::new(owner, 0, bytes.len()).unwrap()).unwrap();
+    let m = QMatrix::new(
+        GgmlType::Q4_1,
+        4,
+        64,
+        SharedBytes::new(owner, 0, bytes.len()).unwrap(),
+    )
+    .unwrap();
     let mut out = vec![0f32; 8];
     assert!(m.matmul(&w[..128], 2, &mut out).is_ok());
-    assert!(matches!(m.matmul(&w[..127], 2, &mut out), Err(Error::SizeMismatch { .. })));
-    assert!(matches!(m.matmul(&w[..128], 2, &mut out[..7]), Err(Error::SizeMismatch { .. })));
+    assert!(matches!(
+        m.matmul(&w[..127], 2, &mut out),
+        Err(Error::SizeMismatch { .. })
+    ));
+    assert!(matches!(
+        m.matmul(&w[..128], 2, &mut out[..7]),
+        Err(Error::SizeMismatch { .. })
+    ));
     let mut row = vec![0f32; 64];
-    assert!(matches!(m.dequantize_row(4, &mut row), Err(Error::RowOutOfRange { .. })));
-    assert!(matches!(m.dequantize_row(0, &mut row[..63]), Err(Error::SizeMismatch { .. })));
+    assert!(matches!(
+        m.dequantize_row(4, &mut row),
+        Err(Error::RowOutOfRange { .. })
+    ));
+    assert!(matches!(
+        m.dequantize_row(0, &mut row[..63]),
+        Err(Error::SizeMismatch { .. })
+    ));
     assert!(m.matmul(&[], 0, &mut []).is_ok());
 }
 
@@ -100,7 +138,10 @@ fn q8_0_known_block() {
     x[4] = -10.0;
     let b = kiln_quant::q8_0::quantize_block(&x);
     assert_eq!(b[..2], [0x00, 0x38]);
-    assert_eq!(b[2..7].iter().map(|&q| q as i8).collect::<Vec<_>>(), [127, 1, -1, 1, -20]);
+    assert_eq!(
+        b[2..7].iter().map(|&q| q as i8).collect::<Vec<_>>(),
+        [127, 1, -1, 1, -20]
+    );
     assert!(b[7..].iter().all(|&q| q == 0));
 }
 
@@ -178,7 +219,13 @@ fn round_trip_within_format_error() {
         eprintln!("{ty}: relative rms error {e:.5}");
     }
     // Zeros stay zeros (d = 0 must not produce NaN).
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
         let q = quantize(ty, &[0.0; 256]).unwrap();
         let mut y = vec![1f32; 256];
         dequantize(ty, &q, &mut y).unwrap();
@@ -191,7 +238,11 @@ fn simd_activation_quantizer_is_bit_identical() {
     let mut x = randn(32 * 40, 3);
     // Exact ties: amax 63.5 → id 2, so k/4 values land on .5 after scaling.
     for (j, v) in x[..32].iter_mut().enumerate() {
-        *v = if j == 0 { 63.5 } else { (j as f32 - 16.0) * 0.25 };
+        *v = if j == 0 {
+            63.5
+        } else {
+            (j as f32 - 16.0) * 0.25
+        };
     }
     x[32..64].fill(0.0);
     let mut fast = vec![act::BlockQ8::default(); 40];
@@ -207,7 +258,16 @@ fn simd_activation_quantizer_is_bit_identical() {
 #[test]
 fn dequantize_row_matches_whole_matrix() {
     let w = randn(7 * 512, 11);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::F32,
+    ] {
         let m = QMatrix::quantize(ty, 7, 512, &w).unwrap();
         let all = m.dequantize().unwrap();
         let mut row = vec![0f32; 512];

@@ -6,7 +6,9 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n).map(|_| (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.87).collect()
+    (0..n)
+        .map(|_| (0..4).map(|_| rng.gen_range(-1.0f32..1.0)).sum::<f32>() * 0.87)
+        .collect()
 }
 
 /// out = x · Wᵀ in f64 over the dequantized weights.
@@ -16,7 +18,9 @@ fn reference(m: &QMatrix, x: &[f32], n_tokens: usize) -> Vec<f32> {
     let mut out = vec![0f32; n_tokens * rows];
     for t in 0..n_tokens {
         for r in 0..rows {
-            let s: f64 = (0..cols).map(|k| x[t * cols + k] as f64 * w[r * cols + k] as f64).sum();
+            let s: f64 = (0..cols)
+                .map(|k| x[t * cols + k] as f64 * w[r * cols + k] as f64)
+                .sum();
             out[t * rows + r] = s as f32;
         }
     }
@@ -68,13 +72,20 @@ fn matmul_matches_f32_reference() {
                 let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
                 for t in 0..n_tokens {
                     for r in 0..rows {
-                        let scale = norm(&x[t * cols..(t + 1) * cols]) * norm(&wd[r * cols..(r + 1) * cols]);
+                        let scale = norm(&x[t * cols..(t + 1) * cols])
+                            * norm(&wd[r * cols..(r + 1) * cols]);
                         let (g, w) = (out[t * rows + r], want[t * rows + r]);
-                        assert!((g - w).abs() <= bound * scale, "{ty} {rows}x{cols} n_tokens={n_tokens}: {g} vs {w}");
+                        assert!(
+                            (g - w).abs() <= bound * scale,
+                            "{ty} {rows}x{cols} n_tokens={n_tokens}: {g} vs {w}"
+                        );
                     }
                 }
                 if rows * n_tokens > 100 {
-                    assert!(e < 0.02, "{ty} {rows}x{cols} n_tokens={n_tokens}: rel rms {e}");
+                    assert!(
+                        e < 0.02,
+                        "{ty} {rows}x{cols} n_tokens={n_tokens}: rel rms {e}"
+                    );
                 }
             }
         }
@@ -116,7 +127,10 @@ fn matmul_chunking_covers_every_row() {
     // Large enough to be split into rayon chunks, with row counts that are not multiples of the
     // chunk or the 4-row tile, on pools of several sizes.
     for threads in [1, 2, 3, 5] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
             let cols = if ty == GgmlType::Q4_K { 512 } else { 576 };
             for (rows, n_tokens) in [(1001, 1), (203, 17), (70, 3)] {
@@ -129,7 +143,10 @@ fn matmul_chunking_covers_every_row() {
                 pool.install(|| m.matmul(&x, n_tokens, &mut got)).unwrap();
                 let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
                 for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 2e-5 * scale, "{ty} {rows} rows, {threads} threads: {g} vs {w}");
+                    assert!(
+                        (g - w).abs() <= 2e-5 * scale,
+                        "{ty} {rows} rows, {threads} threads: {g} vs {w}"
+                    );
                 }
             }
         }

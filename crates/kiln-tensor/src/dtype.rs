@@ -17,7 +17,11 @@ impl DType {
 
     /// Parses the names used by config.json (`torch_dtype` / `dtype`) and safetensors headers.
     pub fn parse(name: &str) -> Option<DType> {
-        match name.trim_start_matches("torch.").to_ascii_lowercase().as_str() {
+        match name
+            .trim_start_matches("torch.")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "f32" | "float32" | "float" => Some(DType::F32),
             "f16" | "float16" | "half" => Some(DType::F16),
             "bf16" | "bfloat16" => Some(DType::BF16),

@@ -5,21 +5,50 @@ use crate::DType;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op}: shape mismatch: {lhs:?} vs {rhs:?}")]
-    ShapeMismatch { op: &'static str, lhs: Vec<usize>, rhs: Vec<usize> },
+    ShapeMismatch {
+        op: &'static str,
+        lhs: Vec<usize>,
+        rhs: Vec<usize>,
+    },
     #[error("{op}: expected rank {expected}, got shape {got:?}")]
-    Rank { op: &'static str, expected: usize, got: Vec<usize> },
+    Rank {
+        op: &'static str,
+        expected: usize,
+        got: Vec<usize>,
+    },
     #[error("{op}: dimension {dim} out of range for shape {shape:?}")]
-    Dim { op: &'static str, dim: usize, shape: Vec<usize> },
+    Dim {
+        op: &'static str,
+        dim: usize,
+        shape: Vec<usize>,
+    },
     #[error("{op}: range {start}..{end} out of bounds for size {size}")]
-    Range { op: &'static str, start: usize, end: usize, size: usize },
+    Range {
+        op: &'static str,
+        start: usize,
+        end: usize,
+        size: usize,
+    },
     #[error("{op}: {len} elements do not fill shape {shape:?}")]
-    ElementCount { op: &'static str, len: usize, shape: Vec<usize> },
+    ElementCount {
+        op: &'static str,
+        len: usize,
+        shape: Vec<usize>,
+    },
     #[error("{op}: unsupported dtype {dtype:?}")]
     DType { op: &'static str, dtype: DType },
     #[error("{op}: requires a contiguous tensor, got strides {strides:?} for shape {shape:?}")]
-    NotContiguous { op: &'static str, shape: Vec<usize>, strides: Vec<usize> },
+    NotContiguous {
+        op: &'static str,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+    },
     #[error("index {index} out of range for {op} with {size} rows")]
-    Index { op: &'static str, index: usize, size: usize },
+    Index {
+        op: &'static str,
+        index: usize,
+        size: usize,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

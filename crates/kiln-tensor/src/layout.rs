@@ -49,7 +49,11 @@ pub struct Layout {
 impl Layout {
     pub fn contiguous(shape: Shape) -> Self {
         let strides = shape.contiguous_strides();
-        Layout { shape, strides, offset: 0 }
+        Layout {
+            shape,
+            strides,
+            offset: 0,
+        }
     }
 
     pub fn is_contiguous(&self) -> bool {
@@ -82,7 +86,11 @@ impl Layout {
         StridedIndex {
             layout: self,
             pos: vec![0; self.shape.rank()],
-            next: if self.shape.elem_count() == 0 { None } else { Some(self.offset) },
+            next: if self.shape.elem_count() == 0 {
+                None
+            } else {
+                Some(self.offset)
+            },
         }
     }
 }

@@ -47,9 +47,16 @@ pub struct Tensor {
 impl Tensor {
     fn new(storage: Storage, shape: Shape) -> Result<Tensor> {
         if storage.len() != shape.elem_count() {
-            return Err(Error::ElementCount { op: "new", len: storage.len(), shape: shape.0 });
+            return Err(Error::ElementCount {
+                op: "new",
+                len: storage.len(),
+                shape: shape.0,
+            });
         }
-        Ok(Tensor { storage: Arc::new(storage), layout: Layout::contiguous(shape) })
+        Ok(Tensor {
+            storage: Arc::new(storage),
+            layout: Layout::contiguous(shape),
+        })
     }
 
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
@@ -64,7 +71,10 @@ impl Tensor {
     pub fn zeros(shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
         let n = shape.elem_count();
-        Tensor { storage: Arc::new(Storage::F32(vec![0.0; n])), layout: Layout::contiguous(shape) }
+        Tensor {
+            storage: Arc::new(Storage::F32(vec![0.0; n])),
+            layout: Layout::contiguous(shape),
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -94,17 +104,22 @@ impl Tensor {
 
     /// Size of dimension `d`, with an error naming the op when out of range.
     pub fn dim(&self, d: usize) -> Result<usize> {
-        self.dims()
-            .get(d)
-            .copied()
-            .ok_or_else(|| Error::Dim { op: "dim", dim: d, shape: self.dims().to_vec() })
+        self.dims().get(d).copied().ok_or_else(|| Error::Dim {
+            op: "dim",
+            dim: d,
+            shape: self.dims().to_vec(),
+        })
     }
 
     /// The dims of a rank-2 tensor.
     pub fn dims2(&self, op: &'static str) -> Result<(usize, usize)> {
         match self.dims() {
             [a, b] => Ok((*a, *b)),
-            d => Err(Error::Rank { op, expected: 2, got: d.to_vec() }),
+            d => Err(Error::Rank {
+                op,
+                expected: 2,
+                got: d.to_vec(),
+            }),
         }
     }
 
@@ -119,7 +134,10 @@ impl Tensor {
         }
         match &*self.storage {
             Storage::F32(v) => Ok(&v[self.layout.offset..self.layout.offset + self.elem_count()]),
-            s => Err(Error::DType { op: "as_f32_slice", dtype: s.dtype() }),
+            s => Err(Error::DType {
+                op: "as_f32_slice",
+                dtype: s.dtype(),
+            }),
         }
     }
 
@@ -157,7 +175,10 @@ impl Tensor {
             DType::F16 => Storage::F16(data.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::BF16 => Storage::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
         };
-        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(self.shape().clone()) }
+        Tensor {
+            storage: Arc::new(storage),
+            layout: Layout::contiguous(self.shape().clone()),
+        }
     }
 
     pub fn contiguous(&self) -> Tensor {
@@ -170,7 +191,10 @@ impl Tensor {
             Storage::F16(v) => Storage::F16(idx.map(|i| v[i]).collect()),
             Storage::BF16(v) => Storage::BF16(idx.map(|i| v[i]).collect()),
         };
-        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(self.shape().clone()) }
+        Tensor {
+            storage: Arc::new(storage),
+            layout: Layout::contiguous(self.shape().clone()),
+        }
     }
 
     /// Same elements, new shape; copies only when the tensor is not contiguous.
@@ -187,19 +211,30 @@ impl Tensor {
         let offset = t.layout.offset;
         let mut layout = Layout::contiguous(shape);
         layout.offset = offset;
-        Ok(Tensor { storage: t.storage, layout })
+        Ok(Tensor {
+            storage: t.storage,
+            layout,
+        })
     }
 
     /// A view of `len` entries of dimension `dim` starting at `start`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         let size = self.dim(dim)?;
         if start + len > size {
-            return Err(Error::Range { op: "narrow", start, end: start + len, size });
+            return Err(Error::Range {
+                op: "narrow",
+                start,
+                end: start + len,
+                size,
+            });
         }
         let mut layout = self.layout.clone();
         layout.offset += start * layout.strides[dim];
         layout.shape.0[dim] = len;
-        Ok(Tensor { storage: self.storage.clone(), layout })
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            layout,
+        })
     }
 
     /// A view with dimensions `a` and `b` swapped.
@@ -209,7 +244,10 @@ impl Tensor {
         let mut layout = self.layout.clone();
         layout.shape.0.swap(a, b);
         layout.strides.swap(a, b);
-        Ok(Tensor { storage: self.storage.clone(), layout })
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            layout,
+        })
     }
 
     /// Rows `ids` of a rank-2 table (embedding lookup): (n_ids, cols).
@@ -221,7 +259,11 @@ impl Tensor {
         for &id in ids {
             let id = id as usize;
             if id >= rows {
-                return Err(Error::Index { op: "gather_rows", index: id, size: rows });
+                return Err(Error::Index {
+                    op: "gather_rows",
+                    index: id,
+                    size: rows,
+                });
             }
             out.extend_from_slice(&table[id * cols..(id + 1) * cols]);
         }
@@ -265,7 +307,8 @@ impl Tensor {
         let cols = *self.dims().last().unwrap_or(&1);
         let mut data = self.to_vec_f32();
         if cols > 0 {
-            data.chunks_mut(cols).for_each(cpu::softmax::softmax_in_place);
+            data.chunks_mut(cols)
+                .for_each(cpu::softmax::softmax_in_place);
         }
         Tensor::from_vec(data, self.shape().clone())
     }
@@ -301,11 +344,17 @@ impl Tensor {
                     return v;
                 }
                 Ok(other) => {
-                    let t = Tensor { storage: Arc::new(other), layout: self.layout };
+                    let t = Tensor {
+                        storage: Arc::new(other),
+                        layout: self.layout,
+                    };
                     return t.to_vec_f32();
                 }
                 Err(storage) => {
-                    let t = Tensor { storage, layout: self.layout };
+                    let t = Tensor {
+                        storage,
+                        layout: self.layout,
+                    };
                     return t.to_vec_f32();
                 }
             }

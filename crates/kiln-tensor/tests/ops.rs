@@ -33,7 +33,11 @@ fn matmul_matches_reference_plain_and_transposed() {
         let got = ta.matmul_t(&tbt).unwrap().to_vec_f32();
         assert!(max_rel_err(&got, &expect) < 1e-5);
         // f16 and bf16 operands are widened to f32.
-        let got = ta.to_dtype(DType::F16).matmul(&tb.to_dtype(DType::BF16)).unwrap().to_vec_f32();
+        let got = ta
+            .to_dtype(DType::F16)
+            .matmul(&tb.to_dtype(DType::BF16))
+            .unwrap()
+            .to_vec_f32();
         assert!(max_rel_err(&got, &expect) < 2e-2);
     }
 }
@@ -43,9 +47,13 @@ fn matmul_rejects_bad_shapes_and_handles_empty() {
     let a = Tensor::zeros([2, 3]);
     let b = Tensor::zeros([4, 5]);
     assert!(a.matmul(&b).is_err());
-    let e = Tensor::zeros([0, 3]).matmul(&Tensor::zeros([3, 2])).unwrap();
+    let e = Tensor::zeros([0, 3])
+        .matmul(&Tensor::zeros([3, 2]))
+        .unwrap();
     assert_eq!(e.dims(), &[0, 2]);
-    let z = Tensor::zeros([2, 0]).matmul(&Tensor::zeros([0, 2])).unwrap();
+    let z = Tensor::zeros([2, 0])
+        .matmul(&Tensor::zeros([0, 2]))
+        .unwrap();
     assert_eq!(z.to_vec_f32(), vec![0.0; 4]);
 }
 
@@ -85,7 +93,10 @@ fn norms_and_softmax() {
 fn elementwise_broadcasts_trailing_dims() {
     let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [2, 2]).unwrap();
     let b = Tensor::from_vec(vec![10.0, 20.0], [2]).unwrap();
-    assert_eq!(x.add(&b).unwrap().to_vec_f32(), vec![11.0, 22.0, 13.0, 24.0]);
+    assert_eq!(
+        x.add(&b).unwrap().to_vec_f32(),
+        vec![11.0, 22.0, 13.0, 24.0]
+    );
     assert_eq!(x.mul(&x).unwrap().to_vec_f32(), vec![1.0, 4.0, 9.0, 16.0]);
     assert!(x.add(&Tensor::zeros([3])).is_err());
     let g = x.gather_rows(&[1, 0, 1]).unwrap().to_vec_f32();
@@ -140,6 +151,9 @@ fn attention_paths_match_reference() {
         let expect = reference_attention(&q, &k, &v, q_start, &p);
         let mut got = vec![0.0; q.len()];
         attention(&q, &k, &v, q_start, &p, &mut got);
-        assert!(max_rel_err(&got, &expect) < 1e-5, "n_q {n_q} n_kv {n_kv} window {window:?}");
+        assert!(
+            max_rel_err(&got, &expect) < 1e-5,
+            "n_q {n_q} n_kv {n_kv} window {window:?}"
+        );
     }
 }

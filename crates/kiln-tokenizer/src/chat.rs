@@ -31,7 +31,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -45,29 +48,47 @@ pub struct ChatTemplate {
 }
 
 fn template_err(source: minijinja::Error) -> Error {
-    Error::Template { name: TEMPLATE_NAME.to_string(), source }
+    Error::Template {
+        name: TEMPLATE_NAME.to_string(),
+        source,
+    }
 }
 
 /// `chat_template` from a tokenizer_config.json: a string, or a list of `{name, template}` from
 /// which "default" is chosen. `None` when absent.
-pub(crate) fn template_from_config_value(value: Option<&serde_json::Value>) -> Result<Option<String>> {
+pub(crate) fn template_from_config_value(
+    value: Option<&serde_json::Value>,
+) -> Result<Option<String>> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
         Some(serde_json::Value::Array(items)) => {
-            let default = items.iter().find(|item| item.get("name").and_then(|n| n.as_str()) == Some("default"));
-            match default.and_then(|d| d.get("template")).and_then(|t| t.as_str()) {
+            let default = items
+                .iter()
+                .find(|item| item.get("name").and_then(|n| n.as_str()) == Some("default"));
+            match default
+                .and_then(|d| d.get("template"))
+                .and_then(|t| t.as_str())
+            {
                 Some(t) => Ok(Some(t.to_string())),
-                None => Err(Error::NoChatTemplate("the chat_template list has no \"default\" entry".to_string())),
+                None => Err(Error::NoChatTemplate(
+                    "the chat_template list has no \"default\" entry".to_string(),
+                )),
             }
         }
-        Some(other) => Err(Error::NoChatTemplate(format!("chat_template is neither a string nor a list: {other}"))),
+        Some(other) => Err(Error::NoChatTemplate(format!(
+            "chat_template is neither a string nor a list: {other}"
+        ))),
     }
 }
 
 impl ChatTemplate {
     /// Compiles `source`. `bos_token`/`eos_token` are what the template sees as those variables.
-    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<ChatTemplate> {
+    pub fn new(
+        source: &str,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<ChatTemplate> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -75,7 +96,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME.to_string(), source.to_string()).map_err(template_err)?;
+        env.add_template_owned(TEMPLATE_NAME.to_string(), source.to_string())
+            .map_err(template_err)?;
         Ok(ChatTemplate {
             env,
             source: source.to_string(),
@@ -99,13 +121,20 @@ impl ChatTemplate {
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
         })?;
-        let source = template_from_config_value(config.get("chat_template"))?
-            .ok_or_else(|| Error::NoChatTemplate(format!("{} has no chat_template", path.display())))?;
+        let source = template_from_config_value(config.get("chat_template"))?.ok_or_else(|| {
+            Error::NoChatTemplate(format!("{} has no chat_template", path.display()))
+        })?;
         let token = |name: &str| -> Option<String> {
             let v = config.get(name)?;
-            v.as_str().or_else(|| v.get("content")?.as_str()).map(str::to_string)
+            v.as_str()
+                .or_else(|| v.get("content")?.as_str())
+                .map(str::to_string)
         };
-        ChatTemplate::new(&source, token("bos_token").as_deref(), token("eos_token").as_deref())
+        ChatTemplate::new(
+            &source,
+            token("bos_token").as_deref(),
+            token("eos_token").as_deref(),
+        )
     }
 
     pub fn source(&self) -> &str {
@@ -189,10 +218,28 @@ fn strftime_now(format: String) -> String {
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-    "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// Formats a UTC unix time; unknown directives are kept verbatim.
 fn strftime(secs: u64, format: &str) -> String {
@@ -247,9 +294,15 @@ mod tests {
 
     #[test]
     fn strftime_known_dates() {
-        assert_eq!(strftime(0, "%d %b %Y %H:%M:%S %A"), "01 Jan 1970 00:00:00 Thursday");
+        assert_eq!(
+            strftime(0, "%d %b %Y %H:%M:%S %A"),
+            "01 Jan 1970 00:00:00 Thursday"
+        );
         // 2024-02-29 12:34:56 UTC
-        assert_eq!(strftime(1_709_210_096, "%Y-%m-%d %H:%M:%S %a %B %%"), "2024-02-29 12:34:56 Thu February %");
+        assert_eq!(
+            strftime(1_709_210_096, "%Y-%m-%d %H:%M:%S %a %B %%"),
+            "2024-02-29 12:34:56 Thu February %"
+        );
     }
 
     #[test]
@@ -260,7 +313,10 @@ mod tests {
         assert_eq!(out, r#"{"a": [1, "é<"], "b": {}}"#);
         let mut out = String::new();
         write_python_json(&v, Some(2), 0, &mut out);
-        assert_eq!(out, "{\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"b\": {}\n}");
+        assert_eq!(
+            out,
+            "{\n  \"a\": [\n    1,\n    \"é<\"\n  ],\n  \"b\": {}\n}"
+        );
     }
 
     #[test]
@@ -272,7 +328,9 @@ mod tests {
             None,
         )
         .expect("compile");
-        let out = t.render(&[ChatMessage::new("user", "  hi  ")], true).expect("render");
+        let out = t
+            .render(&[ChatMessage::new("user", "  hi  ")], true)
+            .expect("render");
         assert_eq!(out, "<s>USER: hi\nASSISTANT:");
         let t = ChatTemplate::new("{{ raise_exception('nope') }}", None, None).expect("compile");
         let err = t.render(&[], false).expect_err("raises");
@@ -283,7 +341,10 @@ mod tests {
     #[test]
     fn config_list_picks_default() {
         let v = serde_json::json!([{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]);
-        assert_eq!(template_from_config_value(Some(&v)).expect("ok").as_deref(), Some("D"));
+        assert_eq!(
+            template_from_config_value(Some(&v)).expect("ok").as_deref(),
+            Some("D")
+        );
         let v = serde_json::json!([{"name": "tool_use", "template": "T"}]);
         assert!(template_from_config_value(Some(&v)).is_err());
     }

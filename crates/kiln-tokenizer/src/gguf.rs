@@ -55,7 +55,10 @@ pub(crate) struct GgufTokenizer {
 }
 
 fn bad(key: &str, reason: impl Into<String>) -> Error {
-    Error::BadGguf { key: key.to_string(), reason: reason.into() }
+    Error::BadGguf {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn optional<T>(r: kiln_gguf::Result<T>) -> Result<Option<T>> {
@@ -71,7 +74,8 @@ pub(crate) fn byte_alphabet() -> [char; 256] {
     let mut out = ['\0'; 256];
     let mut next = 256u32;
     for (b, slot) in out.iter_mut().enumerate() {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let code = if printable {
             b as u32
         } else {
@@ -89,17 +93,26 @@ pub(crate) fn build(gguf: &GgufFile, compat: GgufCompat) -> Result<GgufTokenizer
     let byte_level = match model {
         "gpt2" => true,
         "llama" => false,
-        other => return Err(Error::UnsupportedModel { model: other.to_string() }),
+        other => {
+            return Err(Error::UnsupportedModel {
+                model: other.to_string(),
+            })
+        }
     };
     let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
     let n_tokens = tokens.len();
     let types = optional(gguf.get_i32_array("tokenizer.ggml.token_type"))?.unwrap_or_default();
     if !types.is_empty() && types.len() != n_tokens {
-        return Err(bad("tokenizer.ggml.token_type", format!("{} entries for {n_tokens} tokens", types.len())));
+        return Err(bad(
+            "tokenizer.ggml.token_type",
+            format!("{} entries for {n_tokens} tokens", types.len()),
+        ));
     }
     let id_of = |key: &str| -> Result<Option<u32>> {
         match optional(gguf.get_u32(key))? {
-            Some(id) if id as usize >= n_tokens => Err(bad(key, format!("id {id} >= {n_tokens} tokens"))),
+            Some(id) if id as usize >= n_tokens => {
+                Err(bad(key, format!("id {id} >= {n_tokens} tokens")))
+            }
             other => Ok(other),
         }
     };
@@ -128,11 +141,19 @@ pub(crate) fn build(gguf: &GgufFile, compat: GgufCompat) -> Result<GgufTokenizer
 
     let merges = match optional(gguf.get_str_array("tokenizer.ggml.merges"))? {
         Some(merges) => parse_merges(&merges)?,
-        None if byte_level => return Err(bad("tokenizer.ggml.merges", "missing (needed for a gpt2 vocabulary)")),
+        None if byte_level => {
+            return Err(bad(
+                "tokenizer.ggml.merges",
+                "missing (needed for a gpt2 vocabulary)",
+            ))
+        }
         None => {
             let scores = gguf.get_f32_array("tokenizer.ggml.scores")?;
             if scores.len() != n_tokens {
-                return Err(bad("tokenizer.ggml.scores", format!("{} entries for {n_tokens} tokens", scores.len())));
+                return Err(bad(
+                    "tokenizer.ggml.scores",
+                    format!("{} entries for {n_tokens} tokens", scores.len()),
+                ));
             }
             generate_merges(&tokens, &scores, &vocab)
         }
@@ -169,12 +190,19 @@ pub(crate) fn build(gguf: &GgufFile, compat: GgufCompat) -> Result<GgufTokenizer
 
     let (pre_tokenizer, decoder) = if byte_level {
         let pre = optional(gguf.get_str("tokenizer.ggml.pre"))?.unwrap_or("default");
-        let splits = pre::splits(compat, pre).ok_or_else(|| Error::UnsupportedPre { pre: pre.to_string() })?;
-        (byte_level_pre(&splits), json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}))
+        let splits = pre::splits(compat, pre).ok_or_else(|| Error::UnsupportedPre {
+            pre: pre.to_string(),
+        })?;
+        (
+            byte_level_pre(&splits),
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+        )
     } else {
         let prefix = match compat {
             GgufCompat::Transformers => true,
-            GgufCompat::LlamaCpp => optional(gguf.get_bool("tokenizer.ggml.add_space_prefix"))?.unwrap_or(true),
+            GgufCompat::LlamaCpp => {
+                optional(gguf.get_bool("tokenizer.ggml.add_space_prefix"))?.unwrap_or(true)
+            }
         };
         spm_pre_and_decoder(prefix)
     };
@@ -182,8 +210,16 @@ pub(crate) fn build(gguf: &GgufFile, compat: GgufCompat) -> Result<GgufTokenizer
     let bos_text = text(bos_id);
     let eos_text = text(eos_id);
     let post = post_processor(
-        if add_bos { bos_id.zip(bos_text.clone()) } else { None },
-        if add_eos { eos_id.zip(eos_text.clone()) } else { None },
+        if add_bos {
+            bos_id.zip(bos_text.clone())
+        } else {
+            None
+        },
+        if add_eos {
+            eos_id.zip(eos_text.clone())
+        } else {
+            None
+        },
     );
     let merges_json: Vec<Json> = merges.into_iter().map(|(a, b)| json!([a, b])).collect();
     let vocab_json: Map<String, Json> = vocab.into_iter().map(|(k, v)| (k, json!(v))).collect();
@@ -205,7 +241,11 @@ pub(crate) fn build(gguf: &GgufFile, compat: GgufCompat) -> Result<GgufTokenizer
     });
 
     let mut eos_ids: Vec<u32> = Vec::new();
-    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+    for key in [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ] {
         if let Some(id) = id_of(key)? {
             eos_ids.push(id);
         }
@@ -236,7 +276,10 @@ fn parse_merges(merges: &[&str]) -> Result<Vec<(String, String)>> {
             let mut parts = m.split(' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) => Ok((a.to_string(), b.to_string())),
-                _ => Err(bad("tokenizer.ggml.merges", format!("entry #{i} {m:?} is not two space-separated pieces"))),
+                _ => Err(bad(
+                    "tokenizer.ggml.merges",
+                    format!("entry #{i} {m:?} is not two space-separated pieces"),
+                )),
             }
         })
         .collect()
@@ -246,7 +289,11 @@ fn parse_merges(merges: &[&str]) -> Result<Vec<(String, String)>> {
 /// tokens is a merge; within a token, ordered by the pieces' ids; overall, by (score, left length,
 /// right length) descending, ties kept in token order (Python's sort is stable, also reversed).
 /// Lengths count code points, as Python's `len` does.
-fn generate_merges(tokens: &[&str], scores: &[f32], vocab: &HashMap<String, u32>) -> Vec<(String, String)> {
+fn generate_merges(
+    tokens: &[&str],
+    scores: &[f32],
+    vocab: &HashMap<String, u32>,
+) -> Vec<(String, String)> {
     // Python's dict(zip(tokens, scores)): first position, last score.
     let mut order: Vec<&str> = Vec::with_capacity(tokens.len());
     let mut score_of: HashMap<&str, f32> = HashMap::with_capacity(tokens.len());
@@ -267,12 +314,17 @@ fn generate_merges(tokens: &[&str], scores: &[f32], vocab: &HashMap<String, u32>
             })
             .collect();
         local.sort_by_key(|m| (m.2, m.3));
-        merges.extend(local.into_iter().map(|(l, r, _, _)| (l, r, score, l.chars().count(), r.chars().count())));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(l, r, _, _)| (l, r, score, l.chars().count(), r.chars().count())),
+        );
     }
-    merges.sort_by(|a, b| {
-        b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(b.4.cmp(&a.4))
-    });
-    merges.into_iter().map(|(l, r, ..)| (l.to_string(), r.to_string())).collect()
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(b.4.cmp(&a.4)));
+    merges
+        .into_iter()
+        .map(|(l, r, ..)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 fn byte_level_pre(splits: &[&str]) -> Json {
@@ -344,9 +396,16 @@ mod tests {
     fn generated_merges_follow_scores() {
         let tokens = ["a", "b", "ab", "abb", "bb"];
         let scores = [0.0, 0.0, -1.0, -3.0, -2.0];
-        let vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
         let merges = generate_merges(&tokens, &scores, &vocab);
-        let flat: Vec<(&str, &str)> = merges.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let flat: Vec<(&str, &str)> = merges
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         assert_eq!(flat, [("a", "b"), ("b", "b"), ("ab", "b"), ("a", "bb")]);
     }
 }

@@ -28,11 +28,20 @@ pub use stream::DecodeStream;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{context}: {source}")]
-    Tokenizers { context: String, source: tokenizers::Error },
+    Tokenizers {
+        context: String,
+        source: tokenizers::Error,
+    },
     #[error(transparent)]
     Gguf(#[from] kiln_gguf::Error),
     #[error("unsupported GGUF tokenizer model `{model}` (supported: gpt2, llama)")]
@@ -46,7 +55,10 @@ pub enum Error {
     #[error("no chat template: {0}")]
     NoChatTemplate(String),
     #[error("chat template `{name}`: {source}")]
-    Template { name: String, source: minijinja::Error },
+    Template {
+        name: String,
+        source: minijinja::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -75,12 +87,15 @@ impl Tokenizer {
     /// `eos_token_id` (one id or a list) adds end-of-generation ids.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(tk_err(path.display().to_string()))?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(tk_err(path.display().to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let config = read_json_if_exists(&dir.join("tokenizer_config.json"))?;
         let token_field = |name: &str| -> Option<String> {
             let v = config.as_ref()?.get(name)?;
-            v.as_str().or_else(|| v.get("content")?.as_str()).map(str::to_string)
+            v.as_str()
+                .or_else(|| v.get("content")?.as_str())
+                .map(str::to_string)
         };
         let bos_token = token_field("bos_token");
         let eos_token = token_field("eos_token");
@@ -89,17 +104,30 @@ impl Tokenizer {
             None => None,
         };
         let bos_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
-        let mut eos_ids: Vec<u32> = eos_token.as_deref().and_then(|t| inner.token_to_id(t)).into_iter().collect();
+        let mut eos_ids: Vec<u32> = eos_token
+            .as_deref()
+            .and_then(|t| inner.token_to_id(t))
+            .into_iter()
+            .collect();
         if let Some(gen) = read_json_if_exists(&dir.join("generation_config.json"))? {
             match gen.get("eos_token_id") {
-                Some(serde_json::Value::Array(ids)) => eos_ids.extend(ids.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
+                Some(serde_json::Value::Array(ids)) => {
+                    eos_ids.extend(ids.iter().filter_map(|v| v.as_u64()).map(|v| v as u32))
+                }
                 Some(v) => eos_ids.extend(v.as_u64().map(|v| v as u32)),
                 None => {}
             }
         }
         let mut unique = HashSet::new();
         eos_ids.retain(|id| unique.insert(*id));
-        Ok(Tokenizer::assemble(inner, bos_id, eos_ids, bos_token, eos_token, chat_template))
+        Ok(Tokenizer::assemble(
+            inner,
+            bos_id,
+            eos_ids,
+            bos_token,
+            eos_token,
+            chat_template,
+        ))
     }
 
     /// Rebuilds the tokenizer described by a GGUF file's metadata, giving the same ids as
@@ -111,10 +139,20 @@ impl Tokenizer {
     /// As `from_gguf`, choosing which reference implementation to agree with.
     pub fn from_gguf_with(gguf: &GgufFile, compat: GgufCompat) -> Result<Tokenizer> {
         let built = gguf::build(gguf, compat)?;
-        let context = format!("{}: tokenizer rebuilt from GGUF metadata", gguf.path().display());
+        let context = format!(
+            "{}: tokenizer rebuilt from GGUF metadata",
+            gguf.path().display()
+        );
         let text = built.json.to_string();
         let inner: tokenizers::Tokenizer = text.parse().map_err(tk_err(context))?;
-        Ok(Tokenizer::assemble(inner, built.bos_id, built.eos_ids, built.bos_token, built.eos_token, built.chat_template))
+        Ok(Tokenizer::assemble(
+            inner,
+            built.bos_id,
+            built.eos_ids,
+            built.bos_token,
+            built.eos_token,
+            built.chat_template,
+        ))
     }
 
     fn assemble(
@@ -125,12 +163,25 @@ impl Tokenizer {
         eos_token: Option<String>,
         chat_template: Option<String>,
     ) -> Tokenizer {
-        let mut special: HashSet<u32> =
-            inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        let mut special: HashSet<u32> = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
         special.extend(bos_id);
         special.extend(eos_ids.iter().copied());
         let vocab_size = inner.get_vocab_size(true);
-        Tokenizer { inner, bos_id, eos_ids, bos_token, eos_token, chat_template, special, vocab_size }
+        Tokenizer {
+            inner,
+            bos_id,
+            eos_ids,
+            bos_token,
+            eos_token,
+            chat_template,
+            special,
+            vocab_size,
+        }
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the post-processor (BOS/EOS if the
@@ -146,7 +197,10 @@ impl Tokenizer {
     /// Text of `ids`. Fails on an id outside the vocabulary.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(Error::UnknownTokenId { id, vocab_size: self.vocab_size });
+            return Err(Error::UnknownTokenId {
+                id,
+                vocab_size: self.vocab_size,
+            });
         }
         self.inner
             .decode(ids, skip_special_tokens)
@@ -210,8 +264,14 @@ pub(crate) fn read_json_if_exists(path: &Path) -> Result<Option<serde_json::Valu
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
-            .map_err(|source| Error::Json { path: path.to_path_buf(), source }),
+            .map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }

@@ -46,8 +46,8 @@ pub enum GgufCompat {
 pub(crate) fn splits(compat: GgufCompat, pre: &str) -> Option<Vec<&'static str>> {
     match compat {
         GgufCompat::Transformers => Some(match pre {
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-            | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => vec![LLAMA3],
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => vec![LLAMA3],
             "tekken" => vec![TEKKEN],
             "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => vec![QWEN2],
             "qwen35" => vec![QWEN35],
@@ -57,11 +57,12 @@ pub(crate) fn splits(compat: GgufCompat, pre: &str) -> Option<Vec<&'static str>>
         GgufCompat::LlamaCpp => Some(match pre {
             "default" => LLAMACPP_DEFAULT.to_vec(),
             "gpt2" | "mpt" | "olmo" | "jais" => vec![GPT2],
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => {
                 vec![r"\p{N}", GPT2]
             }
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-            | "lfm2" | "dbrx" | "smaug-bpe" => vec![LLAMA3],
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "dbrx" | "smaug-bpe" => vec![LLAMA3],
             "tekken" => vec![TEKKEN],
             "qwen2" | "deepseek-r1-qwen" | "megrez" => vec![QWEN2],
             "qwen35" => vec![QWEN35],

@@ -26,13 +26,22 @@ pub struct DecodeStream<'t> {
 
 impl<'t> DecodeStream<'t> {
     pub fn new(tokenizer: &'t Tokenizer, skip_special_tokens: bool) -> DecodeStream<'t> {
-        DecodeStream { tokenizer, skip_special_tokens, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+        DecodeStream {
+            tokenizer,
+            skip_special_tokens,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
     }
 
     /// Adds one id; returns the text it completes, or `None` if nothing new is complete yet.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         if id as usize >= self.tokenizer.vocab_size() {
-            return Err(Error::UnknownTokenId { id, vocab_size: self.tokenizer.vocab_size() });
+            return Err(Error::UnknownTokenId {
+                id,
+                vocab_size: self.tokenizer.vocab_size(),
+            });
         }
         self.ids.push(id);
         let prefix = self.decode(self.prefix_offset, self.read_offset)?;
@@ -69,7 +78,8 @@ impl<'t> DecodeStream<'t> {
     }
 
     fn decode(&self, start: usize, end: usize) -> Result<String> {
-        self.tokenizer.decode(&self.ids[start..end], self.skip_special_tokens)
+        self.tokenizer
+            .decode(&self.ids[start..end], self.skip_special_tokens)
     }
 
     /// `full` minus its `prefix`. When the decoder did not extend the prefix (not expected for

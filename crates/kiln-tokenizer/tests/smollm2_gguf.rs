@@ -22,7 +22,10 @@ fn fixture() -> Value {
 fn load() -> Option<Tokenizer> {
     let path = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.exists() {
-        eprintln!("skipping: {} not found (run the model fetch script)", path.display());
+        eprintln!(
+            "skipping: {} not found (run the model fetch script)",
+            path.display()
+        );
         return None;
     }
     let gguf = GgufFile::open(&path).expect("open gguf");
@@ -30,7 +33,11 @@ fn load() -> Option<Tokenizer> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn stream_concat(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> String {
@@ -38,7 +45,10 @@ fn stream_concat(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> String {
     let mut out = String::new();
     for &id in ids {
         if let Some(piece) = stream.push(id).expect("push") {
-            assert!(!piece.contains('\u{FFFD}'), "partial character emitted: {piece:?}");
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "partial character emitted: {piece:?}"
+            );
             out.push_str(&piece);
         }
     }
@@ -52,10 +62,15 @@ fn stream_concat(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> String {
 fn strings_match_transformers() {
     let Some(tok) = load() else { return };
     let fx = fixture();
-    assert_eq!(tok.vocab_size() as u64, fx["vocab_size"].as_u64().expect("vocab_size"));
+    assert_eq!(
+        tok.vocab_size() as u64,
+        fx["vocab_size"].as_u64().expect("vocab_size")
+    );
     assert_eq!(tok.bos_token(), fx["bos_token"].as_str());
     assert_eq!(tok.eos_token(), fx["eos_token"].as_str());
-    let eos = tok.token_to_id(fx["eos_token"].as_str().expect("eos")).expect("eos id");
+    let eos = tok
+        .token_to_id(fx["eos_token"].as_str().expect("eos"))
+        .expect("eos id");
     assert_eq!(tok.eos_ids().first(), Some(&eos));
     assert!(tok.is_special(eos));
     assert_eq!(tok.bos_id(), tok.token_to_id("<|im_start|>"));
@@ -69,15 +84,37 @@ fn strings_match_transformers() {
             failures.push(format!("{text:?}: got {got:?}, transformers {want:?}"));
             continue;
         }
-        assert_eq!(tok.encode(text, true).expect("encode"), ids(&case["ids_default"]), "{text:?}");
-        assert_eq!(tok.decode(&got, false).expect("decode"), text, "round trip {text:?}");
-        assert_eq!(tok.decode(&got, false).expect("decode"), case["decoded"].as_str().expect("decoded"));
-        let skipped = case["decoded_skip_special"].as_str().expect("decoded_skip_special");
+        assert_eq!(
+            tok.encode(text, true).expect("encode"),
+            ids(&case["ids_default"]),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode(&got, false).expect("decode"),
+            text,
+            "round trip {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&got, false).expect("decode"),
+            case["decoded"].as_str().expect("decoded")
+        );
+        let skipped = case["decoded_skip_special"]
+            .as_str()
+            .expect("decoded_skip_special");
         assert_eq!(tok.decode(&got, true).expect("decode"), skipped, "{text:?}");
         assert_eq!(stream_concat(&tok, &got, false), text, "stream {text:?}");
-        assert_eq!(stream_concat(&tok, &got, true), skipped, "stream skip {text:?}");
+        assert_eq!(
+            stream_concat(&tok, &got, true),
+            skipped,
+            "stream skip {text:?}"
+        );
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -93,10 +130,17 @@ fn long_text_matches_transformers() {
     let want = ids(&case["ids"]);
     let got = tok.encode(&text, false).expect("encode");
     if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-        panic!("first difference at id #{i}: got {:?}, transformers {:?}", &got[i..(i + 8).min(got.len())], &want[i..(i + 8).min(want.len())]);
+        panic!(
+            "first difference at id #{i}: got {:?}, transformers {:?}",
+            &got[i..(i + 8).min(got.len())],
+            &want[i..(i + 8).min(want.len())]
+        );
     }
     assert_eq!(got.len(), want.len());
-    assert_eq!(tok.encode(&text, true).expect("encode"), ids(&case["ids_default"]));
+    assert_eq!(
+        tok.encode(&text, true).expect("encode"),
+        ids(&case["ids_default"])
+    );
     assert_eq!(tok.decode(&got, false).expect("decode"), text);
     assert_eq!(stream_concat(&tok, &got, false), text);
 }
@@ -104,7 +148,12 @@ fn long_text_matches_transformers() {
 #[test]
 fn stream_never_splits_characters() {
     let Some(tok) = load() else { return };
-    for text in ["🙂", "emoji 🙂👍🏽 family 👨‍👩‍👧", "日本語のテキスト", "naïve café"] {
+    for text in [
+        "🙂",
+        "emoji 🙂👍🏽 family 👨‍👩‍👧",
+        "日本語のテキスト",
+        "naïve café",
+    ] {
         let ids = tok.encode(text, false).expect("encode");
         let mut stream = tok.decode_stream(false);
         let mut pieces = Vec::new();
@@ -132,7 +181,12 @@ fn chat_template_matches_transformers() {
             .as_array()
             .expect("messages")
             .iter()
-            .map(|m| ChatMessage::new(m["role"].as_str().expect("role"), m["content"].as_str().expect("content")))
+            .map(|m| {
+                ChatMessage::new(
+                    m["role"].as_str().expect("role"),
+                    m["content"].as_str().expect("content"),
+                )
+            })
             .collect();
         let gen = case["add_generation_prompt"].as_bool().expect("flag");
         let got = template.render(&messages, gen).expect("render");
@@ -143,27 +197,41 @@ fn chat_template_matches_transformers() {
 #[test]
 fn tokenizer_json_round_trip() {
     let Some(tok) = load() else { return };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kiln-tok-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kiln-tok-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
-    tok.inner().save(dir.join("tokenizer.json"), false).expect("save");
+    tok.inner()
+        .save(dir.join("tokenizer.json"), false)
+        .expect("save");
     let config = serde_json::json!({
         "bos_token": {"content": "<|im_start|>"},
         "eos_token": "<|im_end|>",
         "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": tok.chat_template()}],
     });
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).expect("write config");
-    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [2, 0]}"#).expect("write gen");
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"eos_token_id": [2, 0]}"#,
+    )
+    .expect("write gen");
     let from_json = Tokenizer::from_file(dir.join("tokenizer.json")).expect("from_file");
     let text = "<|im_start|>user\nDon't split 12345 naïve 🙂<|im_end|>";
-    assert_eq!(from_json.encode(text, true).expect("encode"), tok.encode(text, true).expect("encode"));
+    assert_eq!(
+        from_json.encode(text, true).expect("encode"),
+        tok.encode(text, true).expect("encode")
+    );
     assert_eq!(from_json.eos_ids(), [2, 0]);
     assert_eq!(from_json.bos_id(), Some(1));
     assert_eq!(from_json.chat_template(), tok.chat_template());
-    let t = ChatTemplate::from_tokenizer_config(dir.join("tokenizer_config.json")).expect("from config");
+    let t = ChatTemplate::from_tokenizer_config(dir.join("tokenizer_config.json"))
+        .expect("from config");
     let msgs = [ChatMessage::new("user", "hi")];
     assert_eq!(
         t.render(&msgs, true).expect("render"),
-        ChatTemplate::from_tokenizer(&tok).expect("template").render(&msgs, true).expect("render")
+        ChatTemplate::from_tokenizer(&tok)
+            .expect("template")
+            .render(&msgs, true)
+            .expect("render")
     );
     assert!(Tokenizer::from_file(dir.join("missing.json")).is_err());
 }
@@ -181,9 +249,20 @@ fn llama_cpp_mode_differs_only_on_spaces_before_digits() {
     let hf = Tokenizer::from_gguf(&gguf).expect("transformers mode");
     let cpp = Tokenizer::from_gguf_with(&gguf, GgufCompat::LlamaCpp).expect("llama.cpp mode");
     for text in ["Hello world", "1234567", " 123 4567 89", "don't I'll"] {
-        assert_eq!(hf.encode(text, false).expect("hf"), cpp.encode(text, false).expect("cpp"), "{text:?}");
+        assert_eq!(
+            hf.encode(text, false).expect("hf"),
+            cpp.encode(text, false).expect("cpp"),
+            "{text:?}"
+        );
     }
     let text = "digits  1  22";
-    assert_ne!(hf.encode(text, false).expect("hf"), cpp.encode(text, false).expect("cpp"));
-    assert_eq!(cpp.decode(&cpp.encode(text, false).expect("cpp"), false).expect("decode"), text);
+    assert_ne!(
+        hf.encode(text, false).expect("hf"),
+        cpp.encode(text, false).expect("cpp")
+    );
+    assert_eq!(
+        cpp.decode(&cpp.encode(text, false).expect("cpp"), false)
+            .expect("decode"),
+        text
+    );
 }

@@ -64,8 +64,12 @@ impl GgufSource {
     }
 
     pub fn get(&self, hf_name: &str) -> Result<Option<Param>> {
-        let Some(name) = hf_to_gguf_name(hf_name) else { return Ok(None) };
-        let Some(info) = self.file.tensor(&name) else { return Ok(None) };
+        let Some(name) = hf_to_gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.tensor(&name) else {
+            return Ok(None);
+        };
         let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let ty = info.dtype;
         let bytes = SharedBytes::new(
@@ -81,7 +85,10 @@ impl GgufSource {
                 Ok(Some(Param::Dense(Tensor::from_vec(out, dims)?)))
             }
             (_, [rows, cols]) => Ok(Some(Param::Quant(QMatrix::new(ty, *rows, *cols, bytes)?))),
-            (t, _) => Err(Error::UnsupportedDType { name, dtype: format!("{t:?} with {} dims", dims.len()) }),
+            (t, _) => Err(Error::UnsupportedDType {
+                name,
+                dtype: format!("{t:?} with {} dims", dims.len()),
+            }),
         }
     }
 }

@@ -74,11 +74,15 @@ pub struct Weights {
 impl Weights {
     /// All `*.safetensors` weights of a Hugging Face model directory (single file or sharded).
     pub fn from_hf_dir(dir: &Path) -> Result<Weights> {
-        Ok(Weights::new(Source::Safetensors(SafetensorsSource::open_dir(dir)?)))
+        Ok(Weights::new(Source::Safetensors(
+            SafetensorsSource::open_dir(dir)?,
+        )))
     }
 
     pub fn from_safetensors_files(paths: &[std::path::PathBuf]) -> Result<Weights> {
-        Ok(Weights::new(Source::Safetensors(SafetensorsSource::open(paths)?)))
+        Ok(Weights::new(Source::Safetensors(SafetensorsSource::open(
+            paths,
+        )?)))
     }
 
     /// Weights of a GGUF file, addressed with HF names of the given architecture.
@@ -87,7 +91,10 @@ impl Weights {
     }
 
     fn new(source: Source) -> Weights {
-        Weights { source: Arc::new(source), prefix: String::new() }
+        Weights {
+            source: Arc::new(source),
+            prefix: String::new(),
+        }
     }
 
     /// True when the weights come from a GGUF file (whose q/k rows llama.cpp permuted for
@@ -98,7 +105,10 @@ impl Weights {
 
     /// Descends one level: `pp("layers").pp(0)` → prefix `layers.0.`.
     pub fn pp(&self, part: impl std::fmt::Display) -> Weights {
-        Weights { source: self.source.clone(), prefix: format!("{}{}.", self.prefix, part) }
+        Weights {
+            source: self.source.clone(),
+            prefix: format!("{}{}.", self.prefix, part),
+        }
     }
 
     fn full(&self, name: &str) -> String {
@@ -111,9 +121,10 @@ impl Weights {
 
     pub fn get(&self, name: &str) -> Result<Param> {
         let full = self.full(name);
-        self.source
-            .get(&full)?
-            .ok_or_else(|| Error::MissingTensor { name: full, source_desc: self.source.describe() })
+        self.source.get(&full)?.ok_or_else(|| Error::MissingTensor {
+            name: full,
+            source_desc: self.source.describe(),
+        })
     }
 
     /// A dense f32 tensor with the expected shape.
@@ -122,7 +133,11 @@ impl Weights {
         let found = p.dims();
         // GGUF stores vectors as rank 1 and HF too; accept (n,) for [n] and a matching matrix.
         if found != dims {
-            return Err(Error::WrongShape { name: self.full(name), expected: dims.to_vec(), found });
+            return Err(Error::WrongShape {
+                name: self.full(name),
+                expected: dims.to_vec(),
+                found,
+            });
         }
         p.into_dense()
     }
@@ -131,7 +146,11 @@ impl Weights {
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Param> {
         let p = self.get(name)?;
         if p.dims() != [rows, cols] {
-            return Err(Error::WrongShape { name: self.full(name), expected: vec![rows, cols], found: p.dims() });
+            return Err(Error::WrongShape {
+                name: self.full(name),
+                expected: vec![rows, cols],
+                found: p.dims(),
+            });
         }
         Ok(p)
     }

@@ -38,13 +38,23 @@ impl SafetensorsSource {
         let index = dir.join("model.safetensors.index.json");
         let files = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| io(&index, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Safetensors { path: index.display().to_string(), reason: e.to_string() })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Safetensors {
-                path: index.display().to_string(),
-                reason: "no `weight_map` object".into(),
-            })?;
-            let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Safetensors {
+                    path: index.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Safetensors {
+                    path: index.display().to_string(),
+                    reason: "no `weight_map` object".into(),
+                })?;
+            let mut files: Vec<PathBuf> = map
+                .values()
+                .filter_map(|v| v.as_str())
+                .map(|f| dir.join(f))
+                .collect();
             files.sort();
             files.dedup();
             files
@@ -60,7 +70,10 @@ impl SafetensorsSource {
             files
         };
         if files.is_empty() {
-            return Err(Error::Safetensors { path: dir.display().to_string(), reason: "no .safetensors files".into() });
+            return Err(Error::Safetensors {
+                path: dir.display().to_string(),
+                reason: "no .safetensors files".into(),
+            });
         }
         SafetensorsSource::open(&files)
     }
@@ -74,15 +87,27 @@ impl SafetensorsSource {
             // mmap loader (llama.cpp, candle) a concurrent truncation by another process is outside
             // what we can guard against.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io(path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| Error::Safetensors { path: path.display().to_string(), reason: format!("{e:?}") })?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                    path: path.display().to_string(),
+                    reason: format!("{e:?}"),
+                })?;
             for (name, info) in meta.tensors() {
                 entries.insert(
                     name,
-                    Entry { shard: i, dtype: info.dtype, shape: info.shape.clone(), range: info.data_offsets },
+                    Entry {
+                        shard: i,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        range: info.data_offsets,
+                    },
                 );
             }
-            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len });
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+                data_start: 8 + header_len,
+            });
         }
         Ok(SafetensorsSource { shards, entries })
     }
@@ -99,19 +124,38 @@ impl SafetensorsSource {
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Param>> {
-        let Some(e) = self.entries.get(name) else { return Ok(None) };
+        let Some(e) = self.entries.get(name) else {
+            return Ok(None);
+        };
         let shard = &self.shards[e.shard];
         let bytes = &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1];
         let data: Vec<f32> = match e.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => return Err(Error::UnsupportedDType { name: name.to_string(), dtype: format!("{other:?}") }),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
         Ok(Some(Param::Dense(Tensor::from_vec(data, e.shape.clone())?)))
     }
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source }
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }

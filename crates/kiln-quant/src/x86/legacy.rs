@@ -50,7 +50,11 @@ unsafe fn load_block<F: Legacy, const VNNI: bool>(p: *const u8) -> WBlock {
         let (d, m) = F::scales(p);
         if F::SIGNED && VNNI {
             // Signed → unsigned by +128; corrected through the activation sum.
-            WBlock { q: _mm256_xor_si256(q, _mm256_set1_epi8(-128)), d, m: -128.0 * d }
+            WBlock {
+                q: _mm256_xor_si256(q, _mm256_set1_epi8(-128)),
+                d,
+                m: -128.0 * d,
+            }
         } else {
             WBlock { q, d, m }
         }
@@ -85,7 +89,11 @@ unsafe fn abs_if_signed<F: Legacy, const VNNI: bool>(w: &WBlock) -> __m256i {
 
 /// `MR` rows from `r`, one token `t`.
 #[inline(always)]
-unsafe fn tile_1<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8>, r: usize, t: usize) {
+unsafe fn tile_1<F: Legacy, const MR: usize, const VNNI: bool>(
+    job: &Job<BlockQ8>,
+    r: usize,
+    t: usize,
+) {
     let nb = job.nb;
     // SAFETY: `r + MR <= rows`, `t < n_tokens` (caller), so every block pointer below stays in the
     // weight and activation slices, whose sizes `QMatrix::matmul` checked.
@@ -105,7 +113,8 @@ unsafe fn tile_1<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8
                 let wb = load_block::<F, VNNI>(p);
                 let absq = abs_if_signed::<F, VNNI>(&wb);
                 let p = dot_block::<F, VNNI>(&wb, absq, y);
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wb.d * ab.d), acc[i]);
+                acc[i] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wb.d * ab.d), acc[i]);
                 accm[i] += wb.m * ab.s;
             }
         }
@@ -117,7 +126,11 @@ unsafe fn tile_1<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8
 
 /// `MR` rows from `r`, four tokens from `t`.
 #[inline(always)]
-unsafe fn tile_4<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8>, r: usize, t: usize) {
+unsafe fn tile_4<F: Legacy, const MR: usize, const VNNI: bool>(
+    job: &Job<BlockQ8>,
+    r: usize,
+    t: usize,
+) {
     let nb = job.nb;
     // SAFETY: `r + MR <= rows`, `t + 4 <= n_tokens` (caller); see `tile_1`.
     unsafe {
@@ -126,7 +139,8 @@ unsafe fn tile_4<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..nb {
             let ab: [&BlockQ8; 4] = std::array::from_fn(|k| &*a.add(k * nb + b));
-            let y: [__m256i; 4] = std::array::from_fn(|k| _mm256_loadu_si256(ab[k].qs.as_ptr() as *const __m256i));
+            let y: [__m256i; 4] =
+                std::array::from_fn(|k| _mm256_loadu_si256(ab[k].qs.as_ptr() as *const __m256i));
             let dy4 = _mm_setr_ps(ab[0].d, ab[1].d, ab[2].d, ab[3].d);
             let dy = _mm256_set_m128(dy4, dy4);
             let s4 = _mm_setr_ps(ab[0].s, ab[1].s, ab[2].s, ab[3].s);
@@ -134,8 +148,10 @@ unsafe fn tile_4<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8
             for i in 0..MR {
                 let wb = load_block::<F, VNNI>(w.add(i * job.row_bytes + b * F::BYTES));
                 let absq = abs_if_signed::<F, VNNI>(&wb);
-                let p: [__m256i; 4] = std::array::from_fn(|k| dot_block::<F, VNNI>(&wb, absq, y[k]));
-                let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+                let p: [__m256i; 4] =
+                    std::array::from_fn(|k| dot_block::<F, VNNI>(&wb, absq, y[k]));
+                let h =
+                    _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
                 let scale = _mm256_mul_ps(_mm256_set1_ps(wb.d), dy);
                 acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), scale, acc[i]);
                 if !F::SIGNED || VNNI {
@@ -144,7 +160,10 @@ unsafe fn tile_4<F: Legacy, const MR: usize, const VNNI: bool>(job: &Job<BlockQ8
             }
         }
         for i in 0..MR {
-            let v = _mm_add_ps(_mm256_castps256_ps128(acc[i]), _mm256_extractf128_ps(acc[i], 1));
+            let v = _mm_add_ps(
+                _mm256_castps256_ps128(acc[i]),
+                _mm256_extractf128_ps(acc[i], 1),
+            );
             let mut o = [0f32; 4];
             _mm_storeu_ps(o.as_mut_ptr(), v);
             for (k, &val) in o.iter().enumerate() {
@@ -175,11 +194,15 @@ unsafe fn tile_4_pairs<F: Legacy, const MR: usize>(job: &Job<BlockQ8>, r: usize,
         for b in 0..nb {
             let d4 = _mm_loadu_ps(aux_d.add(b * nt));
             let s4 = _mm_loadu_ps(aux_s.add(b * nt));
-            let y: [__m256i; 4] =
-                std::array::from_fn(|k| _mm256_loadu_si256((*a.add(k * nb + b)).qs.as_ptr() as *const __m256i));
+            let y: [__m256i; 4] = std::array::from_fn(|k| {
+                _mm256_loadu_si256((*a.add(k * nb + b)).qs.as_ptr() as *const __m256i)
+            });
             for i in 0..MR {
                 let wb = load_block::<F, true>(w.add(i * job.row_bytes + b * F::BYTES));
-                _mm_storeu_ps(sc.as_mut_ptr().add(4 * i), _mm_mul_ps(_mm_set1_ps(wb.d), d4));
+                _mm_storeu_ps(
+                    sc.as_mut_ptr().add(4 * i),
+                    _mm_mul_ps(_mm_set1_ps(wb.d), d4),
+                );
                 // Keeps LLVM from forwarding the store through shuffles: reloading each scale as
                 // a broadcast memory operand costs no vector ALU op.
                 std::hint::black_box(&mut sc);

@@ -109,9 +109,8 @@ pub(crate) unsafe fn quantize_row_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let vid = _mm256_set1_ps(id);
-            let q: [__m256i; 4] = std::array::from_fn(|i| {
-                _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[i], vid)))
-            });
+            let q: [__m256i; 4] =
+                std::array::from_fn(|i| _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[i], vid))));
             // Sum of the 32 integers.
             let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
             let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));

@@ -65,7 +65,13 @@ mod tests {
     #[test]
     fn erf_matches_known_values() {
         // Reference values of erf from tables.
-        for (x, e) in [(0.0, 0.0), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (2.0, 0.995_322_3), (3.0, 0.999_977_9)] {
+        for (x, e) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (2.0, 0.995_322_3),
+            (3.0, 0.999_977_9),
+        ] {
             assert!((erf(x) - e).abs() < 1e-6, "erf({x}) = {} != {e}", erf(x));
             assert!((erf(-x) + e).abs() < 1e-6);
         }

@@ -46,7 +46,10 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let n_q = q.len() / (nh * hd);
     let n_kv = k.len() / (nkv * hd);
-    assert!(nh % nkv == 0, "attention: n_heads must be a multiple of n_kv_heads");
+    assert!(
+        nh % nkv == 0,
+        "attention: n_heads must be a multiple of n_kv_heads"
+    );
     assert_eq!(out.len(), q.len(), "attention: output size");
     if n_q <= 4 {
         decode(q, k, v, q_start, p, n_q, n_kv, out);
@@ -94,7 +97,11 @@ fn decode_chunk(c: &Chunk) -> Partial {
     for (jj, j) in (c.c0..c.c1).enumerate() {
         let vrow = &c.v[j * kv_stride + c.kh * hd..][..hd];
         for g in 0..group {
-            axpy_portable(scores[g * n + jj], vrow, &mut part.acc[g * hd..(g + 1) * hd]);
+            axpy_portable(
+                scores[g * n + jj],
+                vrow,
+                &mut part.acc[g * hd..(g + 1) * hd],
+            );
         }
     }
     part
@@ -110,14 +117,25 @@ impl Chunk<'_> {
     /// Scales raw dot products, adds ALiBi, and turns each head's row into unnormalised
     /// probabilities, recording the row max and sum for the merge.
     fn softmax_parts(&self, scores: &mut [f32]) -> Partial {
-        let (group, hd, n) = (self.p.n_heads / self.p.n_kv_heads, self.p.head_dim, self.c1 - self.c0);
+        let (group, hd, n) = (
+            self.p.n_heads / self.p.n_kv_heads,
+            self.p.head_dim,
+            self.c1 - self.c0,
+        );
         let pos = self.q_start + self.i;
-        let mut part = Partial { max: vec![0.0; group], sum: vec![0.0; group], acc: vec![0.0; group * hd] };
+        let mut part = Partial {
+            max: vec![0.0; group],
+            sum: vec![0.0; group],
+            acc: vec![0.0; group * hd],
+        };
         for g in 0..group {
             let h = self.kh * group + g;
             let row = &mut scores[g * n..(g + 1) * n];
             for (jj, x) in row.iter_mut().enumerate() {
-                let a = self.p.alibi_slopes.map_or(0.0, |sl| sl[h] * ((self.c0 + jj) as f32 - pos as f32));
+                let a = self
+                    .p
+                    .alibi_slopes
+                    .map_or(0.0, |sl| sl[h] * ((self.c0 + jj) as f32 - pos as f32));
                 *x = *x * self.p.scale + a;
             }
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -156,9 +174,14 @@ unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
         let q = c.q_row(g).as_ptr();
         let mut jj = 0;
         while jj + 4 <= n {
-            let rows: [*const f32; 4] = std::array::from_fn(|t| kp.add((c.c0 + jj + t) * kv_stride + base));
-            let (mut a0, mut a1, mut a2, mut a3) =
-                (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+            let rows: [*const f32; 4] =
+                std::array::from_fn(|t| kp.add((c.c0 + jj + t) * kv_stride + base));
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
             let mut d = 0;
             while d < hd {
                 let qv = _mm256_loadu_ps(q.add(d));
@@ -183,7 +206,9 @@ unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
     let mut acc = [_mm256_setzero_ps(); 32];
     for g in 0..group {
         let lanes = hd / 8;
-        acc[..lanes].iter_mut().for_each(|a| *a = _mm256_setzero_ps());
+        acc[..lanes]
+            .iter_mut()
+            .for_each(|a| *a = _mm256_setzero_ps());
         for jj in 0..n {
             let w = _mm256_set1_ps(scores[g * n + jj]);
             let row = vp.add((c.c0 + jj) * kv_stride + base);
@@ -202,7 +227,16 @@ unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
 /// Decode: each key and value row is read once per GQA group (not once per query head), which
 /// matters because the cache at long contexts does not fit in cache memory.
 #[allow(clippy::too_many_arguments)]
-fn decode(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: usize, n_kv: usize, out: &mut [f32]) {
+fn decode(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_start: usize,
+    p: &AttnParams,
+    n_q: usize,
+    n_kv: usize,
+    out: &mut [f32],
+) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let group = nh / nkv;
     let mut tasks = Vec::new();
@@ -218,7 +252,17 @@ fn decode(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: 
         }
     }
     let run = |&(i, kh, c0, c1): &(usize, usize, usize, usize)| -> Partial {
-        let chunk = Chunk { q, k, v, q_start, p, i, kh, c0, c1 };
+        let chunk = Chunk {
+            q,
+            k,
+            v,
+            q_start,
+            p,
+            i,
+            kh,
+            c0,
+            c1,
+        };
         #[cfg(target_arch = "x86_64")]
         if super::vec::has_avx2_fma() {
             // SAFETY: AVX2 and FMA are available (checked above).
@@ -242,7 +286,10 @@ fn decode(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: 
         }
         for g in 0..group {
             let h = kh * group + g;
-            let m = parts[t..e].iter().map(|pt| pt.max[g]).fold(f32::NEG_INFINITY, f32::max);
+            let m = parts[t..e]
+                .iter()
+                .map(|pt| pt.max[g])
+                .fold(f32::NEG_INFINITY, f32::max);
             let mut denom = 0.0;
             let o = &mut out[(i * nh + h) * hd..(i * nh + h + 1) * hd];
             for pt in &parts[t..e] {
@@ -260,12 +307,23 @@ fn decode(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn prefill(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q: usize, n_kv: usize, out: &mut [f32]) {
+fn prefill(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_start: usize,
+    p: &AttnParams,
+    n_q: usize,
+    n_kv: usize,
+    out: &mut [f32],
+) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let group = nh / nkv;
     let (q_stride, kv_stride) = (nh * hd, nkv * hd);
     let n_blocks = n_q.div_ceil(BLOCK_Q);
-    let tasks: Vec<(usize, usize)> = (0..nh).flat_map(|h| (0..n_blocks).map(move |b| (h, b))).collect();
+    let tasks: Vec<(usize, usize)> = (0..nh)
+        .flat_map(|h| (0..n_blocks).map(move |b| (h, b)))
+        .collect();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(h, b)| {
@@ -300,7 +358,9 @@ fn prefill(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q:
                     *x = if j < vlo || j >= vhi {
                         f32::NEG_INFINITY
                     } else {
-                        let a = p.alibi_slopes.map_or(0.0, |sl| sl[h] * (j as f32 - pos as f32));
+                        let a = p
+                            .alibi_slopes
+                            .map_or(0.0, |sl| sl[h] * (j as f32 - pos as f32));
                         *x * p.scale + a
                     };
                 }
@@ -308,7 +368,19 @@ fn prefill(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q:
             }
             // O_blk (rows, hd) = P (rows, nk) · V_h (nk, hd)
             let mut o = vec![0.0f32; rows * hd];
-            gemm_f32(rows, hd, nk, &s, nk, 1, &v[lo * kv_stride + kh * hd..], kv_stride, 1, &mut o, false);
+            gemm_f32(
+                rows,
+                hd,
+                nk,
+                &s,
+                nk,
+                1,
+                &v[lo * kv_stride + kh * hd..],
+                kv_stride,
+                1,
+                &mut o,
+                false,
+            );
             o
         })
         .collect();
@@ -321,7 +393,13 @@ fn prefill(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, n_q:
 }
 
 /// The definition, computed in f64, for tests.
-pub fn reference_attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams) -> Vec<f32> {
+pub fn reference_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_start: usize,
+    p: &AttnParams,
+) -> Vec<f32> {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let n_q = q.len() / (nh * hd);
     let n_kv = k.len() / (nkv * hd);
@@ -339,7 +417,8 @@ pub fn reference_attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &
                         s += q[(i * nh + h) * hd + d] as f64 * k[(j * nkv + kh) * hd + d] as f64;
                     }
                     *sc = s * p.scale as f64
-                        + p.alibi_slopes.map_or(0.0, |sl| sl[h] as f64 * (j as f64 - pos as f64));
+                        + p.alibi_slopes
+                            .map_or(0.0, |sl| sl[h] as f64 * (j as f64 - pos as f64));
                 }
             }
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -374,12 +453,36 @@ mod tests {
             let k: Vec<f32> = (0..n_kv * nkv * hd).map(|i| f(i + 3)).collect();
             let v: Vec<f32> = (0..n_kv * nkv * hd).map(|i| f(i + 11)).collect();
             let slopes = [0.1f32; 6];
-            let p = AttnParams { n_heads: nh, n_kv_heads: nkv, head_dim: hd, scale: 0.3, causal: true, window: None, alibi_slopes: Some(&slopes) };
-            let c = Chunk { q: &q, k: &k, v: &v, q_start: n_kv - 1, p: &p, i: 0, kh: 1, c0: 3, c1: 36 };
+            let p = AttnParams {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                scale: 0.3,
+                causal: true,
+                window: None,
+                alibi_slopes: Some(&slopes),
+            };
+            let c = Chunk {
+                q: &q,
+                k: &k,
+                v: &v,
+                q_start: n_kv - 1,
+                p: &p,
+                i: 0,
+                kh: 1,
+                c0: 3,
+                c1: 36,
+            };
             let a = decode_chunk(&c);
             // SAFETY: AVX2 and FMA are available (checked above).
             let b = unsafe { decode_chunk_avx2(&c) };
-            for (x, y) in a.acc.iter().zip(&b.acc).chain(a.sum.iter().zip(&b.sum)).chain(a.max.iter().zip(&b.max)) {
+            for (x, y) in a
+                .acc
+                .iter()
+                .zip(&b.acc)
+                .chain(a.sum.iter().zip(&b.sum))
+                .chain(a.max.iter().zip(&b.max))
+            {
                 assert!((x - y).abs() < 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
             }
         }

@@ -10,7 +10,8 @@ const PAR_THRESHOLD: usize = 1 << 15;
 pub fn unary(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let mut data = x.to_vec_f32();
     if data.len() >= PAR_THRESHOLD {
-        data.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+        data.par_chunks_mut(4096)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
     } else {
         data.iter_mut().for_each(|v| *v = f(*v));
     }
@@ -26,7 +27,11 @@ pub fn binary(
     let (ld, rd) = (lhs.dims(), rhs.dims());
     let broadcast_ok = rd.len() <= ld.len() && ld[ld.len() - rd.len()..] == *rd;
     if !broadcast_ok {
-        return Err(Error::ShapeMismatch { op, lhs: ld.to_vec(), rhs: rd.to_vec() });
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: ld.to_vec(),
+            rhs: rd.to_vec(),
+        });
     }
     let mut data = lhs.to_vec_f32();
     let r = rhs.to_f32();

@@ -59,19 +59,27 @@ fn gelu_slice(c: &mut [f32]) {
 }
 
 /// `x = LayerNorm(x + y)` row by row (`cols` = width), with `y` used as scratch.
-pub fn add_layer_norm_in_place(x: &mut [f32], y: &mut [f32], w: &[f32], b: Option<&[f32]>, eps: f32) {
+pub fn add_layer_norm_in_place(
+    x: &mut [f32],
+    y: &mut [f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    eps: f32,
+) {
     let cols = w.len();
     if cols == 0 {
         return;
     }
-    x.par_chunks_mut(cols * 8).zip(y.par_chunks_mut(cols * 8)).for_each(|(xr, yr)| {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            return unsafe { x86::add_layer_norm(xr, yr, w, b, eps) };
-        }
-        add_layer_norm_rows(xr, yr, w, b, eps)
-    });
+    x.par_chunks_mut(cols * 8)
+        .zip(y.par_chunks_mut(cols * 8))
+        .for_each(|(xr, yr)| {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+                return unsafe { x86::add_layer_norm(xr, yr, w, b, eps) };
+            }
+            add_layer_norm_rows(xr, yr, w, b, eps)
+        });
 }
 
 /// Rows of `x = LayerNorm(x + y)`, mean and variance over eight accumulators (so LLVM
@@ -130,13 +138,29 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn add_layer_norm(x: &mut [f32], y: &mut [f32], w: &[f32], b: Option<&[f32]>, eps: f32) {
+    pub(super) unsafe fn add_layer_norm(
+        x: &mut [f32],
+        y: &mut [f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        eps: f32,
+    ) {
         super::add_layer_norm_rows(x, y, w, b, eps)
     }
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], start: usize, len: usize, n_heads: usize, head_dim: usize, scale: f32, o: &mut [f32]) {
+    pub(super) unsafe fn attend(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        start: usize,
+        len: usize,
+        n_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        o: &mut [f32],
+    ) {
         super::attend_one(q, k, v, start, len, n_heads, head_dim, scale, o)
     }
 }
@@ -160,13 +184,19 @@ pub fn attention_varlen(
     out: &mut [f32],
 ) {
     let row = n_heads * head_dim;
-    assert!(q.len() == k.len() && k.len() == v.len() && out.len() == q.len(), "attention_varlen: sizes");
+    assert!(
+        q.len() == k.len() && k.len() == v.len() && out.len() == q.len(),
+        "attention_varlen: sizes"
+    );
     // Split `out` into one slice per span (spans are disjoint and in order).
     let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(spans.len());
     let mut rest: &mut [f32] = out;
     let mut at = 0;
     for &(start, len) in spans {
-        assert!(start >= at, "attention_varlen: spans must be ordered and disjoint");
+        assert!(
+            start >= at,
+            "attention_varlen: spans must be ordered and disjoint"
+        );
         let (_, tail) = std::mem::take(&mut rest).split_at_mut((start - at) * row);
         let (mine, tail) = tail.split_at_mut(len * row);
         parts.push((start, len, mine));
@@ -189,7 +219,17 @@ pub fn attention_varlen(
 /// horizontal sum (3x slower for sentence-length sequences).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_one(q: &[f32], k: &[f32], v: &[f32], start: usize, len: usize, n_heads: usize, head_dim: usize, scale: f32, o: &mut [f32]) {
+fn attend_one(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    start: usize,
+    len: usize,
+    n_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    o: &mut [f32],
+) {
     let row = n_heads * head_dim;
     // Keys padded to a multiple of 8 with zeros, so each block of 8 scores is one register.
     let len8 = len.div_ceil(8) * 8;
@@ -256,7 +296,12 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], start: usize, len: usize, n_heads
                 d0 += 32;
             }
             for d in d0..head_dim {
-                oi[d] = scores.iter().enumerate().map(|(j, &w)| w * v[(start + j) * row + h * head_dim + d]).sum::<f32>() * inv;
+                oi[d] = scores
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &w)| w * v[(start + j) * row + h * head_dim + d])
+                    .sum::<f32>()
+                    * inv;
             }
         }
     }
@@ -272,9 +317,19 @@ mod tests {
     fn fast_erf_matches_series() {
         for i in -6000..6000 {
             let x = i as f32 * 1e-3;
-            assert!((erf_fast(x) - erf(x)).abs() < 1e-6, "erf({x}) {} {}", erf_fast(x), erf(x));
+            assert!(
+                (erf_fast(x) - erf(x)).abs() < 1e-6,
+                "erf({x}) {} {}",
+                erf_fast(x),
+                erf(x)
+            );
             // beyond |x| ~ 5, 1 + erf cancels in f32 (torch gives exactly 0 there)
-            assert!((gelu_erf_fast(x) - gelu_erf(x)).abs() < 1e-6 * x.abs().max(1.0), "gelu({x}) {} {}", gelu_erf_fast(x), gelu_erf(x));
+            assert!(
+                (gelu_erf_fast(x) - gelu_erf(x)).abs() < 1e-6 * x.abs().max(1.0),
+                "gelu({x}) {} {}",
+                gelu_erf_fast(x),
+                gelu_erf(x)
+            );
         }
     }
 
@@ -288,7 +343,11 @@ mod tests {
     fn varlen_case(nh: usize, hd: usize) {
         let lens = [5usize, 1, 17, 2];
         let n: usize = lens.iter().sum();
-        let f = |s: usize| (0..n * nh * hd).map(|i| ((i * 7919 + s * 104729) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<_>>();
+        let f = |s: usize| {
+            (0..n * nh * hd)
+                .map(|i| ((i * 7919 + s * 104729) % 1000) as f32 / 500.0 - 1.0)
+                .collect::<Vec<_>>()
+        };
         let (q, k, v) = (f(1), f(2), f(3));
         let mut spans = Vec::new();
         let mut at = 0;
@@ -298,7 +357,15 @@ mod tests {
         }
         let mut out = vec![0.0; q.len()];
         attention_varlen(&q, &k, &v, &spans, nh, hd, 0.3, &mut out);
-        let p = AttnParams { n_heads: nh, n_kv_heads: nh, head_dim: hd, scale: 0.3, causal: false, window: None, alibi_slopes: None };
+        let p = AttnParams {
+            n_heads: nh,
+            n_kv_heads: nh,
+            head_dim: hd,
+            scale: 0.3,
+            causal: false,
+            window: None,
+            alibi_slopes: None,
+        };
         let row = nh * hd;
         for &(s, l) in &spans {
             let r = s * row..(s + l) * row;

@@ -44,9 +44,19 @@ pub fn gemm_f32(
         return;
     }
     let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
-    assert!(last(lhs_rs, lhs_cs, m, k) < lhs.len(), "gemm_f32: lhs out of bounds");
-    assert!(last(rhs_rs, rhs_cs, k, n) < rhs.len(), "gemm_f32: rhs out of bounds");
-    let par = if threads { parallelism(m, n, k) } else { Parallelism::None };
+    assert!(
+        last(lhs_rs, lhs_cs, m, k) < lhs.len(),
+        "gemm_f32: lhs out of bounds"
+    );
+    assert!(
+        last(rhs_rs, rhs_cs, k, n) < rhs.len(),
+        "gemm_f32: rhs out of bounds"
+    );
+    let par = if threads {
+        parallelism(m, n, k)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: the asserts above prove every element gemm reads lies inside `lhs` and `rhs`, and
     // `dst` holds m*n elements written with row stride n; the slices are borrowed for the call.
     unsafe {
@@ -106,7 +116,10 @@ pub fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
 
 /// The f32 storage a (possibly strided) f32 tensor views, starting at its offset.
 fn raw_slice(t: &Tensor) -> Result<&[f32]> {
-    t.storage_f32().ok_or(Error::DType { op: "matmul", dtype: t.dtype() })
+    t.storage_f32().ok_or(Error::DType {
+        op: "matmul",
+        dtype: t.dtype(),
+    })
 }
 
 /// The plain triple loop, for tests.

@@ -12,7 +12,11 @@ const PAR_THRESHOLD: usize = 1 << 14;
 fn check_weight(op: &'static str, x: &Tensor, w: &Tensor) -> Result<usize> {
     let cols = *x.dims().last().unwrap_or(&0);
     if w.dims() != [cols] {
-        return Err(Error::ShapeMismatch { op, lhs: x.dims().to_vec(), rhs: w.dims().to_vec() });
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: x.dims().to_vec(),
+            rhs: w.dims().to_vec(),
+        });
     }
     Ok(cols)
 }
@@ -47,7 +51,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
             .zip(xs.par_chunks(cols))
             .for_each(|(o, r)| rms_norm_row(r, ws, eps, o));
     } else if cols > 0 {
-        out.chunks_mut(cols).zip(xs.chunks(cols)).for_each(|(o, r)| rms_norm_row(r, ws, eps, o));
+        out.chunks_mut(cols)
+            .zip(xs.chunks(cols))
+            .for_each(|(o, r)| rms_norm_row(r, ws, eps, o));
     }
     Tensor::from_vec(out, x.shape().clone())
 }
@@ -71,7 +77,9 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Resul
             .zip(xs.par_chunks(cols))
             .for_each(|(o, r)| layer_norm_row(r, ws, bs, eps, o));
     } else if cols > 0 {
-        out.chunks_mut(cols).zip(xs.chunks(cols)).for_each(|(o, r)| layer_norm_row(r, ws, bs, eps, o));
+        out.chunks_mut(cols)
+            .zip(xs.chunks(cols))
+            .for_each(|(o, r)| layer_norm_row(r, ws, bs, eps, o));
     }
     Tensor::from_vec(out, x.shape().clone())
 }
