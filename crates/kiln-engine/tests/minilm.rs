@@ -10,24 +10,11 @@ use kiln_engine::Encoder;
 use kiln_models::pooling::{cosine, Pooling, PoolingMode};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{real_model, root};
 
 fn encoder() -> Option<Encoder> {
-    let path = root().join("models/all-MiniLM-L6-v2");
-    if !path.join("model.safetensors").exists() {
-        assert!(
-            std::env::var("KILN_REQUIRE_MODELS").is_err(),
-            "{} is missing: run scripts/fetch-models.sh",
-            path.display()
-        );
-        eprintln!(
-            "skipping: {} not found (run scripts/fetch-models.sh)",
-            path.display()
-        );
-        return None;
-    }
+    let path = real_model("all-MiniLM-L6-v2", "model.safetensors")?;
     Some(Encoder::load(&path, &mut |_, _| {}).expect("MiniLM loads"))
 }
 

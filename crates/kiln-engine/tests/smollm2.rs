@@ -3,29 +3,14 @@
 //! (tools/smollm2_reference.py). The model comes from scripts/fetch-models.sh; without it these
 //! tests skip with a note, unless KILN_REQUIRE_MODELS=1 (as in CI) makes that a failure.
 
-use std::path::PathBuf;
-
 use kiln_engine::{Engine, FinishReason, SamplingParams};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{real_model, root};
 
 fn engine() -> Option<Engine> {
-    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        assert!(
-            std::env::var("KILN_REQUIRE_MODELS").is_err(),
-            "{} is missing: run scripts/fetch-models.sh",
-            path.display()
-        );
-        eprintln!(
-            "skipping: {} not found (run scripts/fetch-models.sh)",
-            path.display()
-        );
-        return None;
-    }
+    let path = real_model("SmolLM2-135M-Instruct.Q4_1.gguf", "")?;
     Some(Engine::load(&path, &mut |_, _| {}).expect("SmolLM2 loads"))
 }
 

@@ -5,11 +5,11 @@
 //! within 1e-4 relative error (max abs diff / max abs reference), all sequences packed into one
 //! batch without padding; a sequence's result does not depend on the rest of the batch.
 
-use std::path::{Path, PathBuf};
-
 use kiln_models::{load, Bert, Model};
 use kiln_nn::Batch;
-use safetensors::{Dtype, SafeTensors};
+
+mod common;
+use common::{fixture_dir, rel_err, Reference};
 
 const FAMILY: &[&str] = &[
     "bert",
@@ -18,51 +18,6 @@ const FAMILY: &[&str] = &[
     "roberta_xlm",
     "distilbert_cls",
 ];
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-struct Reference {
-    bytes: Vec<u8>,
-}
-
-impl Reference {
-    fn open(name: &str) -> Reference {
-        Reference {
-            bytes: std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("fixture"),
-        }
-    }
-    fn f32(&self, key: &str) -> Vec<f32> {
-        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("{key}"));
-        assert_eq!(t.dtype(), Dtype::F32);
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    }
-    fn ids(&self, key: &str) -> Vec<u32> {
-        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
-        let t = st.tensor(key).expect(key);
-        assert_eq!(t.dtype(), Dtype::I64);
-        t.data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect()
-    }
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length");
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    got.iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
-}
 
 fn load_bert(name: &str) -> Model {
     load(&fixture_dir(name), &mut |_, _| {})

@@ -2,11 +2,14 @@
 //! Every layer's hidden state and the logits within 1e-4 relative error, greedy tokens identical,
 //! and prefill-then-decode equal to one-shot.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_models::{load, Model};
 use kiln_nn::{Batch, KvCache};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
+
+mod common;
+use common::{fixture_dir, rel_err, Reference};
 
 const FAMILY: &[&str] = &[
     "llama",
@@ -18,53 +21,6 @@ const FAMILY: &[&str] = &[
     "llama_dynamic_rope",
     "llama_yarn_rope",
 ];
-
-fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-struct Reference {
-    bytes: Vec<u8>,
-}
-
-impl Reference {
-    fn open(name: &str) -> Reference {
-        Reference {
-            bytes: std::fs::read(fixture_dir(name).join("reference.safetensors")).expect("fixture"),
-        }
-    }
-    fn f32(&self, key: &str) -> Option<Vec<f32>> {
-        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
-        let t = st.tensor(key).ok()?;
-        assert_eq!(t.dtype(), Dtype::F32);
-        Some(
-            t.data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        )
-    }
-    fn ids(&self, key: &str) -> Vec<u32> {
-        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
-        let t = st.tensor(key).expect(key);
-        assert_eq!(t.dtype(), Dtype::I64);
-        t.data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect()
-    }
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length");
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    got.iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
-}
 
 fn load_model(dir: &Path) -> Model {
     load(dir, &mut |_, _| {})
@@ -98,30 +54,24 @@ fn hidden_states_and_logits_match_transformers() {
             .unwrap();
         let n_layers = trace.len() - 1;
         for (i, t) in trace.iter().enumerate().take(n_layers) {
-            let want = r.f32(&format!("hidden_states.{i}")).unwrap();
+            let want = r.f32(&format!("hidden_states.{i}"));
             let e = rel_err(&t.to_vec_f32(), &want);
             assert!(
                 e < 1e-4,
                 "{name}: hidden state {i} (input of layer {i}) differs: rel err {e}"
             );
         }
-        let e = rel_err(
-            &trace[n_layers].to_vec_f32(),
-            &r.f32("last_layer_pre_norm").unwrap(),
-        );
+        let e = rel_err(&trace[n_layers].to_vec_f32(), &r.f32("last_layer_pre_norm"));
         assert!(
             e < 1e-4,
             "{name}: output of the last layer differs: rel err {e}"
         );
         let e = rel_err(
             &h.to_vec_f32(),
-            &r.f32(&format!("hidden_states.{n_layers}")).unwrap(),
+            &r.f32(&format!("hidden_states.{n_layers}")),
         );
         assert!(e < 1e-4, "{name}: final norm differs: rel err {e}");
-        let e = rel_err(
-            &model.logits(&h).unwrap().to_vec_f32(),
-            &r.f32("logits").unwrap(),
-        );
+        let e = rel_err(&model.logits(&h).unwrap().to_vec_f32(), &r.f32("logits"));
         assert!(e < 1e-4, "{name}: logits differ: rel err {e}");
     }
 }
@@ -134,7 +84,7 @@ fn greedy_generation_matches_transformers() {
         let vocab = model.info().vocab_size;
         let prompt = r.ids("greedy_prompt");
         let want = r.ids("greedy_ids");
-        let want_logits = r.f32("greedy_step_logits").unwrap();
+        let want_logits = r.f32("greedy_step_logits");
         let mut cache = model.new_cache();
         let mut logits = step(&model, &mut cache, &prompt);
         let mut got = Vec::new();

@@ -1,0 +1,56 @@
+//! Helpers shared by the fixture tests: where fixtures live, reading transformers' reference
+//! tensors, and the relative error the acceptance criteria are stated in.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// A fixture's `reference.safetensors`.
+pub struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    pub fn open(name: &str) -> Reference {
+        let path = fixture_dir(name).join("reference.safetensors");
+        Reference {
+            bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn f32(&self, key: &str) -> Vec<f32> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
+        let t = st.tensor(key).unwrap_or_else(|_| panic!("{key}"));
+        assert_eq!(t.dtype(), Dtype::F32);
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    pub fn ids(&self, key: &str) -> Vec<u32> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("valid reference");
+        let t = st.tensor(key).unwrap_or_else(|_| panic!("{key}"));
+        assert_eq!(t.dtype(), Dtype::I64);
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32)
+            .collect()
+    }
+}
+
+/// `max |got - want| / max |want|`.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "length");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
