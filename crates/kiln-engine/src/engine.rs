@@ -115,7 +115,7 @@ impl Engine {
 
     fn step_in_pool(&self, cache: &mut KvCache, ids: &[u32], n_logits: usize) -> Result<Tensor> {
         let batch = Batch::single(cache.len(), ids.len());
-        let hidden = self.model.forward(ids, &batch, &mut [cache])?;
+        let hidden = self.model.forward(ids, &batch, cache)?;
         let rows = n_logits.min(ids.len());
         let hidden = hidden
             .narrow(0, ids.len() - rows, rows)

@@ -8,8 +8,8 @@
 
 use kiln_nn::rope::RopeScaling;
 use kiln_nn::{
-    Activation, Attention, AttentionSpec, Batch, Embedding, GatedMlp, KvCache, Linear, RmsNorm,
-    Rope, Weights,
+    Activation, Attention, AttentionSpec, Batch, Embedding, GatedMlp, KvCache, KvStore, Linear,
+    RmsNorm, Rope, Weights,
 };
 use kiln_tensor::cpu::rope::RopeStyle;
 use kiln_tensor::Tensor;
@@ -120,13 +120,13 @@ impl Block {
         x: &Tensor,
         batch: &Batch,
         layer: usize,
-        caches: &mut [&mut KvCache],
+        kv: &mut dyn KvStore,
     ) -> Result<Tensor> {
         let h = x.add(&self.self_attn.forward(
             &self.input_layernorm.forward(x)?,
             batch,
             layer,
-            caches,
+            kv,
         )?)?;
         Ok(h.add(
             &self
@@ -216,7 +216,7 @@ impl Llama {
         &self,
         tokens: &[u32],
         batch: &Batch,
-        caches: &mut [&mut KvCache],
+        kv: &mut dyn KvStore,
         mut trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let mut x = self.embed_tokens.forward(tokens)?;
@@ -224,14 +224,12 @@ impl Llama {
             if let Some(t) = trace.as_deref_mut() {
                 t.push(x.clone());
             }
-            x = layer.forward(&x, batch, i, caches)?;
+            x = layer.forward(&x, batch, i, kv)?;
         }
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());
         }
-        for (span, cache) in batch.seqs.iter().zip(caches.iter_mut()) {
-            cache.advance(span.len);
-        }
+        kv.advance(batch);
         Ok(self.norm.forward(&x)?)
     }
 

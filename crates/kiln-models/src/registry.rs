@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_nn::{Batch, KvCache, Weights};
+use kiln_nn::{Batch, KvCache, KvStore, Weights};
 use kiln_tensor::cpu::rope::RopeStyle;
 use kiln_tensor::Tensor;
 
@@ -72,18 +72,13 @@ impl Model {
     }
 
     /// Final hidden states of a packed step; checks token ids first.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        batch: &Batch,
-        caches: &mut [&mut KvCache],
-    ) -> Result<Tensor> {
+    pub fn forward(&self, tokens: &[u32], batch: &Batch, kv: &mut dyn KvStore) -> Result<Tensor> {
         let vocab = self.info().vocab_size;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { id, vocab });
         }
         match self {
-            Model::Llama(m) => m.forward(tokens, batch, caches, None),
+            Model::Llama(m) => m.forward(tokens, batch, kv, None),
             Model::Bert(_) => Err(self.encoder_only("causal forward pass")),
         }
     }
@@ -93,11 +88,11 @@ impl Model {
         &self,
         tokens: &[u32],
         batch: &Batch,
-        caches: &mut [&mut KvCache],
+        kv: &mut dyn KvStore,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut trace = Vec::new();
         let h = match self {
-            Model::Llama(m) => m.forward(tokens, batch, caches, Some(&mut trace))?,
+            Model::Llama(m) => m.forward(tokens, batch, kv, Some(&mut trace))?,
             Model::Bert(_) => return Err(self.encoder_only("causal forward pass")),
         };
         Ok((h, trace))

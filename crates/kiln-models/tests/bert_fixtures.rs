@@ -149,7 +149,7 @@ fn decoder_methods_on_an_encoder_are_errors_not_panics() {
     let model = load_bert("bert");
     let mut cache = model.new_cache();
     let err = model
-        .forward(&[1, 2, 3], &Batch::single(0, 3), &mut [&mut cache])
+        .forward(&[1, 2, 3], &Batch::single(0, 3), &mut cache)
         .unwrap_err()
         .to_string();
     assert!(err.contains("encoder-only"), "{err}");

@@ -31,14 +31,14 @@ fn load_model(dir: &Path) -> Model {
 fn one_shot_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     let mut cache = model.new_cache();
     let h = model
-        .forward(ids, &Batch::single(0, ids.len()), &mut [&mut cache])
+        .forward(ids, &Batch::single(0, ids.len()), &mut cache)
         .unwrap();
     model.logits(&h).unwrap().to_vec_f32()
 }
 
 fn step(model: &Model, cache: &mut KvCache, ids: &[u32]) -> Vec<f32> {
     let batch = Batch::single(cache.len(), ids.len());
-    let h = model.forward(ids, &batch, &mut [cache]).unwrap();
+    let h = model.forward(ids, &batch, cache).unwrap();
     model.logits(&h).unwrap().to_vec_f32()
 }
 
@@ -50,7 +50,7 @@ fn hidden_states_and_logits_match_transformers() {
         let ids = r.ids("input_ids");
         let mut cache = model.new_cache();
         let (h, trace) = model
-            .forward_traced(&ids, &Batch::single(0, ids.len()), &mut [&mut cache])
+            .forward_traced(&ids, &Batch::single(0, ids.len()), &mut cache)
             .unwrap();
         let n_layers = trace.len() - 1;
         for (i, t) in trace.iter().enumerate().take(n_layers) {

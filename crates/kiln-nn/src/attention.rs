@@ -4,13 +4,13 @@
 //!
 //! Inputs are flat: a step's tokens from several sequences packed as `(n_tokens, hidden)`, with a
 //! [`Batch`] saying which rows belong to which sequence and at which positions. Each sequence
-//! appends its new keys/values to its own [`KvCache`] and attends over everything cached.
+//! appends its new keys/values to the [`KvStore`] and attends over everything cached there.
 
-use kiln_tensor::cpu::attention::{attention, AttnParams};
+use kiln_tensor::cpu::attention::AttnParams;
 use kiln_tensor::Tensor;
 
 use crate::weights::Weights;
-use crate::{KvCache, Linear, Result, Rope};
+use crate::{KvStore, Linear, Result, Rope};
 
 #[derive(Debug, Clone)]
 pub struct AttentionSpec {
@@ -97,13 +97,13 @@ impl Attention {
     }
 
     /// `x (n_tokens, hidden) -> (n_tokens, hidden)`; appends this step's keys/values to layer
-    /// `layer` of each sequence's cache (the caller advances the caches after the last layer).
+    /// `layer` of each sequence in `kv` (the model calls `kv.advance` after the last layer).
     pub fn forward(
         &self,
         x: &Tensor,
         batch: &Batch,
         layer: usize,
-        caches: &mut [&mut KvCache],
+        kv: &mut dyn KvStore,
     ) -> Result<Tensor> {
         let s = &self.spec;
         let n = batch.n_tokens();
@@ -125,17 +125,14 @@ impl Attention {
         };
         let (q_row, kv_row) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         let mut out = vec![0.0f32; n * q_row];
-        for (span, cache) in batch.seqs.iter().zip(caches.iter_mut()) {
-            let kv = cache.layer_mut(layer);
-            let q_start = kv.k.len() / kv_row;
+        for (i, span) in batch.seqs.iter().enumerate() {
             let rows = span.start..span.start + span.len;
-            kv.k.extend_from_slice(&k[rows.start * kv_row..rows.end * kv_row]);
-            kv.v.extend_from_slice(&v[rows.start * kv_row..rows.end * kv_row]);
-            attention(
+            kv.append_attend(
+                layer,
+                i,
                 &q[rows.start * q_row..rows.end * q_row],
-                &kv.k,
-                &kv.v,
-                q_start,
+                &k[rows.start * kv_row..rows.end * kv_row],
+                &v[rows.start * kv_row..rows.end * kv_row],
                 &params,
                 &mut out[rows.start * q_row..rows.end * q_row],
             );
