@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Golden fixtures for kiln's GPT-2 and BLOOM decoders, made with Hugging Face transformers.
+
+For each tiny random-weight model below this writes tests/fixtures/<name>/ in the layout of
+tools/make_fixtures.py (so crates/kiln-models/tests/common/mod.rs reads it):
+  config.json, generation_config.json, model.safetensors   as save_pretrained writes them
+  tokenizer.json          a real byte-level BPE trained on TRAIN_TEXT below, vocab = the model's
+  reference.safetensors   input_ids, hidden_states.{i}, last_layer_pre_norm, logits,
+                          greedy_prompt, greedy_ids, greedy_step_logits, score_ids, and for BLOOM
+                          long_input_ids, long_logits, long_greedy_ids, long_greedy_last_logits
+  reference.json          versions, notes, perplexity of SCORE_TEXT under the tokenizer
+  beam.json               transformers generate(num_beams=4, ...) outputs for several settings
+
+Everything is deterministic (fixed seeds, f32, eager attention, one CPU thread). Weights are
+re-drawn with a large std so logits are decisive; every greedy step's top-1/top-2 margin is
+asserted.
+
+Run from the repository root:  python tools/make_decoder_fixtures.py [--only NAME ...]
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import tokenizers
+import torch
+import transformers
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures")
+
+VOCAB = 384
+N_PROMPT = 8
+N_NEW = 16
+MIN_MARGIN = 0.02
+EOT = "<|endoftext|>"  # special token 0 of every fixture tokenizer: bos, eos and pad
+
+TRAIN_TEXT = """\
+The kiln was built on the side of a hill, where the wind could feed the fire through the long
+night. Potters brought their bowls and jars from the village, stacked them carefully on the
+shelves, and sealed the door with wet clay. For three days the fire burned, and the men took
+turns watching it, adding wood when the flames fell and resting when the heat was steady.
+When the kiln had cooled, they broke the seal and lifted out the pots one by one. Some had
+cracked, some had warped, but most rang like bells when they were tapped, and the glaze shone
+green and brown in the morning light. The children carried the small cups down the path, and
+the old women counted the large jars twice, because a good firing meant a good winter.
+A language model reads a sequence of tokens and predicts the next one. It is trained on a great
+deal of text, and at inference time it is asked to continue a prompt, one token at a time, each
+new token conditioned on all of the tokens before it. Attention lets every position look back at
+the earlier positions; the keys and values of those positions are kept in a cache so that they
+are not computed again for every new token.
+"""
+SCORE_TEXT = "The potters carried the jars down the hill in the morning light."
+PROMPT_TEXT = "The kiln was"
+
+# name -> (model class, config class, config kwargs, input length, seed, notes)
+MODELS = {
+    "gpt2": (
+        GPT2LMHeadModel, GPT2Config,
+        dict(vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=4, n_inner=96, n_positions=64,
+             activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+             bos_token_id=0, eos_token_id=0),
+        24, 15,
+        "GPT-2: learned positions (n_positions 64), pre-LayerNorm, gelu_new, Conv1D weights "
+        "([in, out]; c_attn fused q|k|v along out), tied lm_head (no lm_head.weight in the file).",
+    ),
+    "bloom": (
+        BloomForCausalLM, BloomConfig,
+        dict(vocab_size=VOCAB, hidden_size=36, n_layer=2, n_head=6, layer_norm_epsilon=1e-5,
+             apply_residual_connection_post_layernorm=False, tie_word_embeddings=True,
+             bos_token_id=0, eos_token_id=0, pad_token_id=0, seq_length=16),
+        24, 21,
+        "BLOOM with 6 heads (not a power of two: ALiBi slopes 2^-2, 2^-4, 2^-6, 2^-8 for the "
+        "closest power of two, 4 heads, then 2^-1, 2^-3 -- see reference.json alibi_slopes), head_dim 6, fused "
+        "query_key_value rows laid out (n_head, 3, head_dim), tied head. seq_length 16 is the "
+        "'training length' this config mentions; long_* references run past it.",
+    ),
+    "bloom_post_ln": (
+        BloomForCausalLM, BloomConfig,
+        dict(vocab_size=VOCAB, hidden_size=36, n_layer=1, n_head=6, layer_norm_epsilon=1e-5,
+             apply_residual_connection_post_layernorm=True, tie_word_embeddings=True,
+             bos_token_id=0, eos_token_id=0, pad_token_id=0),
+        24, 35,
+        "BLOOM, 1 layer, apply_residual_connection_post_layernorm=True: the residual is the "
+        "layer-normed input instead of the raw one.",
+    ),
+}
+
+# Beam-search settings recorded into beam.json (num_beams=4 throughout). `eos` "auto" means the
+# model's chosen beam eos (see choose_eos): a token the beams actually produce, so that
+# length_penalty, early_stopping and finished-hypothesis bookkeeping all matter.
+BEAM_SETTINGS = [
+    dict(name="plain", max_new_tokens=10, eos=None, length_penalty=1.0, early_stopping=False,
+         num_return_sequences=1),
+    dict(name="eos_lp2_early_ret2", max_new_tokens=10, eos="auto", length_penalty=2.0,
+         early_stopping=True, num_return_sequences=2),
+    dict(name="eos_lp05_ret4", max_new_tokens=10, eos="auto", length_penalty=0.5,
+         early_stopping=False, num_return_sequences=4),
+    dict(name="no_repeat_2gram_ret2", max_new_tokens=12, eos="auto", length_penalty=1.0,
+         early_stopping=False, no_repeat_ngram_size=2, num_return_sequences=2),
+    dict(name="never_stop_ret2", max_new_tokens=8, eos="auto", length_penalty=1.0,
+         early_stopping="never", num_return_sequences=2),
+]
+
+
+def train_tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=[EOT], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TRAIN_TEXT], trainer=trainer)
+    assert tok.get_vocab_size() == VOCAB, tok.get_vocab_size()
+    assert tok.token_to_id(EOT) == 0
+    return tok
+
+
+def reinit_(model, seed):
+    """Large random weights: matrices N(0, 0.2), biases N(0, 0.2), norm weights 1 + N(0, 0.1)."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "ln" in name or "norm" in name:
+                if name.endswith("weight"):
+                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                else:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def final_norm(model):
+    return model.transformer.ln_f
+
+
+def forward(model, ids):
+    """One sequence: (logits [n, vocab], hidden_states, last block output before ln_f)."""
+    captured = {}
+    last = model.transformer.h[-1]
+    hook = last.register_forward_hook(
+        lambda mod, args, out: captured.__setitem__("h", out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            out = model(ids[None], output_hidden_states=True, use_cache=False)
+    finally:
+        hook.remove()
+    return out.logits[0], [h[0] for h in out.hidden_states], captured["h"][0]
+
+
+def greedy(model, prompt, n_new):
+    with torch.no_grad():
+        out = model.generate(
+            prompt[None], do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
+            eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True,
+            attention_mask=torch.ones_like(prompt)[None])
+    new = out.sequences[0, prompt.numel():]
+    step_logits = torch.stack([l[0] for l in out.logits])
+    assert new.numel() == n_new
+    assert torch.equal(step_logits.argmax(-1), new), "greedy ids != argmax of recorded logits"
+    # the same without a KV cache
+    seq = prompt.clone()
+    with torch.no_grad():
+        for t in range(n_new):
+            l = model(seq[None], use_cache=False).logits[0, -1]
+            assert (l - step_logits[t]).abs().max() < 1e-4
+            seq = torch.cat([seq, l.argmax()[None]])
+    assert torch.equal(seq[prompt.numel():], new)
+    top2 = step_logits.topk(2, dim=-1).values
+    return new, step_logits, (top2[:, 0] - top2[:, 1]).min().item()
+
+
+def choose_eos(model, prompt):
+    """A token that a plain 4-beam search emits in the middle of its second-best hypothesis."""
+    with torch.no_grad():
+        out = model.generate(prompt[None], num_beams=4, do_sample=False, max_new_tokens=10,
+                             num_return_sequences=4, eos_token_id=None, pad_token_id=0,
+                             attention_mask=torch.ones_like(prompt)[None])
+    return int(out[1, prompt.numel() + 4])
+
+
+def beams(model, prompt, eos):
+    runs = []
+    for s in BEAM_SETTINGS:
+        kw = dict(num_beams=4, do_sample=False, max_new_tokens=s["max_new_tokens"],
+                  length_penalty=s["length_penalty"], early_stopping=s["early_stopping"],
+                  num_return_sequences=s["num_return_sequences"],
+                  no_repeat_ngram_size=s.get("no_repeat_ngram_size", 0),
+                  eos_token_id=eos if s["eos"] == "auto" else None, pad_token_id=0,
+                  output_scores=True, return_dict_in_generate=True)
+        with torch.no_grad():
+            out = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], **kw)
+        seqs = out.sequences[:, prompt.numel():]
+        hyps = []
+        for i in range(seqs.shape[0]):
+            toks = seqs[i].tolist()
+            if kw["eos_token_id"] is not None and kw["eos_token_id"] in toks:
+                toks = toks[:toks.index(kw["eos_token_id"]) + 1]  # drop the padding after eos
+            hyps.append({"tokens": toks, "score": float(out.sequences_scores[i])})
+        settings = {k: v for k, v in kw.items()
+                    if k not in ("output_scores", "return_dict_in_generate", "do_sample")}
+        runs.append({"name": s["name"], "settings": settings, "hypotheses": hyps})
+    return runs
+
+
+def make_one(name, tok, only_check=False):
+    model_cls, cfg_cls, kw, n, seed, notes = MODELS[name]
+    torch.manual_seed(seed)
+    cfg = cfg_cls(attn_implementation="eager", **kw)
+    model = model_cls(cfg)
+    reinit_(model, seed)
+    model.eval()
+    n_layers = cfg.num_hidden_layers
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, VOCAB, (n,), generator=g, dtype=torch.int64)
+
+    logits, hs, pre_norm = forward(model, input_ids)
+    assert len(hs) == n_layers + 1
+    normed = final_norm(model)(pre_norm)
+    assert torch.allclose(hs[-1], normed, atol=1e-6), "hidden_states[-1] is ln_f(last block)"
+    assert torch.allclose(normed @ model.lm_head.weight.T, logits, atol=1e-4)
+    # the head is tied to the token embedding
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+    prompt = input_ids[:N_PROMPT].clone()
+    new, step_logits, margin = greedy(model, prompt, N_NEW)
+    assert margin > MIN_MARGIN, f"{name}: greedy margin {margin}"
+
+    tensors = {
+        "input_ids": input_ids, "logits": logits, "greedy_prompt": prompt, "greedy_ids": new,
+        "greedy_step_logits": step_logits, "last_layer_pre_norm": pre_norm,
+    }
+    for i, h in enumerate(hs):
+        tensors[f"hidden_states.{i}"] = h
+    extra = {"greedy_min_top1_top2_margin": margin}
+
+    if model_cls is BloomForCausalLM:
+        extra["alibi_slopes"] = transformers.models.bloom.modeling_bloom._get_alibi_slopes(
+            cfg.n_head, "cpu").tolist()
+        if getattr(cfg, "seq_length", None):
+            # Past the training length: a 2.5x one-shot forward, and greedy decoding to 2.5x.
+            long_n = int(2.5 * cfg.seq_length)
+            long_ids = torch.randint(0, VOCAB, (long_n,), generator=g, dtype=torch.int64)
+            long_logits, _, _ = forward(model, long_ids)
+            assert torch.isfinite(long_logits).all()
+            lnew, lsteps, lmargin = greedy(model, prompt, long_n - N_PROMPT)
+            assert lmargin > MIN_MARGIN / 2, f"{name}: long greedy margin {lmargin}"
+            tensors.update(long_input_ids=long_ids, long_logits=long_logits,
+                           long_greedy_ids=lnew, long_greedy_last_logits=lsteps[-1])
+            extra["long"] = (f"seq_length {cfg.seq_length}; long_input_ids has {long_n} tokens "
+                             f"(one-shot forward -> long_logits); long_greedy_ids are "
+                             f"{long_n - N_PROMPT} greedy tokens after greedy_prompt, "
+                             f"long_greedy_last_logits the logits that chose the last one "
+                             f"(min margin {lmargin:.3f}).")
+
+    # Perplexity of SCORE_TEXT under the fixture tokenizer (no special tokens added).
+    score_ids = torch.tensor(tok.encode(SCORE_TEXT, add_special_tokens=False).ids)
+    with torch.no_grad():
+        loss = model(score_ids[None], labels=score_ids[None], use_cache=False).loss
+    tensors["score_ids"] = score_ids
+    extra["score_text"] = SCORE_TEXT
+    extra["score_perplexity"] = math.exp(loss.item())
+    extra["score_mean_logprob"] = -loss.item()
+
+    # Greedy continuation of PROMPT_TEXT, for the `kiln generate` CLI test.
+    p_ids = torch.tensor(tok.encode(PROMPT_TEXT, add_special_tokens=False).ids)
+    with torch.no_grad():
+        out = model.generate(p_ids[None], do_sample=False, max_new_tokens=8, min_new_tokens=8,
+                             eos_token_id=None, pad_token_id=0,
+                             attention_mask=torch.ones_like(p_ids)[None])
+    gen_ids = out[0, p_ids.numel():].tolist()
+    extra["prompt_text"] = PROMPT_TEXT
+    extra["prompt_greedy_ids"] = gen_ids
+    extra["prompt_greedy_text"] = tok.decode(gen_ids)
+
+    eos = choose_eos(model, prompt)
+    beam = {
+        "transformers_version": transformers.__version__,
+        "prompt": prompt.tolist(),
+        "auto_eos": eos,
+        "notes": ("model.generate(prompt[None], attention_mask=ones, num_beams=4, "
+                  "do_sample=False, **settings). hypotheses are returned in transformers' order "
+                  "(best first); tokens are the new tokens only, cut after eos (transformers pads "
+                  "finished hypotheses with pad_token_id); score is sequences_scores: the sum of "
+                  "the hypothesis' new-token log-probs divided by n_new ** length_penalty, n_new "
+                  "counting the new tokens including eos but not the prompt (transformers 5 "
+                  "`cur_len + 1 - decoder_prompt_len`). auto_eos is the eos of the runs whose "
+                  "settings name it: a token the plain search emits mid-hypothesis."),
+        "runs": beams(model, prompt, eos),
+    }
+
+    if only_check:
+        print(name, "ok", extra)
+        return
+
+    d = os.path.join(OUT, name)
+    if os.path.exists(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in sorted(os.listdir(tmp)):
+            shutil.copy(os.path.join(tmp, f), os.path.join(d, f))
+    tok.save(os.path.join(d, "tokenizer.json"))
+    reloaded = model_cls.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
+    assert torch.equal(forward(reloaded, input_ids)[0], logits), "reloaded model differs"
+    save_file({k: v.contiguous() for k, v in tensors.items()},
+              os.path.join(d, "reference.safetensors"), metadata={"format": "pt"})
+    ref = {
+        "model_type": cfg.model_type,
+        "architecture": model_cls.__name__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "tokenizers_version": tokenizers.__version__,
+        "n_layers": n_layers,
+        "n_tokens": n,
+        "last_hidden_is_normed": True,
+        "hidden_states": (f"hidden_states.0 is the input of block 0 (for BLOOM: after "
+                          f"word_embeddings_layernorm); hidden_states.i is the output of block "
+                          f"i-1; hidden_states.{n_layers} is ln_f of the last block's output "
+                          f"(last_layer_pre_norm)."),
+        "seed": seed,
+        "init": "matrices/biases N(0, 0.2), LayerNorm weights 1 + N(0, 0.1), LayerNorm biases "
+                "N(0, 0.1); f32; eager attention",
+        "greedy": (f"generate(greedy_prompt, do_sample=False, max_new_tokens={N_NEW}, "
+                   f"eos_token_id=None, attention_mask=ones); checked equal to uncached "
+                   f"recomputation"),
+        "tokenizer": "tokenizer.json: byte-level BPE trained on a paragraph of English "
+                     "(tools/make_decoder_fixtures.py TRAIN_TEXT); id 0 is <|endoftext|>",
+        "notes": notes,
+    }
+    ref.update(extra)
+    for fname, obj in (("reference.json", ref), ("beam.json", beam)):
+        with open(os.path.join(d, fname), "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    print(f"{name}: {size / 1024:.0f} KiB, margin={margin:.3f}, "
+          f"ppl={extra['score_perplexity']:.3f}, auto_eos={eos}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--check", action="store_true", help="compute and assert, write nothing")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    transformers.logging.set_verbosity_error()
+    tok = train_tokenizer()
+    for name in args.only or MODELS:
+        make_one(name, tok, only_check=args.check)
+
+
+if __name__ == "__main__":
+    main()
