@@ -266,6 +266,7 @@ def make_one(name, tok, only_check=False):
         loss = model(score_ids[None], labels=score_ids[None], use_cache=False).loss
     tensors["score_ids"] = score_ids
     extra["score_text"] = SCORE_TEXT
+    extra["score_ids"] = score_ids.tolist()
     extra["score_perplexity"] = math.exp(loss.item())
     extra["score_mean_logprob"] = -loss.item()
 

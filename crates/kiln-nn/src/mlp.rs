@@ -1,4 +1,6 @@
-//! The gated MLP of LLaMA-style blocks: `down(act(gate(x)) * up(x))` (SwiGLU with SiLU).
+//! The MLPs of transformer blocks: the gated one of LLaMA-style blocks,
+//! `down(act(gate(x)) * up(x))` (SwiGLU with SiLU), and the plain two-layer one of GPT-2 and
+//! BLOOM, `proj(act(fc(x)))`.
 
 use kiln_tensor::Tensor;
 
@@ -63,5 +65,24 @@ impl GatedMlp {
         let gate = self.act.apply(&self.gate_proj.forward(x)?);
         let up = self.up_proj.forward(x)?;
         self.down_proj.forward(&gate.mul(&up)?)
+    }
+}
+
+/// The plain feed-forward block `proj(act(fc(x)))`; the model names its two projections
+/// (GPT-2 `c_fc`/`c_proj`, BLOOM `dense_h_to_4h`/`dense_4h_to_h`).
+#[derive(Clone)]
+pub struct Mlp {
+    fc: Linear,
+    proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn new(fc: Linear, proj: Linear, act: Activation) -> Mlp {
+        Mlp { fc, proj, act }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(&self.act.apply(&self.fc.forward(x)?))
     }
 }
