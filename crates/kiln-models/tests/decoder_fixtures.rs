@@ -246,3 +246,21 @@ fn headless_checkpoints_without_prefix_load_identically() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn model_info_comes_from_the_config() {
+    for (name, arch, max_context) in [
+        ("gpt2", "GPT2LMHeadModel", 64),
+        // 4x seq_length 16: ALiBi extrapolates, see bloom.rs.
+        ("bloom", "BloomForCausalLM", 64),
+        // No seq_length in the config: 4x BLOOM's 2048.
+        ("bloom_post_ln", "BloomForCausalLM", 8192),
+    ] {
+        let info = load(&fixture_dir(name), &mut |_, _| {}).unwrap().info;
+        assert_eq!(info.architecture, arch);
+        assert_eq!(info.vocab_size, 384);
+        assert_eq!(info.max_context, max_context, "{name}");
+        assert_eq!(info.eos_token_ids, [0], "{name}");
+        assert_eq!(info.bos_token_id, Some(0), "{name}");
+    }
+}
