@@ -19,12 +19,15 @@ Run from the repository root:  python tools/make_decoder_fixtures.py [--only NAM
 """
 
 import argparse
+import copy
 import json
 import math
 import os
 import shutil
 import tempfile
 
+import gguf
+import numpy as np
 import tokenizers
 import torch
 import transformers
@@ -345,6 +348,99 @@ def make_one(name, tok, only_check=False):
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     print(f"{name}: {size / 1024:.0f} KiB, margin={margin:.3f}, "
           f"ppl={extra['score_perplexity']:.3f}, auto_eos={eos}")
+    if name == "gpt2":
+        make_gpt2_gguf(model, tok, input_ids)
+
+
+def make_gpt2_gguf(model, tok, input_ids):
+    """tests/fixtures/gpt2_gguf/: the gpt2 fixture as llama.cpp's convert_hf_to_gguf.py
+    (GPT2Model, --outtype f16) writes it: tensor names from gguf-py's TensorNameMap, Conv1D
+    weights transposed to (out, in), 2-D tensors f16 and 1-D tensors f32, no separate output
+    tensor (tied), and the tokenizer as tokenizer.ggml.* (gpt2 BPE, pre "gpt-2"). One deviation:
+    feed_forward_length is n_inner (96) where the converter writes 4 * n_embd; llama.cpp itself
+    sizes the FFN from the tensors. The reference is transformers on the same model with every
+    2-D weight rounded to f16."""
+    cfg = model.config
+    d = os.path.join(OUT, "gpt2_gguf")
+    if os.path.exists(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
+    path = os.path.join(d, "model.gguf")
+    w = gguf.GGUFWriter(path, "gpt2")
+    w.add_block_count(cfg.n_layer)
+    w.add_context_length(cfg.n_positions)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(cfg.n_inner)
+    w.add_head_count(cfg.n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    vocab = json.loads(tok.to_str())["model"]
+    tokens = sorted(vocab["vocab"], key=vocab["vocab"].get)
+    assert [vocab["vocab"][t] for t in tokens] == list(range(VOCAB))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t == EOT else gguf.TokenType.NORMAL
+                       for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in vocab["merges"]])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    names = gguf.TensorNameMap(gguf.MODEL_ARCH.GPT2, cfg.n_layer)
+    rounded = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied: llama.cpp falls back to token_embd
+        t = t.detach().float()
+        if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+            t = t.T.contiguous()
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert new is not None, name
+        if t.dim() == 2:
+            arr = t.numpy().astype(np.float16)
+            rounded[name] = torch.from_numpy(arr.astype(np.float32))
+            if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+                rounded[name] = rounded[name].T.contiguous()
+        else:
+            arr = t.numpy().astype(np.float32)
+        w.add_tensor(new, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    ref_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in ref_model.named_parameters():
+            if name in rounded:
+                p.copy_(rounded[name])
+    ref_model.tie_weights()
+    logits, _, _ = forward(ref_model, input_ids)
+    prompt = input_ids[:N_PROMPT].clone()
+    new, step_logits, margin = greedy(ref_model, prompt, N_NEW)
+    assert margin > MIN_MARGIN / 2, f"gpt2_gguf: greedy margin {margin}"
+    score_ids = torch.tensor(tok.encode(SCORE_TEXT, add_special_tokens=False).ids)
+    with torch.no_grad():
+        loss = ref_model(score_ids[None], labels=score_ids[None], use_cache=False).loss
+    save_file({"input_ids": input_ids.contiguous(), "logits": logits.contiguous(),
+               "greedy_prompt": prompt.contiguous(), "greedy_ids": new.contiguous()},
+              os.path.join(d, "reference.safetensors"), metadata={"format": "pt"})
+    ref = {
+        "architecture": "GPT2LMHeadModel (GGUF)",
+        "transformers_version": transformers.__version__,
+        "gguf_version": getattr(gguf, "__version__", "0.19.0"),
+        "notes": make_gpt2_gguf.__doc__.strip(),
+        "f16_vs_f32_max_logit_diff": (logits - forward(model, input_ids)[0]).abs().max().item(),
+        "greedy_min_top1_top2_margin": margin,
+        "score_text": SCORE_TEXT,
+        "score_ids": score_ids.tolist(),
+        "score_perplexity": math.exp(loss.item()),
+    }
+    with open(os.path.join(d, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=2)
+        f.write("\n")
+    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    print(f"gpt2_gguf: {size / 1024:.0f} KiB, margin={margin:.3f}, "
+          f"ppl={ref['score_perplexity']:.3f}, f16 diff={ref['f16_vs_f32_max_logit_diff']:.2e}")
 
 
 def main():

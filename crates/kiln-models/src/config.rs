@@ -97,9 +97,12 @@ impl HfConfig {
         ids(self.json.get("eos_token_id"))
     }
 
-    /// Reads GGUF metadata for a LLaMA-style architecture into config.json form.
+    /// Reads GGUF metadata for a LLaMA-style architecture or GPT-2 into config.json form.
     pub fn from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
         let arch = file.architecture()?.to_string();
+        if arch == "gpt2" {
+            return gpt2_from_gguf(file);
+        }
         let hf_arch = match arch.as_str() {
             "llama" => "LlamaForCausalLM",
             "mistral" => "MistralForCausalLM",
@@ -184,6 +187,55 @@ impl HfConfig {
             origin: file.path().display().to_string(),
         })
     }
+}
+
+/// GGUF `gpt2` metadata (llama.cpp's convert_hf_to_gguf.py GPT2Model) as a GPT-2 config.json.
+fn gpt2_from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
+    let n_embd = file.get_u32("gpt2.embedding_length")?;
+    let mut m = Map::new();
+    m.insert("architectures".into(), json!(["GPT2LMHeadModel"]));
+    m.insert("model_type".into(), json!("gpt2"));
+    m.insert("n_embd".into(), json!(n_embd));
+    m.insert("n_layer".into(), json!(file.get_u32("gpt2.block_count")?));
+    m.insert(
+        "n_head".into(),
+        json!(file.get_u32("gpt2.attention.head_count")?),
+    );
+    m.insert(
+        "n_inner".into(),
+        json!(file
+            .get_u32("gpt2.feed_forward_length")
+            .unwrap_or(4 * n_embd)),
+    );
+    m.insert(
+        "n_positions".into(),
+        json!(file.get_u32("gpt2.context_length")?),
+    );
+    m.insert(
+        "layer_norm_epsilon".into(),
+        json!(file.get_f32("gpt2.attention.layer_norm_epsilon")?),
+    );
+    m.insert(
+        "vocab_size".into(),
+        json!(file.get_str_array("tokenizer.ggml.tokens")?.len()),
+    );
+    m.insert("activation_function".into(), json!("gelu_new"));
+    m.insert(
+        "tie_word_embeddings".into(),
+        json!(file.tensor("output.weight").is_none()),
+    );
+    for (key, gguf_key) in [
+        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+    ] {
+        if let Ok(id) = file.get_u32(gguf_key) {
+            m.insert(key.into(), json!(id));
+        }
+    }
+    Ok(HfConfig {
+        json: Value::Object(m),
+        origin: file.path().display().to_string(),
+    })
 }
 
 /// Token ids from a config value that may be an int, a list of ints or null.

@@ -8,11 +8,12 @@
 //!
 //! Deviations at load time only: the checkpoint's `Conv1D` weights are stored `(in, out)` and
 //! `c_attn` fuses q | k | v; both are transposed and split once (kiln-nn `fused`), so attention
-//! is the shared layer. Keys are read under `transformer.` when present (GPT2LMHeadModel) or at
+//! is the shared layer. GGUF files (llama.cpp's `gpt2` names) hold the same tensors already
+//! transposed to `(out, in)`, so only the split remains there. Keys are read under `transformer.` when present (GPT2LMHeadModel) or at
 //! the root (GPT2Model). Unsupported variants (`scale_attn_by_inverse_layer_idx`, unscaled
 //! attention, cross-attention) are config errors rather than silently wrong outputs.
 
-use kiln_nn::fused::{load_conv1d, load_conv1d_qkv};
+use kiln_nn::fused::{load_conv1d, load_conv1d_qkv, load_fused_qkv, QkvLayout};
 use kiln_nn::{
     Activation, Attention, AttentionSpec, Batch, Embedding, KvCache, KvStore, LayerNorm, Linear,
     Mlp, Weights,
@@ -106,15 +107,19 @@ impl Block {
             alibi: None,
         };
         let a = w.pp("attn");
-        let [q, k, v] = load_conv1d_qkv(&a, "c_attn", h, h)?;
+        let [q, k, v] = if w.is_gguf() {
+            load_fused_qkv(&a, "c_attn", h, h, QkvLayout::Blocked, true)?
+        } else {
+            load_conv1d_qkv(&a, "c_attn", h, h)?
+        };
         let m = w.pp("mlp");
         Ok(Block {
             ln_1: LayerNorm::load(w, "ln_1", h, eps, true)?,
-            attn: Attention::from_parts(q, k, v, load_conv1d(&a, "c_proj", h, h, true)?, spec),
+            attn: Attention::from_parts(q, k, v, projection(&a, "c_proj", h, h)?, spec),
             ln_2: LayerNorm::load(w, "ln_2", h, eps, true)?,
             mlp: Mlp::new(
-                load_conv1d(&m, "c_fc", h, cfg.intermediate, true)?,
-                load_conv1d(&m, "c_proj", cfg.intermediate, h, true)?,
+                projection(&m, "c_fc", h, cfg.intermediate)?,
+                projection(&m, "c_proj", cfg.intermediate, h)?,
                 cfg.act,
             ),
         })
@@ -134,6 +139,16 @@ impl Block {
         )?;
         Ok(h.add(&self.mlp.forward(&self.ln_2.forward(&h)?)?)?)
     }
+}
+
+/// A Conv1D projection with bias: `(in, out)` in safetensors, already `(out, in)` in GGUF (kept
+/// quantized there).
+fn projection(w: &Weights, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
+    Ok(if w.is_gguf() {
+        Linear::load(w, name, in_features, out_features, true)?
+    } else {
+        load_conv1d(w, name, in_features, out_features, true)?
+    })
 }
 
 #[derive(Clone)]

@@ -264,3 +264,23 @@ fn model_info_comes_from_the_config() {
         assert_eq!(info.bos_token_id, Some(0), "{name}");
     }
 }
+
+/// The gpt2 fixture as llama.cpp's converter writes it (f16 matrices, `gpt2` tensor names,
+/// Conv1D weights pre-transposed), against transformers with the same f16-rounded weights.
+#[test]
+fn gpt2_from_gguf_matches_transformers() {
+    let path = fixture_dir("gpt2_gguf").join("model.gguf");
+    let loaded = load(&path, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.info.architecture, "GPT2LMHeadModel");
+    assert_eq!(loaded.info.max_context, 64);
+    assert_eq!(loaded.info.eos_token_ids, [0]);
+    let model = loaded.model;
+    let r = Reference::open("gpt2_gguf");
+    let e = rel_err(
+        &one_shot_logits(&model, &r.ids("input_ids")),
+        &r.f32("logits"),
+    );
+    assert!(e < 1e-4, "logits: rel err {e}");
+    let want = r.ids("greedy_ids");
+    assert_eq!(greedy(&model, &r.ids("greedy_prompt"), want.len()).0, want);
+}
