@@ -116,7 +116,7 @@ impl Block {
             input_layernorm: LayerNorm::load(w, "input_layernorm", h, eps, true)?,
             self_attention: Attention::from_parts(q, k, v, dense, spec),
             post_attention_layernorm: LayerNorm::load(w, "post_attention_layernorm", h, eps, true)?,
-            mlp: Mlp::new(
+            mlp: Mlp::from_parts(
                 Linear::load(&m, "dense_h_to_4h", h, 4 * h, true)?,
                 Linear::load(&m, "dense_4h_to_h", 4 * h, h, true)?,
                 Activation::GeluTanh,

@@ -117,7 +117,7 @@ impl Block {
             ln_1: LayerNorm::load(w, "ln_1", h, eps, true)?,
             attn: Attention::from_parts(q, k, v, projection(&a, "c_proj", h, h)?, spec),
             ln_2: LayerNorm::load(w, "ln_2", h, eps, true)?,
-            mlp: Mlp::new(
+            mlp: Mlp::from_parts(
                 projection(&m, "c_fc", h, cfg.intermediate)?,
                 projection(&m, "c_proj", cfg.intermediate, h)?,
                 cfg.act,

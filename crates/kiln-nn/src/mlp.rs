@@ -1,6 +1,6 @@
-//! The MLPs of transformer blocks: the gated one of LLaMA-style blocks,
-//! `down(act(gate(x)) * up(x))` (SwiGLU with SiLU), and the plain two-layer one of GPT-2 and
-//! BLOOM, `proj(act(fc(x)))`.
+//! Feed-forward blocks: the gated MLP of LLaMA-style blocks, `down(act(gate(x)) * up(x))`
+//! (SwiGLU with SiLU; T5 v1.1's gated GELU), and the plain `down(act(up(x)))` of the original
+//! Transformer (T5 v1.0, BART, Marian).
 
 use kiln_tensor::Tensor;
 
@@ -61,6 +61,21 @@ impl GatedMlp {
         })
     }
 
+    /// From projections loaded under other names (T5's `wi_0`, `wi_1`, `wo`).
+    pub fn from_parts(
+        gate_proj: Linear,
+        up_proj: Linear,
+        down_proj: Linear,
+        act: Activation,
+    ) -> GatedMlp {
+        GatedMlp {
+            gate_proj,
+            up_proj,
+            down_proj,
+            act,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.act.apply(&self.gate_proj.forward(x)?);
         let up = self.up_proj.forward(x)?;
@@ -68,21 +83,21 @@ impl GatedMlp {
     }
 }
 
-/// The plain feed-forward block `proj(act(fc(x)))`; the model names its two projections
-/// (GPT-2 `c_fc`/`c_proj`, BLOOM `dense_h_to_4h`/`dense_4h_to_h`).
+/// The ungated feed-forward block: `down(act(up(x)))`.
 #[derive(Clone)]
 pub struct Mlp {
-    fc: Linear,
-    proj: Linear,
+    up: Linear,
+    down: Linear,
     act: Activation,
 }
 
 impl Mlp {
-    pub fn new(fc: Linear, proj: Linear, act: Activation) -> Mlp {
-        Mlp { fc, proj, act }
+    /// From the checkpoint's two projections (T5 `wi`/`wo`, BART `fc1`/`fc2`).
+    pub fn from_parts(up: Linear, down: Linear, act: Activation) -> Mlp {
+        Mlp { up, down, act }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&self.act.apply(&self.fc.forward(x)?))
+        self.down.forward(&self.act.apply(&self.up.forward(x)?))
     }
 }
