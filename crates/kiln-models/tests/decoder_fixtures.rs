@@ -284,3 +284,42 @@ fn gpt2_from_gguf_matches_transformers() {
     let want = r.ids("greedy_ids");
     assert_eq!(greedy(&model, &r.ids("greedy_prompt"), want.len()).0, want);
 }
+
+/// GPT-2 variants kiln does not implement are refused at load, not run wrongly.
+#[test]
+fn unsupported_gpt2_variants_are_config_errors() {
+    let src = fixture_dir("gpt2");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for (key, value, needle) in [
+        (
+            "scale_attn_by_inverse_layer_idx",
+            serde_json::json!(true),
+            "scale_attn_by_inverse_layer_idx",
+        ),
+        (
+            "scale_attn_weights",
+            serde_json::json!(false),
+            "scale_attn_weights",
+        ),
+        ("n_head", serde_json::json!(5), "not a multiple of n_head 5"),
+        (
+            "activation_function",
+            serde_json::json!("swiglu"),
+            "unsupported activation",
+        ),
+    ] {
+        let dir = std::env::temp_dir().join(format!("kiln-gpt2-{key}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = cfg.clone();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let err = load(&dir, &mut |_, _| {}).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains(needle)),
+            "{key}: {err:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
