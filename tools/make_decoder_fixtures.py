@@ -60,6 +60,9 @@ the earlier positions; the keys and values of those positions are kept in a cach
 are not computed again for every new token.
 """
 SCORE_TEXT = "The potters carried the jars down the hill in the morning light."
+# BLOOM's long-context score text: between 2x and 4x the fixture's seq_length 16 in tokens.
+LONG_SCORE_TEXT = ("Late in the autumn the potters fired the kiln again, and the smoke rose into "
+                   "a clear sky.")
 PROMPT_TEXT = "The kiln was"
 
 # name -> (model class, config class, config kwargs, input length, seed, notes)
@@ -257,6 +260,14 @@ def make_one(name, tok, only_check=False):
             assert lmargin > MIN_MARGIN / 2, f"{name}: long greedy margin {lmargin}"
             tensors.update(long_input_ids=long_ids, long_logits=long_logits,
                            long_greedy_ids=lnew, long_greedy_last_logits=lsteps[-1])
+            long_score = torch.tensor(tok.encode(LONG_SCORE_TEXT, add_special_tokens=False).ids)
+            assert 2 * cfg.seq_length < long_score.numel() <= 4 * cfg.seq_length
+            with torch.no_grad():
+                loss = model(long_score[None], labels=long_score[None], use_cache=False).loss
+            assert torch.isfinite(loss)
+            extra["long_score_text"] = LONG_SCORE_TEXT
+            extra["long_score_ids"] = long_score.tolist()
+            extra["long_score_perplexity"] = math.exp(loss.item())
             extra["long"] = (f"seq_length {cfg.seq_length}; long_input_ids has {long_n} tokens "
                              f"(one-shot forward -> long_logits); long_greedy_ids are "
                              f"{long_n - N_PROMPT} greedy tokens after greedy_prompt, "

@@ -126,3 +126,35 @@ fn score_on_gpt2_gguf_gives_the_transformers_perplexity() {
         "perplexity {ppl}, transformers {want}"
     );
 }
+
+/// BLOOM (ALiBi) scores a text of ~3x its `seq_length` in one window: no position table to run
+/// out of, and the perplexity is transformers'.
+#[test]
+fn bloom_scores_past_its_training_length() {
+    let r = reference("bloom");
+    let dir = fixture("bloom");
+    let text = r["long_score_text"].as_str().expect("long_score_text");
+    let got = kiln_json(&[
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--text",
+        text,
+        "--json",
+    ]);
+    let want_ids = ids(&r["long_score_ids"]);
+    assert_eq!(ids(&got["token_ids"]), want_ids);
+    assert!(want_ids.len() > 2 * 16, "the fixture's seq_length is 16");
+    assert_eq!(got["n_windows"], 1);
+    assert_eq!(got["context"].as_u64(), Some(want_ids.len() as u64));
+    let (ppl, want) = (
+        got["perplexity"].as_f64().expect("perplexity"),
+        r["long_score_perplexity"]
+            .as_f64()
+            .expect("long_score_perplexity"),
+    );
+    assert!(
+        ppl.is_finite() && ((ppl - want) / want).abs() < 1e-4,
+        "perplexity {ppl}, transformers {want}"
+    );
+}
