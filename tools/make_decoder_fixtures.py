@@ -359,30 +359,68 @@ def make_one(name, tok, only_check=False):
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     print(f"{name}: {size / 1024:.0f} KiB, margin={margin:.3f}, "
           f"ppl={extra['score_perplexity']:.3f}, auto_eos={eos}")
-    if name == "gpt2":
-        make_gpt2_gguf(model, tok, input_ids)
+    if name in GGUF_FAMILIES:
+        make_gguf(name, model, tok, input_ids)
 
 
-def make_gpt2_gguf(model, tok, input_ids):
-    """tests/fixtures/gpt2_gguf/: the gpt2 fixture as llama.cpp's convert_hf_to_gguf.py
-    (GPT2Model, --outtype f16) writes it: tensor names from gguf-py's TensorNameMap, Conv1D
-    weights transposed to (out, in), 2-D tensors f16 and 1-D tensors f32, no separate output
-    tensor (tied), and the tokenizer as tokenizer.ggml.* (gpt2 BPE, pre "gpt-2"). One deviation:
-    feed_forward_length is n_inner (96) where the converter writes 4 * n_embd; llama.cpp itself
-    sizes the FFN from the tensors. The reference is transformers on the same model with every
-    2-D weight rounded to f16."""
+def gguf_tensors_gpt2(cfg, name, t):
+    """convert_hf_to_gguf.py GPT2Model: Conv1D weights transposed to (out, in); attn.bias masks
+    dropped; no output tensor (llama.cpp falls back to token_embd)."""
+    if name == "lm_head.weight" or name.endswith((".attn.bias", ".attn.masked_bias")):
+        return None
+    if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+        t = t.T.contiguous()
+    return t
+
+
+def gguf_tensors_bloom(cfg, name, t):
+    """convert_hf_to_gguf.py BloomModel: query_key_value rows regrouped from (n_head, 3, head_dim)
+    to q | k | v ("gpt-style"); the tied head written out again as `output`."""
+    n_head, n_embed = cfg.n_head, cfg.hidden_size
+    if name.endswith("self_attention.query_key_value.weight"):
+        qkv = t.reshape(n_head, 3, n_embed // n_head, n_embed)
+        t = torch.cat([qkv[:, i].reshape(-1, n_embed) for i in range(3)], dim=0)
+    elif name.endswith("self_attention.query_key_value.bias"):
+        qkv = t.reshape(n_head, 3, n_embed // n_head)
+        t = torch.cat([qkv[:, i].reshape(-1) for i in range(3)], dim=0)
+    return t
+
+
+# family -> (gguf architecture, metadata writer, tensor transform)
+GGUF_FAMILIES = {
+    "gpt2": (gguf.MODEL_ARCH.GPT2, lambda w, c: (
+        w.add_context_length(c.n_positions), w.add_embedding_length(c.n_embd),
+        w.add_feed_forward_length(c.n_inner), w.add_head_count(c.n_head)), gguf_tensors_gpt2),
+    "bloom": (gguf.MODEL_ARCH.BLOOM, lambda w, c: (
+        w.add_context_length(getattr(c, "seq_length", None) or c.hidden_size),
+        w.add_embedding_length(c.hidden_size), w.add_feed_forward_length(4 * c.hidden_size),
+        w.add_head_count(c.n_head), w.add_head_count_kv(c.n_head)), gguf_tensors_bloom),
+}
+
+
+def make_gguf(family, model, tok, input_ids):
+    """tests/fixtures/<family>_gguf/: the fixture as llama.cpp's convert_hf_to_gguf.py
+    (--outtype f16) writes it: tensor names from gguf-py's TensorNameMap, the converter's
+    per-family tensor rewrites (gguf_tensors_*), 2-D tensors f16 and 1-D tensors f32, and the
+    tokenizer as tokenizer.ggml.* (gpt2 BPE; pre "gpt-2", which is what the fixture tokenizer
+    splits like). One deviation for GPT-2: feed_forward_length is n_inner (96) where the converter
+    writes 4 * n_embd; llama.cpp itself sizes the FFN from the tensors. The reference is
+    transformers on the same model with every 2-D weight rounded to f16 (exactly the values in
+    the file)."""
+    arch, write_meta, transform = GGUF_FAMILIES[family]
     cfg = model.config
-    d = os.path.join(OUT, "gpt2_gguf")
+    ref_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref_model.parameters():
+            if p.dim() == 2:
+                p.copy_(p.half().float())
+    d = os.path.join(OUT, f"{family}_gguf")
     if os.path.exists(d):
         shutil.rmtree(d)
     os.makedirs(d)
-    path = os.path.join(d, "model.gguf")
-    w = gguf.GGUFWriter(path, "gpt2")
-    w.add_block_count(cfg.n_layer)
-    w.add_context_length(cfg.n_positions)
-    w.add_embedding_length(cfg.n_embd)
-    w.add_feed_forward_length(cfg.n_inner)
-    w.add_head_count(cfg.n_head)
+    w = gguf.GGUFWriter(os.path.join(d, "model.gguf"), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_block_count(cfg.num_hidden_layers)
+    write_meta(w, cfg)
     w.add_layer_norm_eps(cfg.layer_norm_epsilon)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     vocab = json.loads(tok.to_str())["model"]
@@ -396,39 +434,26 @@ def make_gpt2_gguf(model, tok, input_ids):
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in vocab["merges"]])
     w.add_bos_token_id(0)
     w.add_eos_token_id(0)
-    names = gguf.TensorNameMap(gguf.MODEL_ARCH.GPT2, cfg.n_layer)
-    rounded = {}
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied: llama.cpp falls back to token_embd
-        t = t.detach().float()
-        if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
-            t = t.T.contiguous()
-        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+    names = gguf.TensorNameMap(arch, cfg.num_hidden_layers)
+    state = ref_model.state_dict()
+    for name, t in state.items():
+        t = transform(cfg, name, t.detach().float())
+        if t is None:
+            continue
+        # The BLOOM converter matches names without the `transformer.` prefix.
+        new = "output.weight" if name == "lm_head.weight" else names.get_name(
+            name.removeprefix("transformer."), try_suffixes=(".weight", ".bias"))
         assert new is not None, name
-        if t.dim() == 2:
-            arr = t.numpy().astype(np.float16)
-            rounded[name] = torch.from_numpy(arr.astype(np.float32))
-            if name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
-                rounded[name] = rounded[name].T.contiguous()
-        else:
-            arr = t.numpy().astype(np.float32)
-        w.add_tensor(new, arr)
+        w.add_tensor(new, t.numpy().astype(np.float16 if t.dim() == 2 else np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
 
-    ref_model = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, p in ref_model.named_parameters():
-            if name in rounded:
-                p.copy_(rounded[name])
-    ref_model.tie_weights()
     logits, _, _ = forward(ref_model, input_ids)
     prompt = input_ids[:N_PROMPT].clone()
     new, step_logits, margin = greedy(ref_model, prompt, N_NEW)
-    assert margin > MIN_MARGIN / 2, f"gpt2_gguf: greedy margin {margin}"
+    assert margin > MIN_MARGIN / 2, f"{family}_gguf: greedy margin {margin}"
     score_ids = torch.tensor(tok.encode(SCORE_TEXT, add_special_tokens=False).ids)
     with torch.no_grad():
         loss = ref_model(score_ids[None], labels=score_ids[None], use_cache=False).loss
@@ -436,10 +461,10 @@ def make_gpt2_gguf(model, tok, input_ids):
                "greedy_prompt": prompt.contiguous(), "greedy_ids": new.contiguous()},
               os.path.join(d, "reference.safetensors"), metadata={"format": "pt"})
     ref = {
-        "architecture": "GPT2LMHeadModel (GGUF)",
+        "architecture": f"{type(model).__name__} (GGUF)",
         "transformers_version": transformers.__version__,
         "gguf_version": getattr(gguf, "__version__", "0.19.0"),
-        "notes": make_gpt2_gguf.__doc__.strip(),
+        "notes": " ".join(make_gguf.__doc__.split()) + " " + " ".join(transform.__doc__.split()),
         "f16_vs_f32_max_logit_diff": (logits - forward(model, input_ids)[0]).abs().max().item(),
         "greedy_min_top1_top2_margin": margin,
         "score_text": SCORE_TEXT,
@@ -450,7 +475,7 @@ def make_gpt2_gguf(model, tok, input_ids):
         json.dump(ref, f, indent=2)
         f.write("\n")
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-    print(f"gpt2_gguf: {size / 1024:.0f} KiB, margin={margin:.3f}, "
+    print(f"{family}_gguf: {size / 1024:.0f} KiB, margin={margin:.3f}, "
           f"ppl={ref['score_perplexity']:.3f}, f16 diff={ref['f16_vs_f32_max_logit_diff']:.2e}")
 
 

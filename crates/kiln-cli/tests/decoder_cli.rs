@@ -102,29 +102,35 @@ fn greedy_generate_matches_transformers() {
     }
 }
 
-/// A GGUF file carries its tokenizer as `tokenizer.ggml.*` (gpt2 BPE, pre "gpt-2").
+/// GGUF files carry their tokenizer as `tokenizer.ggml.*` (gpt2 BPE, pre "gpt-2").
 #[test]
-fn score_on_gpt2_gguf_gives_the_transformers_perplexity() {
-    let r = reference("gpt2_gguf");
-    let path = fixture("gpt2_gguf").join("model.gguf");
-    let text = r["score_text"].as_str().expect("score_text");
-    let got = kiln_json(&[
-        "score",
-        "--model",
-        path.to_str().unwrap(),
-        "--text",
-        text,
-        "--json",
-    ]);
-    assert_eq!(ids(&got["token_ids"]), ids(&r["score_ids"]), "tokenization");
-    let (ppl, want) = (
-        got["perplexity"].as_f64().expect("perplexity"),
-        r["score_perplexity"].as_f64().expect("score_perplexity"),
-    );
-    assert!(
-        ((ppl - want) / want).abs() < 1e-4,
-        "perplexity {ppl}, transformers {want}"
-    );
+fn score_on_gguf_gives_the_transformers_perplexity() {
+    for name in ["gpt2_gguf", "bloom_gguf"] {
+        let r = reference(name);
+        let path = fixture(name).join("model.gguf");
+        let text = r["score_text"].as_str().expect("score_text");
+        let got = kiln_json(&[
+            "score",
+            "--model",
+            path.to_str().unwrap(),
+            "--text",
+            text,
+            "--json",
+        ]);
+        assert_eq!(
+            ids(&got["token_ids"]),
+            ids(&r["score_ids"]),
+            "{name}: tokenization"
+        );
+        let (ppl, want) = (
+            got["perplexity"].as_f64().expect("perplexity"),
+            r["score_perplexity"].as_f64().expect("score_perplexity"),
+        );
+        assert!(
+            ((ppl - want) / want).abs() < 1e-4,
+            "{name}: perplexity {ppl}, transformers {want}"
+        );
+    }
 }
 
 /// BLOOM (ALiBi) scores a text of ~3x its `seq_length` in one window: no position table to run

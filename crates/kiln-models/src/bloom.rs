@@ -11,6 +11,7 @@
 //!
 //! Deviation at load time only: the fused `query_key_value` rows are laid out per head,
 //! `(n_head, 3, head_dim)`, and are split once into q, k, v projections (kiln-nn `fused`).
+//! GGUF files (llama.cpp's `bloom` names) hold them regrouped as q | k | v.
 //!
 //! Context length: ALiBi needs no table of positions, so nothing breaks past the training
 //! length; Press et al. (2021) show perplexity stays flat far beyond it (the penalty makes distant
@@ -105,9 +106,14 @@ impl Block {
             alibi: Some(Alibi::new(cfg.n_heads)),
         };
         let a = w.pp("self_attention");
-        let layout = QkvLayout::PerHead {
-            n_heads: cfg.n_heads,
-            head_dim,
+        // llama.cpp's converter regroups the rows to q | k | v.
+        let layout = if w.is_gguf() {
+            QkvLayout::Blocked
+        } else {
+            QkvLayout::PerHead {
+                n_heads: cfg.n_heads,
+                head_dim,
+            }
         };
         let [q, k, v] = load_fused_qkv(&a, "query_key_value", h, h, layout, true)?;
         let dense = Linear::load(&a, "dense", h, h, true)?;

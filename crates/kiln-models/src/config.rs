@@ -97,11 +97,13 @@ impl HfConfig {
         ids(self.json.get("eos_token_id"))
     }
 
-    /// Reads GGUF metadata for a LLaMA-style architecture or GPT-2 into config.json form.
+    /// Reads GGUF metadata for a LLaMA-style architecture, GPT-2 or BLOOM into config.json form.
     pub fn from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
         let arch = file.architecture()?.to_string();
-        if arch == "gpt2" {
-            return gpt2_from_gguf(file);
+        match arch.as_str() {
+            "gpt2" => return gpt2_from_gguf(file),
+            "bloom" => return bloom_from_gguf(file),
+            _ => {}
         }
         let hf_arch = match arch.as_str() {
             "llama" => "LlamaForCausalLM",
@@ -211,15 +213,52 @@ fn gpt2_from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
         "n_positions".into(),
         json!(file.get_u32("gpt2.context_length")?),
     );
+    m.insert("activation_function".into(), json!("gelu_new"));
+    gguf_common(file, "gpt2", &mut m)?;
+    Ok(HfConfig {
+        json: Value::Object(m),
+        origin: file.path().display().to_string(),
+    })
+}
+
+/// GGUF `bloom` metadata (llama.cpp's convert_hf_to_gguf.py BloomModel) as a BLOOM config.json.
+/// The converter writes `seq_length` as the context length (or `n_embed` when the config has
+/// none, which kiln cannot tell apart).
+fn bloom_from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
+    let mut m = Map::new();
+    m.insert("architectures".into(), json!(["BloomForCausalLM"]));
+    m.insert("model_type".into(), json!("bloom"));
+    m.insert(
+        "hidden_size".into(),
+        json!(file.get_u32("bloom.embedding_length")?),
+    );
+    m.insert("n_layer".into(), json!(file.get_u32("bloom.block_count")?));
+    m.insert(
+        "n_head".into(),
+        json!(file.get_u32("bloom.attention.head_count")?),
+    );
+    m.insert(
+        "seq_length".into(),
+        json!(file.get_u32("bloom.context_length")?),
+    );
+    gguf_common(file, "bloom", &mut m)?;
+    Ok(HfConfig {
+        json: Value::Object(m),
+        origin: file.path().display().to_string(),
+    })
+}
+
+/// Metadata GPT-2 and BLOOM GGUF files share: LayerNorm epsilon, vocabulary, tied head,
+/// special token ids.
+fn gguf_common(file: &kiln_gguf::GgufFile, arch: &str, m: &mut Map<String, Value>) -> Result<()> {
     m.insert(
         "layer_norm_epsilon".into(),
-        json!(file.get_f32("gpt2.attention.layer_norm_epsilon")?),
+        json!(file.get_f32(&format!("{arch}.attention.layer_norm_epsilon"))?),
     );
     m.insert(
         "vocab_size".into(),
         json!(file.get_str_array("tokenizer.ggml.tokens")?.len()),
     );
-    m.insert("activation_function".into(), json!("gelu_new"));
     m.insert(
         "tie_word_embeddings".into(),
         json!(file.tensor("output.weight").is_none()),
@@ -232,10 +271,7 @@ fn gpt2_from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
             m.insert(key.into(), json!(id));
         }
     }
-    Ok(HfConfig {
-        json: Value::Object(m),
-        origin: file.path().display().to_string(),
-    })
+    Ok(())
 }
 
 /// Token ids from a config value that may be an int, a list of ints or null.

@@ -265,24 +265,34 @@ fn model_info_comes_from_the_config() {
     }
 }
 
-/// The gpt2 fixture as llama.cpp's converter writes it (f16 matrices, `gpt2` tensor names,
-/// Conv1D weights pre-transposed), against transformers with the same f16-rounded weights.
+/// The gpt2 and bloom fixtures as llama.cpp's converter writes them (f16 matrices, `gpt2`/`bloom`
+/// tensor names, GPT-2 Conv1D weights pre-transposed, BLOOM q/k/v rows regrouped, BLOOM's head
+/// written out as `output`), against transformers with the same f16-rounded weights.
 #[test]
-fn gpt2_from_gguf_matches_transformers() {
-    let path = fixture_dir("gpt2_gguf").join("model.gguf");
-    let loaded = load(&path, &mut |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(loaded.info.architecture, "GPT2LMHeadModel");
-    assert_eq!(loaded.info.max_context, 64);
-    assert_eq!(loaded.info.eos_token_ids, [0]);
-    let model = loaded.model;
-    let r = Reference::open("gpt2_gguf");
-    let e = rel_err(
-        &one_shot_logits(&model, &r.ids("input_ids")),
-        &r.f32("logits"),
-    );
-    assert!(e < 1e-4, "logits: rel err {e}");
-    let want = r.ids("greedy_ids");
-    assert_eq!(greedy(&model, &r.ids("greedy_prompt"), want.len()).0, want);
+fn gpt2_and_bloom_from_gguf_match_transformers() {
+    for (name, arch, max_context) in [
+        ("gpt2_gguf", "GPT2LMHeadModel", 64),
+        ("bloom_gguf", "BloomForCausalLM", 64),
+    ] {
+        let path = fixture_dir(name).join("model.gguf");
+        let loaded = load(&path, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(loaded.info.architecture, arch);
+        assert_eq!(loaded.info.max_context, max_context, "{name}");
+        assert_eq!(loaded.info.eos_token_ids, [0]);
+        let model = loaded.model;
+        let r = Reference::open(name);
+        let e = rel_err(
+            &one_shot_logits(&model, &r.ids("input_ids")),
+            &r.f32("logits"),
+        );
+        assert!(e < 1e-4, "{name}: logits: rel err {e}");
+        let want = r.ids("greedy_ids");
+        assert_eq!(
+            greedy(&model, &r.ids("greedy_prompt"), want.len()).0,
+            want,
+            "{name}"
+        );
+    }
 }
 
 /// GPT-2 variants kiln does not implement are refused at load, not run wrongly.
