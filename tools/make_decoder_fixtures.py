@@ -9,7 +9,8 @@ tools/make_fixtures.py (so crates/kiln-models/tests/common/mod.rs reads it):
                           greedy_prompt, greedy_ids, greedy_step_logits, score_ids, and for BLOOM
                           long_input_ids, long_logits, long_greedy_ids, long_greedy_last_logits
   reference.json          versions, notes, perplexity of SCORE_TEXT under the tokenizer
-  beam.json               transformers generate(num_beams=4, ...) outputs for several settings
+  beam.json               transformers generate(num_beams=4, ...) for several settings, in
+                          tools/make_beam_fixtures.py's schema, checked free of near ties
 
 Everything is deterministic (fixed seeds, f32, eager attention, one CPU thread). Weights are
 re-drawn with a large std so logits are decisive; every greedy step's top-1/top-2 margin is
@@ -33,7 +34,8 @@ import torch
 import transformers
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel,
+                          LogitsProcessor, LogitsProcessorList)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -98,21 +100,27 @@ MODELS = {
     ),
 }
 
-# Beam-search settings recorded into beam.json (num_beams=4 throughout). `eos` "auto" means the
-# model's chosen beam eos (see choose_eos): a token the beams actually produce, so that
-# length_penalty, early_stopping and finished-hypothesis bookkeeping all matter.
+# Beam-search settings recorded into beam.json, in the schema of tools/make_beam_fixtures.py
+# (HF generate() names; eos_token_id [] means None) so one test harness reads every causal
+# fixture. "eos" is filled in per model by choose_beam_case.
+BEAM_BASE = dict(num_beams=4, max_new_tokens=10, length_penalty=1.0, early_stopping=False,
+                 no_repeat_ngram_size=0, num_return_sequences=4, min_new_tokens=0)
 BEAM_SETTINGS = [
-    dict(name="plain", max_new_tokens=10, eos=None, length_penalty=1.0, early_stopping=False,
-         num_return_sequences=1),
-    dict(name="eos_lp2_early_ret2", max_new_tokens=10, eos="auto", length_penalty=2.0,
-         early_stopping=True, num_return_sequences=2),
-    dict(name="eos_lp05_ret4", max_new_tokens=10, eos="auto", length_penalty=0.5,
-         early_stopping=False, num_return_sequences=4),
-    dict(name="no_repeat_2gram_ret2", max_new_tokens=12, eos="auto", length_penalty=1.0,
-         early_stopping=False, no_repeat_ngram_size=2, num_return_sequences=2),
-    dict(name="never_stop_ret2", max_new_tokens=8, eos="auto", length_penalty=1.0,
-         early_stopping="never", num_return_sequences=2),
+    ("base", {}),
+    ("no_eos_return_1", dict(eos_token_id=[], num_return_sequences=1)),
+    ("length_penalty_2_early_true_return_2", dict(length_penalty=2.0, early_stopping=True,
+                                                  num_return_sequences=2)),
+    ("length_penalty_0.5", dict(length_penalty=0.5)),
+    ("no_repeat_ngram_2_return_2", dict(no_repeat_ngram_size=2, num_return_sequences=2,
+                                        max_new_tokens=12)),
+    ("early_stopping_never_return_2", dict(early_stopping="never", num_return_sequences=2,
+                                           max_new_tokens=8)),
 ]
+# Near ties: every setting is re-run with uniform noise in [-BEAM_JITTER, BEAM_JITTER] added to
+# the log-probs (several seeds) and must return the same hypotheses, so no decision is closer
+# than about 2 * BEAM_JITTER and an engine within float rounding of transformers picks alike.
+BEAM_JITTER = 5e-4
+BEAM_JITTER_SEEDS = 4
 
 
 def train_tokenizer():
@@ -183,37 +191,62 @@ def greedy(model, prompt, n_new):
     return new, step_logits, (top2[:, 0] - top2[:, 1]).min().item()
 
 
-def choose_eos(model, prompt):
-    """A token that a plain 4-beam search emits in the middle of its second-best hypothesis."""
+class Jitter(LogitsProcessor):
+    def __init__(self, seed):
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, input_ids, scores):
+        return scores + (2 * torch.rand(scores.shape, generator=self.g) - 1) * BEAM_JITTER
+
+
+def run_beam(model, prompt, params, jitter_seed=None):
+    """HF beam search; [{tokens, score}] best first, tokens the generated ids with the final eos
+    and without padding (HF's beam_indices tell generated length from padding)."""
+    kw = dict(params, eos_token_id=params["eos_token_id"] or None)
+    if jitter_seed is not None:
+        kw["logits_processor"] = LogitsProcessorList([Jitter(jitter_seed)])
     with torch.no_grad():
-        out = model.generate(prompt[None], num_beams=4, do_sample=False, max_new_tokens=10,
-                             num_return_sequences=4, eos_token_id=None, pad_token_id=0,
-                             attention_mask=torch.ones_like(prompt)[None])
-    return int(out[1, prompt.numel() + 4])
+        out = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None],
+                             do_sample=False, pad_token_id=0, output_scores=True,
+                             return_dict_in_generate=True, **kw)
+    seqs = []
+    for row, idx, score in zip(out.sequences, out.beam_indices, out.sequences_scores):
+        n_gen = int((idx != -1).sum())
+        seqs.append({"tokens": row[prompt.numel():prompt.numel() + n_gen].tolist(),
+                     "score": float(score)})
+    return seqs
 
 
-def beams(model, prompt, eos):
-    runs = []
-    for s in BEAM_SETTINGS:
-        kw = dict(num_beams=4, do_sample=False, max_new_tokens=s["max_new_tokens"],
-                  length_penalty=s["length_penalty"], early_stopping=s["early_stopping"],
-                  num_return_sequences=s["num_return_sequences"],
-                  no_repeat_ngram_size=s.get("no_repeat_ngram_size", 0),
-                  eos_token_id=eos if s["eos"] == "auto" else None, pad_token_id=0,
-                  output_scores=True, return_dict_in_generate=True)
-        with torch.no_grad():
-            out = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], **kw)
-        seqs = out.sequences[:, prompt.numel():]
-        hyps = []
-        for i in range(seqs.shape[0]):
-            toks = seqs[i].tolist()
-            if kw["eos_token_id"] is not None and kw["eos_token_id"] in toks:
-                toks = toks[:toks.index(kw["eos_token_id"]) + 1]  # drop the padding after eos
-            hyps.append({"tokens": toks, "score": float(out.sequences_scores[i])})
-        settings = {k: v for k, v in kw.items()
-                    if k not in ("output_scores", "return_dict_in_generate", "do_sample")}
-        runs.append({"name": s["name"], "settings": settings, "hypotheses": hyps})
-    return runs
+def beam_settings(model, prompt, eos):
+    """Every setting's record, or None on a near tie or when eos finishes nothing in `base`."""
+    records = []
+    for name, over in BEAM_SETTINGS:
+        params = {**BEAM_BASE, "eos_token_id": [eos], **over}
+        seqs = run_beam(model, prompt, params)
+        toks = [s["tokens"] for s in seqs]
+        for seed in range(BEAM_JITTER_SEEDS):
+            if [s["tokens"] for s in run_beam(model, prompt, params, seed)] != toks:
+                return None
+        if name == "base" and not any(t[-1] == eos and len(t) < params["max_new_tokens"]
+                                      for t in toks):
+            return None
+        records.append({"name": name, "prompt": prompt.tolist(), "params": params,
+                        "sequences": seqs})
+    return records
+
+
+def choose_beam_case(model, input_ids):
+    """The first 8-token window of input_ids and eos (a token the eos-free beams emit 3-5 tokens
+    in) whose every setting is free of near ties."""
+    for offset in range(0, input_ids.numel() - N_PROMPT + 1):
+        prompt = input_ids[offset:offset + N_PROMPT]
+        free = run_beam(model, prompt, dict(BEAM_BASE, eos_token_id=[]))
+        for rank, pos in [(1, 3), (0, 4), (2, 3), (3, 4), (1, 5), (0, 2)]:
+            eos = free[rank]["tokens"][pos]
+            records = beam_settings(model, prompt, eos)
+            if records is not None:
+                return prompt, eos, records
+    raise SystemExit("no beam prompt/eos free of near ties")
 
 
 def make_one(name, tok, only_check=False):
@@ -295,20 +328,19 @@ def make_one(name, tok, only_check=False):
     extra["prompt_greedy_ids"] = gen_ids
     extra["prompt_greedy_text"] = tok.decode(gen_ids)
 
-    eos = choose_eos(model, prompt)
+    beam_prompt, eos, records = choose_beam_case(model, input_ids)
     beam = {
         "transformers_version": transformers.__version__,
-        "prompt": prompt.tolist(),
-        "auto_eos": eos,
-        "notes": ("model.generate(prompt[None], attention_mask=ones, num_beams=4, "
-                  "do_sample=False, **settings). hypotheses are returned in transformers' order "
-                  "(best first); tokens are the new tokens only, cut after eos (transformers pads "
-                  "finished hypotheses with pad_token_id); score is sequences_scores: the sum of "
-                  "the hypothesis' new-token log-probs divided by n_new ** length_penalty, n_new "
-                  "counting the new tokens including eos but not the prompt (transformers 5 "
-                  "`cur_len + 1 - decoder_prompt_len`). auto_eos is the eos of the runs whose "
-                  "settings name it: a token the plain search emits mid-hypothesis."),
-        "runs": beams(model, prompt, eos),
+        "torch_version": torch.__version__,
+        "prompt": beam_prompt.tolist(),
+        "eos": eos,
+        "notes": ("sequences: generated ids (final EOS included) and HF sequences_scores, best "
+                  "first; params use HF generate() names; eos_token_id [] means None. Score = sum "
+                  "of the new tokens' log-probs / n_new ** length_penalty (n_new counts eos, not "
+                  f"the prompt). Every setting survives noise of +-{BEAM_JITTER} on the log-probs "
+                  f"({BEAM_JITTER_SEEDS} seeds) unchanged. Written by make_decoder_fixtures.py "
+                  "in make_beam_fixtures.py's schema."),
+        "settings": records,
     }
 
     if only_check:
@@ -354,11 +386,12 @@ def make_one(name, tok, only_check=False):
     ref.update(extra)
     for fname, obj in (("reference.json", ref), ("beam.json", beam)):
         with open(os.path.join(d, fname), "w") as f:
-            json.dump(obj, f, indent=2)
+            json.dump(obj, f, indent=1 if fname == "beam.json" else 2)
             f.write("\n")
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     print(f"{name}: {size / 1024:.0f} KiB, margin={margin:.3f}, "
-          f"ppl={extra['score_perplexity']:.3f}, auto_eos={eos}")
+          f"ppl={extra['score_perplexity']:.3f}, beam eos={eos}, "
+          f"beam lens={[[len(q['tokens']) for q in r['sequences']] for r in records]}")
     if name in GGUF_FAMILIES:
         make_gguf(name, model, tok, input_ids)
 
