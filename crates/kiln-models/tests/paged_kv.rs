@@ -152,6 +152,21 @@ fn paged_int8_within_bound_of_f32() {
     }
 }
 
+/// F16 KV: logits within 0.5% of the f32 path's largest logit (measured worst: 0.0022).
+#[test]
+fn paged_f16_within_bound_of_f32() {
+    let model = load(&fixture_dir("llama"), &mut |_, _| {}).unwrap().model;
+    let f = paged(&model, KvCacheDtype::F32);
+    let h = paged(&model, KvCacheDtype::F16);
+    let mut worst = 0f32;
+    for (a, b) in f.iter().flatten().zip(h.iter().flatten()) {
+        if !a.is_empty() {
+            worst = worst.max(rel_err(b, a));
+        }
+    }
+    assert!(worst < 5e-3, "f16 logits rel err {worst}");
+}
+
 #[test]
 fn paged_kv_rejects_bad_tables() {
     let mut pool = PagedKvPool::new(2, 2, 16, 4, BS, KvCacheDtype::F32);

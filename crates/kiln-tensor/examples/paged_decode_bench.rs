@@ -1,4 +1,4 @@
-//! Decode attention cost: contiguous cache vs paged pool (f32 and int8), SmolLM2-135M heads
+//! Decode attention cost: contiguous cache vs paged pool (f32, f16, int8), SmolLM2-135M heads
 //! (9 query heads, 3 kv heads, head_dim 64), one query at contexts 512 and 1024, block size 16,
 //! block table shuffled over the pool.
 //!
@@ -79,7 +79,7 @@ fn main() {
         let table: Vec<u32> = (0..ctx.div_ceil(bs) as u32)
             .map(|i| (i * 37 % ctx.div_ceil(bs) as u32) * 2 + 1)
             .collect();
-        let pools: Vec<PagedLayerKv> = [KvCacheDtype::F32, KvCacheDtype::Int8]
+        let pools: Vec<PagedLayerKv> = [KvCacheDtype::F32, KvCacheDtype::Int8, KvCacheDtype::F16]
             .into_iter()
             .map(|dtype| {
                 let mut pool = PagedLayerKv::new(dtype, n_blocks, bs, nkv, hd);
@@ -92,7 +92,8 @@ fn main() {
         let in_order: Vec<u32> = (0..ctx.div_ceil(bs) as u32).collect();
         let mut ordered = PagedLayerKv::new(KvCacheDtype::F32, ctx.div_ceil(bs), bs, nkv, hd);
         ordered.write(&in_order, 0, &k, &v);
-        let (o1, o2, o3, o4) = (
+        let (o1, o2, o3, o4, o5) = (
+            &mut vec![0.0f32; nh * hd],
             &mut vec![0.0f32; nh * hd],
             &mut vec![0.0f32; nh * hd],
             &mut vec![0.0f32; nh * hd],
@@ -115,6 +116,10 @@ fn main() {
             (
                 "paged int8",
                 Box::new(|| pools[1].attend(q, table, ctx, ctx - 1, p, o3)),
+            ),
+            (
+                "paged f16",
+                Box::new(|| pools[2].attend(q, table, ctx, ctx - 1, p, o5)),
             ),
         ];
         measure(ctx, calls, rounds, &mut variants);

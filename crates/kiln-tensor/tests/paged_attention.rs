@@ -140,6 +140,20 @@ fn paged_int8_within_bound() {
     assert!(worst < 0.02, "int8 vs f32: {worst}");
 }
 
+/// F16: exact over the stored rows, and within 2e-3 of f32 (half keeps 11 significant bits:
+/// elements in [-1, 1] are off by at most 2⁻¹², which moves the outputs by about as much).
+#[test]
+fn paged_f16_within_bound() {
+    let mut rng = StdRng::seed_from_u64(10);
+    let mut worst = 0f32;
+    for c in cases().iter().step_by(3) {
+        let (out, stored, exact) = run(&mut rng, c, KvCacheDtype::F16);
+        assert!(max_abs_err(&out, &stored) < 2e-5, "f16 kernel vs its rows");
+        worst = worst.max(max_abs_err(&out, &exact));
+    }
+    assert!(worst < 2e-3, "f16 vs f32: {worst}");
+}
+
 /// The contiguous path still matches the reference after the decode kernels went through
 /// `KvRows` (the paged test covers the paged source; this one the contiguous one).
 #[test]
@@ -173,6 +187,7 @@ fn kv_cache_dtype_parses() {
         ("f32", KvCacheDtype::F32),
         ("float32", KvCacheDtype::F32),
         ("INT8", KvCacheDtype::Int8),
+        ("float16", KvCacheDtype::F16),
     ] {
         assert_eq!(s.parse::<KvCacheDtype>().unwrap(), d);
     }

@@ -14,12 +14,16 @@
 //! per-element error is at most `scale / 2`. Rows are dequantized on the fly, one decode chunk
 //! (≤ 128 rows of one head) at a time into a per-task scratch; the cache is never dequantized
 //! whole. (vLLM's fp8 cache uses per-tensor scales; per-row scales cost 4 bytes a row and keep
-//! outlier tokens from spoiling their neighbours.)
+//! outlier tokens from spoiling their neighbours.) F16 storage ([`KvCacheDtype::F16`]) converts
+//! the same way (`half`'s slice conversion, F16C where the CPU has it).
 //!
 //! Invariants: positions a query can see (causal, window) must have a real block in the table;
 //! entries for positions before every query's window may be `NO_BLOCK` and are never read.
 
 use std::str::FromStr;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::attention::{attention, decode, AttnParams, KvRows, Run, DECODE_MAX_QUERIES};
 
@@ -31,6 +35,8 @@ pub const NO_BLOCK: u32 = u32::MAX;
 pub enum KvCacheDtype {
     #[default]
     F32,
+    /// IEEE half: 2× smaller, error ~2⁻¹¹ relative per element.
+    F16,
     /// int8 with one f32 scale per (position, kv head): about 3.8× smaller at head_dim 64.
     Int8,
 }
@@ -40,13 +46,14 @@ impl KvCacheDtype {
     pub fn row_bytes(self, head_dim: usize) -> usize {
         match self {
             KvCacheDtype::F32 => 4 * head_dim,
+            KvCacheDtype::F16 => 2 * head_dim,
             KvCacheDtype::Int8 => head_dim + 4,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown KV cache dtype {0:?} (expected auto, f32, float32 or int8)")]
+#[error("unknown KV cache dtype {0:?} (expected auto, f32, float32, f16, float16 or int8)")]
 pub struct UnknownKvCacheDtype(pub String);
 
 impl FromStr for KvCacheDtype {
@@ -54,6 +61,7 @@ impl FromStr for KvCacheDtype {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "auto" | "f32" | "float32" | "fp32" => Ok(KvCacheDtype::F32),
+            "f16" | "float16" | "half" | "fp16" => Ok(KvCacheDtype::F16),
             "int8" | "i8" => Ok(KvCacheDtype::Int8),
             _ => Err(UnknownKvCacheDtype(s.to_string())),
         }
@@ -65,6 +73,10 @@ enum Data {
     F32 {
         k: Vec<f32>,
         v: Vec<f32>,
+    },
+    F16 {
+        k: Vec<f16>,
+        v: Vec<f16>,
     },
     Int8 {
         k: Vec<i8>,
@@ -95,6 +107,61 @@ fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     scale
 }
 
+/// `dst = scale · src`, converting int8 to f32 (AVX2: eight lanes at a time).
+fn dequantize_row(src: &[i8], scale: f32, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::vec::has_avx2_fma() && src.len() % 8 == 0 {
+        // SAFETY: AVX2 is available (checked above).
+        return unsafe { dequantize_row_avx2(src, scale, dst) };
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x as f32 * scale;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dequantize_row_avx2(src: &[i8], scale: f32, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(dst.len() >= src.len() && src.len() % 8 == 0);
+    let s = _mm256_set1_ps(scale);
+    for i in (0..src.len()).step_by(8) {
+        // SAFETY: i + 8 <= src.len() <= dst.len() (asserted above); loadl reads 8 bytes.
+        let b = _mm_loadl_epi64(src.as_ptr().add(i) as *const __m128i);
+        let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_mul_ps(f, s));
+    }
+}
+
+/// f16 to f32. F16C when the CPU has it: `half`'s slice conversion detects it per call and
+/// converts through helper calls, which measured ~40% slower on decode than this loop.
+fn widen_row(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() && src.len() % 8 == 0 {
+        // SAFETY: F16C and AVX are available (checked above).
+        return unsafe { widen_row_f16c(src, dst) };
+    }
+    src.convert_to_f32_slice(dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_row_f16c(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(dst.len() >= src.len() && src.len() % 8 == 0);
+    for i in (0..src.len()).step_by(8) {
+        // SAFETY: i + 8 <= src.len() <= dst.len() (asserted above); 8 halves are 16 bytes.
+        let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+    }
+}
+
 impl PagedLayerKv {
     pub fn new(
         dtype: KvCacheDtype,
@@ -109,6 +176,10 @@ impl PagedLayerKv {
             KvCacheDtype::F32 => Data::F32 {
                 k: vec![0.0; n],
                 v: vec![0.0; n],
+            },
+            KvCacheDtype::F16 => Data::F16 {
+                k: vec![f16::ZERO; n],
+                v: vec![f16::ZERO; n],
             },
             KvCacheDtype::Int8 => Data::Int8 {
                 k: vec![0; n],
@@ -139,6 +210,7 @@ impl PagedLayerKv {
     pub fn dtype(&self) -> KvCacheDtype {
         match self.data {
             Data::F32 { .. } => KvCacheDtype::F32,
+            Data::F16 { .. } => KvCacheDtype::F16,
             Data::Int8 { .. } => KvCacheDtype::Int8,
         }
     }
@@ -173,6 +245,10 @@ impl PagedLayerKv {
                     k[s * row..(s + 1) * row].copy_from_slice(kr);
                     v[s * row..(s + 1) * row].copy_from_slice(vr);
                 }
+                Data::F16 { k, v } => {
+                    k[s * row..(s + 1) * row].convert_from_f32_slice(kr);
+                    v[s * row..(s + 1) * row].convert_from_f32_slice(vr);
+                }
                 Data::Int8 {
                     k,
                     v,
@@ -189,37 +265,36 @@ impl PagedLayerKv {
         }
     }
 
+    /// Row `r` (= slot · n_kv_heads + kv head) of K, or of V with `values`, as f32 into `dst`.
+    fn load_row(&self, values: bool, r: usize, dst: &mut [f32]) {
+        let hd = self.head_dim;
+        let at = r * hd..(r + 1) * hd;
+        match &self.data {
+            Data::F32 { k, v } => dst.copy_from_slice(&(if values { v } else { k })[at]),
+            Data::F16 { k, v } => widen_row(&(if values { v } else { k })[at], dst),
+            Data::Int8 {
+                k,
+                v,
+                k_scale,
+                v_scale,
+            } => {
+                let (src, scale) = if values { (v, v_scale) } else { (k, k_scale) };
+                dequantize_row(&src[at], scale[r], dst);
+            }
+        }
+    }
+
     /// Rows of positions `lo..hi`, every kv head, as f32 `(hi - lo, n_kv_heads, head_dim)`.
     pub fn gather(&self, table: &[u32], lo: usize, hi: usize) -> (Vec<f32>, Vec<f32>) {
-        let row = self.n_kv_heads * self.head_dim;
+        let (nkv, hd) = (self.n_kv_heads, self.head_dim);
+        let row = nkv * hd;
         let (mut ko, mut vo) = (vec![0.0; (hi - lo) * row], vec![0.0; (hi - lo) * row]);
-        for pos in lo..hi {
+        for (pos, (kd, vd)) in (lo..hi).zip(ko.chunks_exact_mut(row).zip(vo.chunks_exact_mut(row)))
+        {
             let s = self.slot(table, pos);
-            let o = (pos - lo) * row;
-            match &self.data {
-                Data::F32 { k, v } => {
-                    ko[o..o + row].copy_from_slice(&k[s * row..(s + 1) * row]);
-                    vo[o..o + row].copy_from_slice(&v[s * row..(s + 1) * row]);
-                }
-                Data::Int8 {
-                    k,
-                    v,
-                    k_scale,
-                    v_scale,
-                } => {
-                    let hd = self.head_dim;
-                    for h in 0..self.n_kv_heads {
-                        let x = (s * self.n_kv_heads + h) * hd;
-                        let (ks, vs) = (
-                            k_scale[s * self.n_kv_heads + h],
-                            v_scale[s * self.n_kv_heads + h],
-                        );
-                        for d in 0..hd {
-                            ko[o + h * hd + d] = k[x + d] as f32 * ks;
-                            vo[o + h * hd + d] = v[x + d] as f32 * vs;
-                        }
-                    }
-                }
+            for h in 0..nkv {
+                self.load_row(false, s * nkv + h, &mut kd[h * hd..(h + 1) * hd]);
+                self.load_row(true, s * nkv + h, &mut vd[h * hd..(h + 1) * hd]);
             }
         }
         (ko, vo)
@@ -297,21 +372,12 @@ impl KvRows for PagedRows<'_> {
                     p = end;
                 }
             }
-            Data::Int8 {
-                k,
-                v,
-                k_scale,
-                v_scale,
-            } => {
-                let (src, scales) = if values { (v, v_scale) } else { (k, k_scale) };
+            // Other formats: dequantize the chunk's rows of this head into the scratch.
+            Data::F16 { .. } | Data::Int8 { .. } => {
                 scratch.clear();
                 scratch.resize((c1 - c0) * hd, 0.0);
                 for (pos, dst) in (c0..c1).zip(scratch.chunks_exact_mut(hd)) {
-                    let r = l.slot(self.table, pos) * nkv + kh;
-                    let sc = scales[r];
-                    for (d, &x) in dst.iter_mut().zip(&src[r * hd..(r + 1) * hd]) {
-                        *d = x as f32 * sc;
-                    }
+                    l.load_row(values, l.slot(self.table, pos) * nkv + kh, dst);
                 }
                 out.push(Run {
                     off: 0,
