@@ -71,11 +71,11 @@ impl World {
         );
         assert_eq!(cached % BS, 0);
         assert_eq!(table.n_tokens(), cached);
-        for p in 0..cached {
+        for (p, &tok) in tokens.iter().enumerate().take(cached) {
             let b = table.blocks()[p / BS] as usize;
             assert_eq!(
                 self.storage[b][p % BS],
-                Some(tokens[p]),
+                Some(tok),
                 "prefix hit on wrong data"
             );
         }

@@ -26,12 +26,9 @@ fn user_cpu_seconds() -> f64 {
 
 /// Runs every variant `calls` times per round, interleaved round by round so that background
 /// load hits all of them alike; prints the min over rounds and the mean user CPU per call.
-fn measure(
-    ctx: usize,
-    calls: usize,
-    rounds: usize,
-    variants: &mut [(&str, Box<dyn FnMut() + '_>)],
-) {
+type Variant<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+
+fn measure(ctx: usize, calls: usize, rounds: usize, variants: &mut [Variant]) {
     let mut best = vec![f64::INFINITY; variants.len()];
     let mut cpu = vec![0.0f64; variants.len()];
     for round in 0..=rounds {
@@ -100,7 +97,7 @@ fn main() {
             &mut vec![0.0f32; nh * hd],
         );
         let (k, v, q, p, table) = (&k, &v, &q, &p, &table);
-        let mut variants: Vec<(&str, Box<dyn FnMut()>)> = vec![
+        let mut variants: Vec<Variant> = vec![
             (
                 "contiguous",
                 Box::new(move || attention(q, k, v, ctx - 1, p, o1)),

@@ -57,9 +57,8 @@ fn run(rng: &mut StdRng, c: &Case, dtype: KvCacheDtype) -> (Vec<f32>, Vec<f32>, 
     // What the pool holds (dequantized for int8), gathered before blocks are released.
     let (ks, vs) = pool.gather(&table, 0, c.n_kv);
     if let Some(w) = c.window {
-        for b in 0..(q_start + 1).saturating_sub(w) / c.bs {
-            table[b] = NO_BLOCK;
-        }
+        let released = (q_start + 1).saturating_sub(w) / c.bs;
+        table[..released].fill(NO_BLOCK);
     }
     let mut out = vec![f32::NAN; q.len()];
     pool.attend(&q, &table, c.n_kv, q_start, &p, &mut out);
