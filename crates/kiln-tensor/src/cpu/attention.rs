@@ -239,17 +239,22 @@ unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
     c.src.runs(c.kh, c.c0, c.c1, false, &mut scratch, &mut runs);
     // SAFETY (for every raw read of a run below): rows t < r.n of a run lie within r.rows,
     // which this check guarantees for the last row; q rows come from the bounds-checked `q_row`.
-    let check = |r: &Run| assert!(r.n == 0 || (r.n - 1) * r.stride + hd <= r.rows.len());
+    // Scores of a run are written at g·n + off + t < group·n: checked here too.
+    let check = |r: &Run| {
+        assert!(r.off + r.n <= n && (r.n == 0 || (r.n - 1) * r.stride + hd <= r.rows.len()))
+    };
     runs.iter().for_each(check);
     let mut scores = vec![0.0f32; group * n];
     for g in 0..group {
         let q = c.q_row(g).as_ptr();
         for r in &runs {
-            let rp = r.rows.as_ptr();
+            // Fields copied to locals: the stores through `out` would otherwise make the
+            // compiler reload them every iteration (it cannot tell they do not alias).
+            let (rp, rn, rs) = (r.rows.as_ptr(), r.n, r.stride);
             let out = scores.as_mut_ptr().add(g * n + r.off);
             let mut t = 0;
-            while t + 4 <= r.n {
-                let rows: [*const f32; 4] = std::array::from_fn(|u| rp.add((t + u) * r.stride));
+            while t + 4 <= rn {
+                let rows: [*const f32; 4] = std::array::from_fn(|u| rp.add((t + u) * rs));
                 let (mut a0, mut a1, mut a2, mut a3) = (
                     _mm256_setzero_ps(),
                     _mm256_setzero_ps(),
@@ -270,8 +275,8 @@ unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
                 _mm_storeu_ps(out.add(t), sums);
                 t += 4;
             }
-            while t < r.n {
-                *out.add(t) = dot_portable(c.q_row(g), &r.rows[t * r.stride..][..hd]);
+            while t < rn {
+                *out.add(t) = dot_portable(c.q_row(g), &r.rows[t * rs..][..hd]);
                 t += 1;
             }
         }
@@ -287,9 +292,14 @@ unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
             .iter_mut()
             .for_each(|a| *a = _mm256_setzero_ps());
         for r in &runs {
+            let (rp, rs, w0) = (
+                r.rows.as_ptr(),
+                r.stride,
+                scores.as_ptr().add(g * n + r.off),
+            );
             for t in 0..r.n {
-                let w = _mm256_set1_ps(scores[g * n + r.off + t]);
-                let row = r.rows.as_ptr().add(t * r.stride);
+                let w = _mm256_set1_ps(*w0.add(t));
+                let row = rp.add(t * rs);
                 for (l, a) in acc[..lanes].iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(l * 8)), *a);
                 }
