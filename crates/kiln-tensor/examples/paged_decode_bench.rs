@@ -6,7 +6,8 @@
 //! `RAYON_NUM_THREADS=1` for the single-thread cost). Reports, per variant, the minimum over
 //! rounds of the mean time per call (the machine is shared and noisy: the min is the estimate
 //! least disturbed by other load) and user CPU time per call over all rounds (from
-//! /proc/self/stat, Linux only; 0 elsewhere).
+//! /proc/self/stat, Linux only; 0 elsewhere). Instruction counts, which load does not disturb:
+//! `BENCH_ROUNDS=1 BENCH_CALLS=20 BENCH_ONLY="paged f32" valgrind --tool=callgrind ...`.
 
 use std::time::Instant;
 
@@ -66,7 +67,16 @@ fn main() {
         window: None,
         alibi_slopes: None,
     };
-    let (calls, rounds) = (200, 40);
+    // BENCH_CALLS / BENCH_ROUNDS / BENCH_ONLY (a variant name) shrink the run, e.g. for
+    // counting instructions under `valgrind --tool=callgrind`.
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let (calls, rounds) = (env("BENCH_CALLS", 200), env("BENCH_ROUNDS", 40));
+    let only = std::env::var("BENCH_ONLY").ok();
     for ctx in [512usize, 1024] {
         let k: Vec<f32> = (0..ctx * row).map(f).collect();
         let v: Vec<f32> = (0..ctx * row).map(|i| f(i + 7)).collect();
@@ -119,6 +129,9 @@ fn main() {
                 Box::new(|| pools[2].attend(q, table, ctx, ctx - 1, p, o5)),
             ),
         ];
+        if let Some(name) = &only {
+            variants.retain(|(n, _)| n == name);
+        }
         measure(ctx, calls, rounds, &mut variants);
     }
 }

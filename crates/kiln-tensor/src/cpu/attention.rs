@@ -96,7 +96,8 @@ pub(crate) struct Run<'s> {
 pub(crate) trait KvRows: Sync {
     /// Appends to `out`, in key order, the runs covering keys `c0..c1` of kv head `kh` (`values`
     /// picks V rather than K). A source storing rows in another format dequantizes them into
-    /// `scratch` and points the runs there.
+    /// `scratch` and points the runs there; `scratch` comes with stale contents from earlier
+    /// chunks (it is reused), so only grow it, never count on zeros.
     fn runs<'s>(
         &'s self,
         kh: usize,
@@ -137,6 +138,20 @@ impl KvRows for Contiguous<'_> {
     }
 }
 
+thread_local! {
+    /// Per-thread buffer for rows a `KvRows` source converts (f16, int8), reused across chunks
+    /// so that it is allocated and zeroed once, not per chunk.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        // Only if a kernel ever nested inside another on one thread: use a fresh buffer.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
 struct Chunk<'a, S> {
     q: &'a [f32],
     src: &'a S,
@@ -149,11 +164,11 @@ struct Chunk<'a, S> {
 }
 
 /// Portable chunk kernel (also the AVX2 one's reference in tests).
-fn decode_chunk<S: KvRows>(c: &Chunk<S>) -> Partial {
+fn decode_chunk<S: KvRows>(c: &Chunk<S>, scratch: &mut Vec<f32>) -> Partial {
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     let mut scores = vec![0.0f32; group * n];
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, false, &mut scratch, &mut runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, false, scratch, &mut runs);
     for r in &runs {
         for t in 0..r.n {
             let krow = &r.rows[t * r.stride..][..hd];
@@ -163,8 +178,9 @@ fn decode_chunk<S: KvRows>(c: &Chunk<S>) -> Partial {
         }
     }
     let mut part = c.softmax_parts(&mut scores);
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, true, &mut scratch, &mut runs);
+    drop(runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, true, scratch, &mut runs);
     for r in &runs {
         for t in 0..r.n {
             let vrow = &r.rows[t * r.stride..][..hd];
@@ -229,14 +245,14 @@ impl<S> Chunk<'_, S> {
 /// values accumulated in registers per head.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
+unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>, scratch: &mut Vec<f32>) -> Partial {
     use std::arch::x86_64::*;
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     if hd % 8 != 0 || hd > 256 {
-        return decode_chunk(c);
+        return decode_chunk(c, scratch);
     }
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, false, &mut scratch, &mut runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, false, scratch, &mut runs);
     // SAFETY (for every raw read of a run below): rows t < r.n of a run lie within r.rows,
     // which this check guarantees for the last row; q rows come from the bounds-checked `q_row`.
     // Scores of a run are written at g·n + off + t < group·n: checked here too.
@@ -282,8 +298,9 @@ unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
         }
     }
     let mut part = c.softmax_parts(&mut scores);
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, true, &mut scratch, &mut runs);
+    drop(runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, true, scratch, &mut runs);
     runs.iter().for_each(check);
     let mut acc = [_mm256_setzero_ps(); 32];
     let lanes = hd / 8;
@@ -353,9 +370,9 @@ pub(crate) fn decode<S: KvRows>(
         #[cfg(target_arch = "x86_64")]
         if super::vec::has_avx2_fma() {
             // SAFETY: AVX2 and FMA are available (checked above).
-            return unsafe { decode_chunk_avx2(&chunk) };
+            return with_scratch(|s| unsafe { decode_chunk_avx2(&chunk, s) });
         }
-        decode_chunk(&chunk)
+        with_scratch(|s| decode_chunk(&chunk, s))
     };
     let parts: Vec<Partial> = if n_kv * nh * n_q >= 4096 {
         tasks.par_iter().map(run).collect()
@@ -565,9 +582,9 @@ mod tests {
                 c0: 3,
                 c1: 36,
             };
-            let a = decode_chunk(&c);
+            let a = decode_chunk(&c, &mut Vec::new());
             // SAFETY: AVX2 and FMA are available (checked above).
-            let b = unsafe { decode_chunk_avx2(&c) };
+            let b = unsafe { decode_chunk_avx2(&c, &mut Vec::new()) };
             for (x, y) in a
                 .acc
                 .iter()

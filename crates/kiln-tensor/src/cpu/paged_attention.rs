@@ -281,8 +281,13 @@ impl PagedLayerKv {
 
     /// Row `r` (see [`Self::row`]) of K, or of V with `values`, as f32 into `dst`.
     fn load_row(&self, values: bool, r: usize, dst: &mut [f32]) {
+        self.load_rows(values, r, 1, dst);
+    }
+
+    /// Rows `r..r + n` (consecutive: one head's rows within a block) as f32 into `dst`.
+    fn load_rows(&self, values: bool, r: usize, n: usize, dst: &mut [f32]) {
         let hd = self.head_dim;
-        let at = r * hd..(r + 1) * hd;
+        let at = r * hd..(r + n) * hd;
         match &self.data {
             Data::F32 { k, v } => dst.copy_from_slice(&(if values { v } else { k })[at]),
             Data::F16 { k, v } => widen_row(&(if values { v } else { k })[at], dst),
@@ -293,7 +298,13 @@ impl PagedLayerKv {
                 v_scale,
             } => {
                 let (src, scale) = if values { (v, v_scale) } else { (k, k_scale) };
-                dequantize_row(&src[at], scale[r], dst);
+                for ((s, d), &sc) in src[at]
+                    .chunks_exact(hd)
+                    .zip(dst.chunks_exact_mut(hd))
+                    .zip(&scale[r..r + n])
+                {
+                    dequantize_row(s, sc, d);
+                }
             }
         }
     }
@@ -388,15 +399,23 @@ impl KvRows for PagedRows<'_> {
             }
             // Other formats: dequantize the chunk's rows of this head into the scratch.
             Data::F16 { .. } | Data::Int8 { .. } => {
-                scratch.clear();
-                scratch.resize((c1 - c0) * hd, 0.0);
-                for (pos, dst) in (c0..c1).zip(scratch.chunks_exact_mut(hd)) {
-                    l.load_row(values, l.row(l.slot(self.table, pos), kh), dst);
+                // Every element up to `need` is overwritten below: grow only, no clearing.
+                let need = (c1 - c0) * hd;
+                if scratch.len() < need {
+                    scratch.resize(need, 0.0);
+                }
+                let mut p = c0;
+                while p < c1 {
+                    let end = ((p / bs + 1) * bs).min(c1);
+                    let r = l.row(l.slot(self.table, p), kh);
+                    let dst = &mut scratch[(p - c0) * hd..(end - c0) * hd];
+                    l.load_rows(values, r, end - p, dst);
+                    p = end;
                 }
                 out.push(Run {
                     off: 0,
                     n: c1 - c0,
-                    rows: scratch,
+                    rows: &scratch[..need],
                     stride: hd,
                 });
             }
