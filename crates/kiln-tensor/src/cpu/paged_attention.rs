@@ -16,10 +16,10 @@
 //! Int8 storage ([`KvCacheDtype::Int8`]): each (position, kv head) row is quantized symmetrically
 //! with its own f32 scale, `x ≈ scale · q`, `scale = absmax / 127`, `q = round(x / scale)`, so the
 //! per-element error is at most `scale / 2`. Rows are dequantized on the fly, one decode chunk
-//! (≤ 128 rows of one head) at a time into a per-task scratch; the cache is never dequantized
-//! whole. (vLLM's fp8 cache uses per-tensor scales; per-row scales cost 4 bytes a row and keep
+//! (≤ 128 rows of one head) at a time into a per-thread scratch reused across chunks; the cache
+//! is never dequantized whole. (vLLM's fp8 cache uses per-tensor scales; per-row scales cost 4 bytes a row and keep
 //! outlier tokens from spoiling their neighbours.) F16 storage ([`KvCacheDtype::F16`]) converts
-//! the same way (`half`'s slice conversion, F16C where the CPU has it).
+//! the same way (F16C where the CPU has it).
 //!
 //! Invariants: positions a query can see (causal, window) must have a real block in the table;
 //! entries for positions before every query's window may be `NO_BLOCK` and are never read.
