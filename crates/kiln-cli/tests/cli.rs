@@ -276,7 +276,7 @@ fn beam_search_json_lists_every_sequence() {
     assert_ne!(seqs[0]["token_ids"], seqs[1]["token_ids"]);
     for s in seqs {
         let n = s["token_ids"].as_array().unwrap().len();
-        assert!(n >= 1 && n <= 6, "{s}");
+        assert!((1..=6).contains(&n), "{s}");
     }
     assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
 }
