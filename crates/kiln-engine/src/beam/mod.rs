@@ -206,43 +206,17 @@ pub fn beam_search<M: BeamModel>(
         nb
     ];
     let mut improvable = true;
-    let mut history: Vec<u32> = Vec::with_capacity(prefix.len() + params.max_new_tokens);
     let mut acc: Vec<f32> = Vec::with_capacity(nb * vocab);
     let mut n_gen = 0usize;
 
     loop {
         // b. log-probabilities plus each beam's running score, flattened (beam, token).
-        acc.clear();
-        for (beam, row) in running.iter().zip(&logits) {
-            if row.len() != vocab {
-                return Err(Error::InvalidArgument(format!(
-                    "the model returned {} logits for one beam and {vocab} for another",
-                    row.len()
-                )));
-            }
-            let mut lprobs = crate::log_softmax(row);
-            history.clear();
-            history.extend_from_slice(prefix);
-            history.extend_from_slice(&beam.tokens);
-            if n_gen < params.min_new_tokens {
-                for &e in &params.eos {
-                    if let Some(l) = lprobs.get_mut(e as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            for t in banned_ngram_tokens(&history, params.no_repeat_ngram_size) {
-                if let Some(l) = lprobs.get_mut(t as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-            acc.extend(lprobs.iter().map(|&l| l + beam.score));
-        }
+        accumulate(&running, &logits, vocab, n_gen, prefix, params, &mut acc)?;
 
         // c. the top `n_keep` continuations over all beams; d. which of them stop.
         let top = select::top_k(&acc, n_keep);
         let last_step = n_gen + 1 >= params.max_new_tokens;
-        let cands: Vec<(usize, u32, f32, bool)> = top
+        let cands: Vec<Candidate> = top
             .iter()
             .map(|&i| {
                 let token = (i % vocab) as u32;
@@ -259,41 +233,7 @@ pub fn beam_search<M: BeamModel>(
         let next = select::top_k(&run_scores, nb);
 
         // f. finished hypotheses: only hits among the first `nb` candidates may enter.
-        let all_full = kept.iter().all(|s| s.finished);
-        let lock = all_full && params.early_stopping == EarlyStopping::WhenFull;
-        let mut merged: Vec<f32> = kept.iter().map(|s| s.score).collect();
-        for (rank, &(_, _, s, hits)) in cands.iter().enumerate() {
-            let mut v = length_normalized(s, n_gen + 1, lp);
-            if lock {
-                v += NEG_BIG;
-            }
-            if !improvable {
-                v += NEG_BIG;
-            }
-            if !(hits && rank < nb) {
-                v += NEG_BIG;
-            }
-            merged.push(v);
-        }
-        let best_slots = select::top_k(&merged, nb);
-        kept = best_slots
-            .iter()
-            .map(|&m| {
-                if m < nb {
-                    kept[m].clone()
-                } else {
-                    let rank = m - nb;
-                    let (b, t, _, hits) = cands[rank];
-                    let mut tokens = running[b].tokens.clone();
-                    tokens.push(t);
-                    Slot {
-                        tokens,
-                        score: merged[m],
-                        finished: hits && rank < nb,
-                    }
-                }
-            })
-            .collect();
+        kept = update_kept(kept, &cands, &running, n_gen + 1, improvable, params);
 
         // g. the stopping condition for the search as a whole.
         let new_running: Vec<Beam> = next
@@ -311,7 +251,8 @@ pub fn beam_search<M: BeamModel>(
         n_gen += 1;
         let best_len =
             select::heuristic_len(params.early_stopping, lp, n_gen, params.max_new_tokens);
-        improvable = improvable && select::can_improve(new_running[0].score, best_len, lp, &kept);
+        let best_running = new_running.first().map_or(f32::NEG_INFINITY, |b| b.score);
+        improvable = improvable && select::can_improve(best_running, best_len, lp, &kept);
         let all_full = kept.iter().all(|s| s.finished);
         let done_early = all_full && params.early_stopping == EarlyStopping::WhenFull;
         let all_hit = cands.iter().all(|c| c.3);
@@ -343,6 +284,101 @@ pub fn beam_search<M: BeamModel>(
             score: s.score,
         })
         .collect())
+}
+
+/// A step candidate: (parent beam, token, accumulated log-probability, hits a stopping criterion).
+type Candidate = (usize, u32, f32, bool);
+
+/// HF steps b: each beam's `log_softmax(logits)`, with n-gram and min-new-tokens bans set to
+/// `-inf` (HF's processors run after the log-softmax, so nothing is renormalised), plus the
+/// beam's running score; flattened into `acc` as `beam * vocab + token`.
+fn accumulate(
+    running: &[Beam],
+    logits: &[Vec<f32>],
+    vocab: usize,
+    n_gen: usize,
+    prefix: &[u32],
+    params: &BeamParams,
+    acc: &mut Vec<f32>,
+) -> Result<()> {
+    acc.clear();
+    let mut history: Vec<u32> = Vec::with_capacity(prefix.len() + n_gen);
+    for (beam, row) in running.iter().zip(logits) {
+        if row.len() != vocab {
+            return Err(Error::InvalidArgument(format!(
+                "the model returned {} logits for one beam and {vocab} for another",
+                row.len()
+            )));
+        }
+        let mut lprobs = crate::log_softmax(row);
+        if n_gen < params.min_new_tokens {
+            for &e in &params.eos {
+                if let Some(l) = lprobs.get_mut(e as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if params.no_repeat_ngram_size > 0 {
+            history.clear();
+            history.extend_from_slice(prefix);
+            history.extend_from_slice(&beam.tokens);
+            for t in banned_ngram_tokens(&history, params.no_repeat_ngram_size) {
+                if let Some(l) = lprobs.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        acc.extend(lprobs.iter().map(|&l| l + beam.score));
+    }
+    Ok(())
+}
+
+/// HF `_update_finished_beams`: candidates that stop and rank among the first `num_beams` enter
+/// with their length-normalised score (`gen_len` tokens); everything else is pushed down by
+/// `-1e9` (as are all candidates once the search is full under `early_stopping=True` or can no
+/// longer improve); the best `num_beams` of old and new are kept, old first on ties.
+fn update_kept(
+    kept: Vec<Slot>,
+    cands: &[Candidate],
+    running: &[Beam],
+    gen_len: usize,
+    improvable: bool,
+    params: &BeamParams,
+) -> Vec<Slot> {
+    let nb = params.num_beams;
+    let lock = kept.iter().all(|s| s.finished) && params.early_stopping == EarlyStopping::WhenFull;
+    let mut merged: Vec<f32> = kept.iter().map(|s| s.score).collect();
+    for (rank, &(_, _, s, hits)) in cands.iter().enumerate() {
+        // Three separate f32 additions, as HF does them.
+        let mut v = length_normalized(s, gen_len, params.length_penalty);
+        if lock {
+            v += NEG_BIG;
+        }
+        if !improvable {
+            v += NEG_BIG;
+        }
+        if !(hits && rank < nb) {
+            v += NEG_BIG;
+        }
+        merged.push(v);
+    }
+    select::top_k(&merged, nb)
+        .iter()
+        .map(|&m| {
+            if m < nb {
+                return kept[m].clone();
+            }
+            let rank = m - nb;
+            let (b, t, _, hits) = cands[rank];
+            let mut tokens = running[b].tokens.clone();
+            tokens.push(t);
+            Slot {
+                tokens,
+                score: merged[m],
+                finished: hits && rank < nb,
+            }
+        })
+        .collect()
 }
 
 /// The states of the next beams: `parents[i]` is the index of beam i's parent. A parent's state
