@@ -152,3 +152,41 @@ fn matmul_chunking_covers_every_row() {
         }
     }
 }
+
+/// Batch invariance: a token's outputs are bit-identical whether it is multiplied alone or
+/// together with other tokens (register tiles of 4 tokens, prefill chunking), so the serving
+/// engine's packed steps give each sequence exactly what it would get alone.
+#[test]
+fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::F32,
+        GgmlType::F16,
+    ] {
+        let (rows, cols) = (72, 576);
+        let w = randn(rows * cols, 11);
+        let m = QMatrix::quantize(ty, rows, cols, &w).unwrap();
+        for &isa in &Isa::available() {
+            for n_tokens in [2, 4, 5, 9] {
+                let x = randn(n_tokens * cols, 23 + n_tokens as u64);
+                let mut all = vec![0f32; n_tokens * rows];
+                m.matmul_isa(isa, &x, n_tokens, &mut all).unwrap();
+                for t in 0..n_tokens {
+                    let mut one = vec![0f32; rows];
+                    m.matmul_isa(isa, &x[t * cols..(t + 1) * cols], 1, &mut one)
+                        .unwrap();
+                    assert_eq!(
+                        one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        all[t * rows..(t + 1) * rows]
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>(),
+                        "{ty} {isa:?}: token {t} of {n_tokens}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -88,6 +88,13 @@ unsafe fn abs_if_signed<F: Legacy, const VNNI: bool>(w: &WBlock) -> __m256i {
 }
 
 /// `MR` rows from `r`, one token `t`.
+///
+/// Batch invariance: a token's outputs are bit-identical whether it is computed here or in a
+/// 4-token tile, so a sequence's logits do not depend on what else shares its step. The float
+/// operations therefore mirror the tile kernels: with VNNI those of `tile_4_pairs` (8-lane
+/// accumulator, `m·s` by a scalar FMA); on AVX2 those of `tile_4` (the block's integer sums
+/// folded into lane 0 = lanes 0..4 and lane 4 = lanes 4..8 before the convert, `m·s` accumulated
+/// into lane 0, the two lanes added at the end).
 #[inline(always)]
 unsafe fn tile_1<F: Legacy, const MR: usize, const VNNI: bool>(
     job: &Job<BlockQ8>,
@@ -105,21 +112,38 @@ unsafe fn tile_1<F: Legacy, const MR: usize, const VNNI: bool>(
         for b in 0..nb {
             let ab = &*a.add(b);
             let y = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            let s = _mm256_zextps128_ps256(_mm_set_ss(ab.s));
             for i in 0..MR {
                 let p = w.add(i * job.row_bytes + b * F::BYTES);
-                // Decode streams each weight byte once from DRAM: ask for it ~1 KiB ahead
+                // Decode streams each weight byte once from DRAM: ask for it ~2 KiB ahead
                 // (in-bounds or not, a prefetch never faults).
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
                 let wb = load_block::<F, VNNI>(p);
                 let absq = abs_if_signed::<F, VNNI>(&wb);
                 let p = dot_block::<F, VNNI>(&wb, absq, y);
-                acc[i] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wb.d * ab.d), acc[i]);
-                accm[i] += wb.m * ab.s;
+                let scale = _mm256_set1_ps(wb.d * ab.d);
+                if VNNI {
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i]);
+                    accm[i] = wb.m.mul_add(ab.s, accm[i]);
+                } else {
+                    let h = _mm256_hadd_epi32(p, p);
+                    let h = _mm256_hadd_epi32(h, h);
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), scale, acc[i]);
+                    if !F::SIGNED {
+                        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(wb.m), s, acc[i]);
+                    }
+                }
             }
         }
         for i in 0..MR {
-            job.set(t, r + i, hsum_ps(acc[i]) + accm[i]);
+            let v = if VNNI {
+                hsum_ps(acc[i]) + accm[i]
+            } else {
+                let lo = _mm256_castps256_ps128(acc[i]);
+                let hi = _mm256_extractf128_ps(acc[i], 1);
+                _mm_cvtss_f32(_mm_add_ss(lo, hi))
+            };
+            job.set(t, r + i, v);
         }
     }
 }
