@@ -6,6 +6,7 @@
 //! writes and kernel choice; a model only states its [`AttentionSpec`].
 
 mod attention;
+mod cross_attention;
 mod embedding;
 mod error;
 mod kv_cache;
@@ -13,16 +14,21 @@ mod kv_store;
 mod linear;
 mod mlp;
 mod norm;
+mod relative_bias;
 pub mod rope;
+mod sinusoidal;
 pub mod weights;
 
 pub use attention::{Attention, AttentionSpec, Batch, SeqSpan};
+pub use cross_attention::{CrossAttention, CrossKv};
 pub use embedding::Embedding;
 pub use error::{Error, Result};
 pub use kv_cache::{KvCache, LayerKv};
 pub use kv_store::{KvStore, SeqCaches};
 pub use linear::Linear;
-pub use mlp::{Activation, GatedMlp};
+pub use mlp::{Activation, GatedMlp, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
+pub use relative_bias::{PositionBias, RelativePositionBias};
 pub use rope::{Rope, RopeScaling};
+pub use sinusoidal::SinusoidalPositions;
 pub use weights::{Param, Weights};
