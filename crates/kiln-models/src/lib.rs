@@ -1,6 +1,7 @@
 //! kiln-models: one file per model family, built from kiln-nn layers, and the registry that maps
 //! a checkpoint (`config.json` `architectures`, or GGUF `general.architecture`) to a constructor.
 
+mod bart;
 mod bert;
 mod config;
 mod distilbert;
@@ -8,9 +9,14 @@ mod error;
 mod llama;
 pub mod pooling;
 mod registry;
+mod seq2seq;
+mod t5;
 
+pub use bart::{Bart, BartConfig};
 pub use bert::{Bert, BertConfig, HeadKind, Scratch};
 pub use config::HfConfig;
 pub use error::{Error, Result};
 pub use llama::{Llama, LlamaConfig};
 pub use registry::{load, Loaded, Model, ModelInfo, SUPPORTED_ARCHITECTURES};
+pub use seq2seq::{EncoderMemory, Seq2Seq, Seq2SeqInfo};
+pub use t5::{T5Config, T5};
