@@ -1,0 +1,1 @@
+//! Unit tests of the pure beam logic and of the search on a tiny hand-made model.
