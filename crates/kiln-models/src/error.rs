@@ -32,7 +32,7 @@ pub enum Error {
          source text; chat templates do not apply)"
     )]
     EncoderDecoder { arch: String, what: &'static str },
-    #[error("the source text is empty (it tokenizes to no tokens)")]
+    #[error("the source text is empty (nothing for the encoder to read)")]
     EmptySource,
     #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
     TokenOutOfRange { id: u32, vocab: usize },

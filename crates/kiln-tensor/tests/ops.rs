@@ -160,7 +160,16 @@ fn attention_relative_bias_matches_reference() {
         attention(&q, &k, &v, q_start, &p, &mut got);
         assert!(max_rel_err(&got, &expect) < 1e-5, "n_q {n_q} n_kv {n_kv}");
         // The bias must matter: without it the result differs.
-        let plain = reference_attention(&q, &k, &v, q_start, &AttnParams { rel_bias: None, ..p });
+        let plain = reference_attention(
+            &q,
+            &k,
+            &v,
+            q_start,
+            &AttnParams {
+                rel_bias: None,
+                ..p
+            },
+        );
         assert!(max_rel_err(&plain, &expect) > 1e-3);
     }
 }

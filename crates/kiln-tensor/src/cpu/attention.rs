@@ -444,7 +444,8 @@ pub fn reference_attention(
                         + p.alibi_slopes
                             .map_or(0.0, |sl| sl[h] as f64 * (j as f64 - pos as f64))
                         + p.rel_bias.map_or(0.0, |rb| {
-                            rb.values[h * rb.n_rel + (j as isize - pos as isize - rb.min_rel) as usize]
+                            rb.values
+                                [h * rb.n_rel + (j as isize - pos as isize - rb.min_rel) as usize]
                                 as f64
                         });
                 }
