@@ -1,9 +1,12 @@
 //! `kiln generate`: stream a completion for a prompt, or print one JSON object with `--json`.
+//! Encoder-decoder models (T5, BART, Marian) take the prompt as their source text; with
+//! `--num-beams` above 1 the search runs as transformers' beam search and prints every returned
+//! sequence at the end.
 
 use std::io::Write;
 
 use anyhow::Result;
-use kiln_engine::SamplingParams;
+use kiln_engine::{BeamGeneration, BeamParams, EarlyStopping, Engine, SamplingParams};
 use serde_json::json;
 
 use crate::{model_arg, Common};
@@ -49,9 +52,26 @@ pub struct Args {
     #[arg(long)]
     stop: Vec<String>,
     /// Print one JSON object {text, token_ids, prompt_tokens, finish_reason, timings} at the end
-    /// instead of streaming text.
+    /// instead of streaming text (with beams: {sequences: [{text, token_ids, score,
+    /// finish_reason}], prompt_tokens, timings}).
     #[arg(long)]
     json: bool,
+    /// Beam search with this many beams (1 = sample or greedy, as the other flags say).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    num_beams: u32,
+    /// Beam search: a finished sequence's log-probability is divided by its length to this power.
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f32,
+    /// Beam search: never repeat an n-gram of this size (0 = off).
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram_size: usize,
+    /// Beam search: how many of the best sequences to return.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    num_return_sequences: u32,
+    /// Beam search: stop when num_beams sequences are finished (true), by transformers'
+    /// heuristic (false), or only at max tokens (never).
+    #[arg(long, default_value = "false")]
+    early_stopping: EarlyStopping,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -71,6 +91,9 @@ pub fn run(a: Args) -> Result<()> {
     params.validate()?;
     let (engine, _, _) = model_arg::load(&a.common)?;
     let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
+    if a.num_beams > 1 {
+        return beams(&engine, &prompt, &a);
+    }
     let mut out = std::io::stdout().lock();
     let g = engine.generate(&prompt, &params, &mut |piece| {
         if !a.json {
@@ -94,6 +117,53 @@ pub fn run(a: Args) -> Result<()> {
         writeln!(out, "{v}")?;
     } else {
         writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn beams(engine: &Engine, prompt: &[u32], a: &Args) -> Result<()> {
+    let params = BeamParams {
+        num_beams: a.num_beams as usize,
+        max_new_tokens: a.max_tokens as usize,
+        length_penalty: a.length_penalty,
+        early_stopping: a.early_stopping,
+        no_repeat_ngram_size: a.no_repeat_ngram_size,
+        num_return_sequences: a.num_return_sequences as usize,
+        min_new_tokens: 0,
+        eos: Vec::new(),
+    };
+    let g: BeamGeneration = if engine.model.as_seq2seq().is_some() {
+        engine.generate_seq2seq_beams(prompt, &params)?
+    } else {
+        engine.generate_beams(prompt, &params)?
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let seqs: Vec<_> = g
+            .sequences
+            .iter()
+            .map(|s| {
+                json!({
+                    "text": s.text,
+                    "token_ids": s.token_ids,
+                    "score": s.score,
+                    "finish_reason": s.finish_reason.as_str(),
+                })
+            })
+            .collect();
+        let v = json!({
+            "sequences": seqs,
+            "prompt_tokens": g.prompt_tokens,
+            "timings": {
+                "prompt_ms": g.timings.prompt_ms,
+                "decode_ms": g.timings.decode_ms,
+            },
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        for s in &g.sequences {
+            writeln!(out, "{}", s.text)?;
+        }
     }
     Ok(())
 }
