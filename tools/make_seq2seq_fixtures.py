@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures for kiln's encoder-decoder models (T5, Flan-T5, BART, Marian), made with
+"""Golden fixtures for kiln's encoder-decoder models (T5, Flan-T5, BART, mBART, Marian), made with
 Hugging Face transformers.
 
 For each tiny random-weight model below this writes tests/fixtures/<name>/:
@@ -48,6 +48,8 @@ from transformers import (  # noqa: E402
     BartForConditionalGeneration,
     MarianConfig,
     MarianMTModel,
+    MBartConfig,
+    MBartForConditionalGeneration,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -160,6 +162,16 @@ MODELS = {
         "layernorm_embedding, post-LayerNorm, GELU, random final_logits_bias, tied head. "
         "Generation starts at decoder_start_token_id 2, forced_bos_token_id 0 is forced as the "
         "first generated token and forced_eos_token_id 2 when one token of max_length is left.",
+    ),
+    "mbart": (
+        MBartForConditionalGeneration,
+        lambda: MBartConfig(**BART_COMMON, activation_function="gelu", scale_embedding=True,
+                            bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                            decoder_start_token_id=2, forced_eos_token_id=2),
+        bart_tokenizer, 15,
+        "mBART: pre-norm blocks (h = x + attn(LN(x))), layernorm_embedding, and a final "
+        "layer_norm closing each stack; learned positions offset by 2, scale_embedding, GELU, "
+        "tied head with final_logits_bias. No forced BOS (real mBART forces a language code).",
     ),
     "marian": (
         MarianMTModel,

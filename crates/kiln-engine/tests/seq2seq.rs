@@ -11,7 +11,7 @@ use kiln_engine::{
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-const FIXTURES: &[&str] = &["t5", "flan_t5", "bart", "marian"];
+const FIXTURES: &[&str] = &["t5", "flan_t5", "bart", "mbart", "marian"];
 
 fn dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,4 +1,4 @@
-//! Encoder-decoder models (T5, Flan-T5, BART, Marian) against transformers: tiny random-weight
+//! Encoder-decoder models (T5, Flan-T5, BART, mBART, Marian) against transformers: tiny random-weight
 //! fixtures from tools/make_seq2seq_fixtures.py. Every encoder and decoder layer and the logits
 //! within 1e-4 relative error, the decoder run step by step with its cache equal to one shot,
 //! and transformers' greedy trajectory reproduced step by step.
@@ -10,7 +10,7 @@ use kiln_tensor::Tensor;
 mod common;
 use common::{fixture_dir, rel_err, Reference};
 
-const FIXTURES: &[&str] = &["t5", "flan_t5", "bart", "marian"];
+const FIXTURES: &[&str] = &["t5", "flan_t5", "bart", "mbart", "marian"];
 
 fn load_seq2seq(name: &str) -> Seq2Seq {
     let dir = fixture_dir(name);
