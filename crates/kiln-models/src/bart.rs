@@ -311,7 +311,7 @@ impl Stack {
             }
             x = layer.forward(&x, batch, i, kv, memory)?;
         }
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.push(x.clone());
         }
         kv.advance(batch);

@@ -59,6 +59,7 @@ pub struct Seq2SeqInfo {
 }
 
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one model per process, boxed inside `Model`
 pub enum Seq2Seq {
     T5(T5),
     Bart(Bart),

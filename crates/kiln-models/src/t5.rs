@@ -254,7 +254,7 @@ impl Stack {
             }
             x = block.forward(&x, batch, i, kv, &bias, memory)?;
         }
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.push(x.clone());
         }
         kv.advance(batch);
