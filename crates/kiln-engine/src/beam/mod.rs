@@ -309,11 +309,8 @@ pub fn beam_search<M: BeamModel>(
             })
             .collect();
         n_gen += 1;
-        let best_len = if params.early_stopping == EarlyStopping::Never && lp > 0.0 {
-            params.max_new_tokens
-        } else {
-            n_gen
-        };
+        let best_len =
+            select::heuristic_len(params.early_stopping, lp, n_gen, params.max_new_tokens);
         improvable = improvable && select::can_improve(new_running[0].score, best_len, lp, &kept);
         let all_full = kept.iter().all(|s| s.finished);
         let done_early = all_full && params.early_stopping == EarlyStopping::WhenFull;

@@ -1,7 +1,7 @@
 //! The pure pieces of beam search: top-k selection, n-gram bans, length normalisation and the
 //! early-stopping test. Each mirrors one transformers expression (named in its doc) in f32.
 
-use super::{Slot, NEG_BIG};
+use super::{EarlyStopping, Slot, NEG_BIG};
 
 /// Indices of the `k` largest values, largest first; ties go to the lower index (torch.topk
 /// leaves exact ties unspecified). NaN sorts above everything, as in `f32::total_cmp`.
@@ -59,4 +59,19 @@ pub(super) fn can_improve(
     let min = kept.iter().map(|s| s.score).fold(f32::INFINITY, f32::min);
     kept.iter()
         .any(|s| best > if s.finished { min } else { NEG_BIG })
+}
+
+/// The length the best running beam is normalised by in the early-stop test: its current length,
+/// except that `"never"` with a positive length penalty assumes it grows to `max_new_tokens`.
+pub(super) fn heuristic_len(
+    early_stopping: EarlyStopping,
+    length_penalty: f32,
+    n_generated: usize,
+    max_new_tokens: usize,
+) -> usize {
+    if early_stopping == EarlyStopping::Never && length_penalty > 0.0 {
+        max_new_tokens
+    } else {
+        n_generated
+    }
 }
