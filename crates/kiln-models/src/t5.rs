@@ -37,7 +37,8 @@ pub struct T5Config {
     pub gated: bool,
     /// Multiply the decoder output by `d_model^-0.5` before the head.
     pub scale_decoder_outputs: bool,
-    /// `n_positions` when the config has it: the longest source accepted.
+    /// `n_positions` (or `max_position_embeddings`) when the config has it: the longest source
+    /// accepted. Relative positions themselves have no limit.
     pub n_positions: Option<usize>,
 }
 
@@ -78,7 +79,10 @@ impl T5Config {
             act,
             gated,
             scale_decoder_outputs: c.bool_or("scale_decoder_outputs", tied),
-            n_positions: c.opt_usize("n_positions")?,
+            n_positions: match c.opt_usize("n_positions")? {
+                Some(n) => Some(n),
+                None => c.opt_usize("max_position_embeddings")?,
+            },
         })
     }
 

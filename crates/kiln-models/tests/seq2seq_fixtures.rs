@@ -188,3 +188,43 @@ fn decoder_only_calls_on_seq2seq_are_errors() {
         .to_string();
     assert!(e.contains("encoder-decoder"), "{e}");
 }
+
+/// Two requests with different sources and decoder lengths packed into one step (each with its
+/// own cache and encoder memory) give the logits each gives alone.
+#[test]
+fn packed_requests_equal_separate_ones() {
+    use kiln_nn::{SeqCaches, SeqSpan};
+    for name in FIXTURES {
+        let r = Reference::open(name);
+        let m = load_seq2seq(name);
+        let src = r.ids("input_ids");
+        let (mem_a, mem_b) = (
+            m.encode_memory(&src).unwrap(),
+            m.encode_memory(&src[3..15]).unwrap(),
+        );
+        let ids = r.ids("decoder_input_ids");
+        let (a, b) = (&ids[..6], &ids[..4]);
+        let (want_a, want_b) = (one_shot(&m, &mem_a, a), one_shot(&m, &mem_b, b));
+        // Prefill a[..4] and b[..2] separately, then one packed step: a[4..6] and b[2..4].
+        let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+        m.decode(&a[..4], &Batch::single(0, 4), &mut ca, &[&mem_a], None)
+            .unwrap();
+        m.decode(&b[..2], &Batch::single(0, 2), &mut cb, &[&mem_b], None)
+            .unwrap();
+        let batch = Batch {
+            positions: vec![4, 5, 2, 3],
+            seqs: vec![SeqSpan { start: 0, len: 2 }, SeqSpan { start: 2, len: 2 }],
+        };
+        let tokens = [a[4], a[5], b[2], b[3]];
+        let mut store = SeqCaches(vec![&mut ca, &mut cb]);
+        let h = m
+            .decode(&tokens, &batch, &mut store, &[&mem_a, &mem_b], None)
+            .unwrap();
+        let got = m.logits(&h).unwrap().to_vec_f32();
+        let vocab = m.info().vocab_size;
+        let e = rel_err(&got[..2 * vocab], &want_a[4 * vocab..]);
+        assert!(e < 1e-5, "{name}: request A packed differs: {e}");
+        let e = rel_err(&got[2 * vocab..], &want_b[2 * vocab..]);
+        assert!(e < 1e-5, "{name}: request B packed differs: {e}");
+    }
+}
