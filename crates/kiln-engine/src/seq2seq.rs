@@ -11,6 +11,11 @@
 //!
 //! [`Seq2SeqBeam`] lets beam search (beam/) drive the same decoder: a beam's state is its own
 //! decoder cache; the encoder memory is one shared borrow that no beam copies.
+//!
+//! Deviation: under beam search a forced token arrives as a one-hot row before the search's own
+//! n-gram and min-new-tokens bans, while transformers applies the forced-token processors last;
+//! the two differ only when such a ban hits the forced token itself (e.g. a forced EOS that
+//! `no_repeat_ngram_size = 1` forbids), where kiln drops that beam's continuations.
 
 use std::time::Instant;
 
