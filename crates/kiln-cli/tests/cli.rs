@@ -211,3 +211,72 @@ fn generate_json_has_the_documented_fields() {
     );
     assert!(v["perplexity"].as_f64().unwrap() > 1.0);
 }
+
+#[test]
+fn beam_flags_are_checked_before_loading() {
+    let g = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", "/nonexistent.gguf", "--prompt", "hi"];
+        args.extend_from_slice(extra);
+        kiln(&args)
+    };
+    assert_clean_error(&g(&["--num-beams", "0"]), 2, "--num-beams");
+    assert_clean_error(
+        &g(&["--num-beams", "2", "--early-stopping", "sometimes"]),
+        2,
+        "--early-stopping",
+    );
+    assert_clean_error(
+        &g(&["--num-beams", "2", "--num-return-sequences", "3"]),
+        1,
+        "num_return_sequences (3) must be between 1 and num_beams (2)",
+    );
+    assert_clean_error(&g(&["--num-return-sequences", "2"]), 1, "--num-beams");
+    assert_clean_error(
+        &g(&["--num-beams", "2", "--temperature", "0.7"]),
+        1,
+        "--temperature (beam sampling) is not supported",
+    );
+    assert_clean_error(&g(&["--num-beams", "2", "--stop", "x"]), 1, "--stop");
+}
+
+#[test]
+fn beam_search_json_lists_every_sequence() {
+    let Some(m) = model() else { return };
+    let out = kiln(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "6",
+        "--num-beams",
+        "3",
+        "--num-return-sequences",
+        "2",
+        "--length-penalty",
+        "-0.5",
+        "--json",
+        "--threads",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let seqs = v["sequences"].as_array().expect("sequences");
+    assert_eq!(seqs.len(), 2);
+    assert_eq!(v["token_ids"], seqs[0]["token_ids"]);
+    assert_eq!(v["text"], seqs[0]["text"]);
+    let s0 = seqs[0]["score"].as_f64().unwrap();
+    let s1 = seqs[1]["score"].as_f64().unwrap();
+    assert!(s0 >= s1 && s0 < 0.0, "scores {s0} {s1}");
+    assert_ne!(seqs[0]["token_ids"], seqs[1]["token_ids"]);
+    for s in seqs {
+        let n = s["token_ids"].as_array().unwrap().len();
+        assert!(n >= 1 && n <= 6, "{s}");
+    }
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
+}

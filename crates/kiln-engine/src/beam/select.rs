@@ -5,19 +5,29 @@ use super::{EarlyStopping, Slot, NEG_BIG};
 
 /// Indices of the `k` largest values, largest first; ties go to the lower index (torch.topk
 /// leaves exact ties unspecified). NaN sorts above everything, as in `f32::total_cmp`.
+///
+/// One scan keeping a small sorted list (k is 2-3 times num_beams) rather than sorting or
+/// quickselecting `num_beams * vocab` indices: most values fail the comparison with the current
+/// k-th best at once, and nothing of vocabulary size is allocated.
 pub(super) fn top_k(values: &[f32], k: usize) -> Vec<usize> {
-    let k = k.min(values.len());
-    let order = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
-    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
     if k == 0 {
-        return Vec::new();
+        return best;
     }
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, order);
-        idx.truncate(k);
+    for (i, v) in values.iter().enumerate() {
+        if best.len() == k
+            && best
+                .last()
+                .is_some_and(|&j| v.total_cmp(&values[j]).is_le())
+        {
+            continue;
+        }
+        // After every kept value >= v: among equals the earlier index stays ahead.
+        let pos = best.partition_point(|&j| values[j].total_cmp(v).is_ge());
+        best.insert(pos, i);
+        best.truncate(k);
     }
-    idx.sort_unstable_by(order);
-    idx
+    best
 }
 
 /// Tokens that would repeat an n-gram of size `n` already in `history` (HF

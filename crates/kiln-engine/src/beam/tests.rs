@@ -206,3 +206,15 @@ fn forking_moves_the_last_child_and_clones_the_rest() {
     let states = vec![vec![1], vec![2], vec![3]];
     assert_eq!(fork(states, &[2, 2, 0]), vec![vec![3], vec![3], vec![1]]);
 }
+
+proptest::proptest! {
+    /// The scanning top-k equals a full sort by (value descending, index ascending).
+    #[test]
+    fn top_k_equals_a_full_sort(values in proptest::collection::vec(-4i8..4, 0..40), k in 0usize..12) {
+        let values: Vec<f32> = values.into_iter().map(|v| v as f32 / 2.0).collect();
+        let mut all: Vec<usize> = (0..values.len()).collect();
+        all.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+        all.truncate(k);
+        proptest::prop_assert_eq!(top_k(&values, k), all);
+    }
+}
