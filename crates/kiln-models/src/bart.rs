@@ -181,6 +181,7 @@ impl Block {
             causal: decoder,
             window: None,
             rope: None,
+            alibi: None,
         };
         let a = w.pp("self_attn");
         let self_attn = Attention::from_parts(

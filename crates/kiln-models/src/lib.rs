@@ -3,9 +3,11 @@
 
 mod bart;
 mod bert;
+mod bloom;
 mod config;
 mod distilbert;
 mod error;
+mod gpt2;
 mod llama;
 pub mod pooling;
 mod registry;
@@ -14,8 +16,10 @@ mod t5;
 
 pub use bart::{Bart, BartConfig};
 pub use bert::{Bert, BertConfig, HeadKind, Scratch};
+pub use bloom::{Bloom, BloomConfig};
 pub use config::HfConfig;
 pub use error::{Error, Result};
+pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use registry::{load, Loaded, Model, ModelInfo, SUPPORTED_ARCHITECTURES};
 pub use seq2seq::{EncoderMemory, Seq2Seq, Seq2SeqInfo};

@@ -97,6 +97,7 @@ impl T5Config {
             causal,
             window: None,
             rope: None,
+            alibi: None,
         }
     }
 }

@@ -5,10 +5,12 @@
 //! model files never name a format. [`Attention`] owns its projections, rotary embedding, KV
 //! writes and kernel choice; a model only states its [`AttentionSpec`].
 
+mod alibi;
 mod attention;
 mod cross_attention;
 mod embedding;
 mod error;
+pub mod fused;
 mod kv_cache;
 mod kv_store;
 mod linear;
@@ -19,6 +21,7 @@ pub mod rope;
 mod sinusoidal;
 pub mod weights;
 
+pub use alibi::Alibi;
 pub use attention::{Attention, AttentionSpec, Batch, SeqSpan};
 pub use cross_attention::{CrossAttention, CrossKv};
 pub use embedding::Embedding;
