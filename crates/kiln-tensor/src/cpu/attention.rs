@@ -61,7 +61,7 @@ impl AttnParams<'_> {
     }
 
     /// The key range `[lo, hi)` visible to a query at absolute position `p`.
-    fn visible(&self, p: usize, n_kv: usize) -> (usize, usize) {
+    pub(crate) fn visible(&self, p: usize, n_kv: usize) -> (usize, usize) {
         let hi = if self.causal { (p + 1).min(n_kv) } else { n_kv };
         let lo = match self.window {
             Some(w) => (p + 1).saturating_sub(w),
@@ -73,6 +73,10 @@ impl AttnParams<'_> {
 
 const BLOCK_Q: usize = 64;
 
+/// Up to this many queries take the decode path (per-query dot products); more take the blocked
+/// gemm path.
+pub(crate) const DECODE_MAX_QUERIES: usize = 4;
+
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, out: &mut [f32]) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let n_q = q.len() / (nh * hd);
@@ -82,8 +86,14 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams
         "attention: n_heads must be a multiple of n_kv_heads"
     );
     assert_eq!(out.len(), q.len(), "attention: output size");
-    if n_q <= 4 {
-        decode(q, k, v, q_start, p, n_q, n_kv, out);
+    if n_q <= DECODE_MAX_QUERIES {
+        let src = Contiguous {
+            k,
+            v,
+            kv_stride: nkv * hd,
+            head_dim: hd,
+        };
+        decode(q, &src, n_kv, q_start, p, out);
     } else {
         prefill(q, k, v, q_start, p, n_q, n_kv, out);
     }
@@ -101,10 +111,81 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-struct Chunk<'a> {
-    q: &'a [f32],
+/// A run of consecutive keys whose rows (of one kv head) are evenly strided in memory: key
+/// `c0 + off + t` of the chunk is `rows[t * stride..][..head_dim]` for `t < n`.
+pub(crate) struct Run<'s> {
+    pub off: usize,
+    pub n: usize,
+    pub rows: &'s [f32],
+    pub stride: usize,
+}
+
+/// Where decode reads key and value rows: the contiguous `(n_kv, n_kv_heads, head_dim)` slices
+/// here, or a paged block pool (`paged_attention.rs`) whose runs are the pieces of a chunk lying
+/// in one block. The kernels loop over runs, so a contiguous chunk is a single run and costs what
+/// it did before; a paged chunk is read in place, block by block, without a gather.
+pub(crate) trait KvRows: Sync {
+    /// Appends to `out`, in key order, the runs covering keys `c0..c1` of kv head `kh` (`values`
+    /// picks V rather than K). A source storing rows in another format dequantizes them into
+    /// `scratch` and points the runs there; `scratch` comes with stale contents from earlier
+    /// chunks (it is reused), so only grow it, never count on zeros.
+    fn runs<'s>(
+        &'s self,
+        kh: usize,
+        c0: usize,
+        c1: usize,
+        values: bool,
+        scratch: &'s mut Vec<f32>,
+        out: &mut Vec<Run<'s>>,
+    );
+}
+
+struct Contiguous<'a> {
     k: &'a [f32],
     v: &'a [f32],
+    kv_stride: usize,
+    head_dim: usize,
+}
+
+impl KvRows for Contiguous<'_> {
+    fn runs<'s>(
+        &'s self,
+        kh: usize,
+        c0: usize,
+        c1: usize,
+        values: bool,
+        _scratch: &'s mut Vec<f32>,
+        out: &mut Vec<Run<'s>>,
+    ) {
+        let src = if values { self.v } else { self.k };
+        let start = c0 * self.kv_stride + kh * self.head_dim;
+        let end = (c1 - 1) * self.kv_stride + kh * self.head_dim + self.head_dim;
+        out.push(Run {
+            off: 0,
+            n: c1 - c0,
+            rows: &src[start..end],
+            stride: self.kv_stride,
+        });
+    }
+}
+
+thread_local! {
+    /// Per-thread buffer for rows a `KvRows` source converts (f16, int8), reused across chunks
+    /// so that it is allocated and zeroed once, not per chunk.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        // Only if a kernel ever nested inside another on one thread: use a fresh buffer.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+struct Chunk<'a, S> {
+    q: &'a [f32],
+    src: &'a S,
     q_start: usize,
     p: &'a AttnParams<'a>,
     i: usize,
@@ -114,31 +195,39 @@ struct Chunk<'a> {
 }
 
 /// Portable chunk kernel (also the AVX2 one's reference in tests).
-fn decode_chunk(c: &Chunk) -> Partial {
+fn decode_chunk<S: KvRows>(c: &Chunk<S>, scratch: &mut Vec<f32>) -> Partial {
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     let mut scores = vec![0.0f32; group * n];
-    let kv_stride = c.p.n_kv_heads * hd;
-    for (jj, j) in (c.c0..c.c1).enumerate() {
-        let krow = &c.k[j * kv_stride + c.kh * hd..][..hd];
-        for g in 0..group {
-            scores[g * n + jj] = dot_portable(c.q_row(g), krow);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, false, scratch, &mut runs);
+    for r in &runs {
+        for t in 0..r.n {
+            let krow = &r.rows[t * r.stride..][..hd];
+            for g in 0..group {
+                scores[g * n + r.off + t] = dot_portable(c.q_row(g), krow);
+            }
         }
     }
     let mut part = c.softmax_parts(&mut scores);
-    for (jj, j) in (c.c0..c.c1).enumerate() {
-        let vrow = &c.v[j * kv_stride + c.kh * hd..][..hd];
-        for g in 0..group {
-            axpy_portable(
-                scores[g * n + jj],
-                vrow,
-                &mut part.acc[g * hd..(g + 1) * hd],
-            );
+    drop(runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, true, scratch, &mut runs);
+    for r in &runs {
+        for t in 0..r.n {
+            let vrow = &r.rows[t * r.stride..][..hd];
+            for g in 0..group {
+                axpy_portable(
+                    scores[g * n + r.off + t],
+                    vrow,
+                    &mut part.acc[g * hd..(g + 1) * hd],
+                );
+            }
         }
     }
     part
 }
 
-impl Chunk<'_> {
+impl<S> Chunk<'_, S> {
     fn q_row(&self, g: usize) -> &[f32] {
         let (nh, hd) = (self.p.n_heads, self.p.head_dim);
         let h = self.kh * (nh / self.p.n_kv_heads) + g;
@@ -183,64 +272,81 @@ impl Chunk<'_> {
 /// values accumulated in registers per head.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
+unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>, scratch: &mut Vec<f32>) -> Partial {
     use std::arch::x86_64::*;
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     if hd % 8 != 0 || hd > 256 {
-        return decode_chunk(c);
+        return decode_chunk(c, scratch);
     }
-    let kv_stride = c.p.n_kv_heads * hd;
-    let base = c.kh * hd;
-    let kp = c.k.as_ptr();
-    let vp = c.v.as_ptr();
-    // SAFETY (for every raw read below): rows c0..c1 of kv head kh lie within k and v, which this
-    // assert checks for the last row; q rows come from the bounds-checked `q_row`.
-    assert!((c.c1 - 1) * kv_stride + base + hd <= c.k.len().min(c.v.len()));
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, false, scratch, &mut runs);
+    // SAFETY (for every raw read of a run below): rows t < r.n of a run lie within r.rows,
+    // which this check guarantees for the last row; q rows come from the bounds-checked `q_row`.
+    // Scores of a run are written at g·n + off + t < group·n: checked here too.
+    let check = |r: &Run| {
+        assert!(r.off + r.n <= n && (r.n == 0 || (r.n - 1) * r.stride + hd <= r.rows.len()))
+    };
+    runs.iter().for_each(check);
     let mut scores = vec![0.0f32; group * n];
     for g in 0..group {
         let q = c.q_row(g).as_ptr();
-        let mut jj = 0;
-        while jj + 4 <= n {
-            let rows: [*const f32; 4] =
-                std::array::from_fn(|t| kp.add((c.c0 + jj + t) * kv_stride + base));
-            let (mut a0, mut a1, mut a2, mut a3) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            let mut d = 0;
-            while d < hd {
-                let qv = _mm256_loadu_ps(q.add(d));
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[0].add(d)), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[1].add(d)), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[2].add(d)), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[3].add(d)), a3);
-                d += 8;
+        for r in &runs {
+            // Fields copied to locals: the stores through `out` would otherwise make the
+            // compiler reload them every iteration (it cannot tell they do not alias).
+            let (rp, rn, rs) = (r.rows.as_ptr(), r.n, r.stride);
+            let out = scores.as_mut_ptr().add(g * n + r.off);
+            let mut t = 0;
+            while t + 4 <= rn {
+                let rows: [*const f32; 4] = std::array::from_fn(|u| rp.add((t + u) * rs));
+                let (mut a0, mut a1, mut a2, mut a3) = (
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                );
+                let mut d = 0;
+                while d < hd {
+                    let qv = _mm256_loadu_ps(q.add(d));
+                    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[0].add(d)), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[1].add(d)), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[2].add(d)), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[3].add(d)), a3);
+                    d += 8;
+                }
+                let s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                let sums = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+                _mm_storeu_ps(out.add(t), sums);
+                t += 4;
             }
-            let t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-            let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-            _mm_storeu_ps(scores.as_mut_ptr().add(g * n + jj), sums);
-            jj += 4;
-        }
-        while jj < n {
-            let krow = std::slice::from_raw_parts(kp.add((c.c0 + jj) * kv_stride + base), hd);
-            scores[g * n + jj] = dot_portable(c.q_row(g), krow);
-            jj += 1;
+            while t < rn {
+                *out.add(t) = dot_portable(c.q_row(g), &r.rows[t * rs..][..hd]);
+                t += 1;
+            }
         }
     }
     let mut part = c.softmax_parts(&mut scores);
+    drop(runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, true, scratch, &mut runs);
+    runs.iter().for_each(check);
     let mut acc = [_mm256_setzero_ps(); 32];
+    let lanes = hd / 8;
     for g in 0..group {
-        let lanes = hd / 8;
         acc[..lanes]
             .iter_mut()
             .for_each(|a| *a = _mm256_setzero_ps());
-        for jj in 0..n {
-            let w = _mm256_set1_ps(scores[g * n + jj]);
-            let row = vp.add((c.c0 + jj) * kv_stride + base);
-            for (l, a) in acc[..lanes].iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(l * 8)), *a);
+        for r in &runs {
+            let (rp, rs, w0) = (
+                r.rows.as_ptr(),
+                r.stride,
+                scores.as_ptr().add(g * n + r.off),
+            );
+            for t in 0..r.n {
+                let w = _mm256_set1_ps(*w0.add(t));
+                let row = rp.add(t * rs);
+                for (l, a) in acc[..lanes].iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(l * 8)), *a);
+                }
             }
         }
         let out = part.acc.as_mut_ptr().add(g * hd);
@@ -252,19 +358,18 @@ unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
 }
 
 /// Decode: each key and value row is read once per GQA group (not once per query head), which
-/// matters because the cache at long contexts does not fit in cache memory.
-#[allow(clippy::too_many_arguments)]
-fn decode(
+/// matters because the cache at long contexts does not fit in cache memory. Keys `0..n_kv` are
+/// read through `src`; only the keys each query can see are read.
+pub(crate) fn decode<S: KvRows>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    src: &S,
+    n_kv: usize,
     q_start: usize,
     p: &AttnParams,
-    n_q: usize,
-    n_kv: usize,
     out: &mut [f32],
 ) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let n_q = q.len() / (nh * hd);
     let group = nh / nkv;
     let mut tasks = Vec::new();
     for i in 0..n_q {
@@ -281,8 +386,7 @@ fn decode(
     let run = |&(i, kh, c0, c1): &(usize, usize, usize, usize)| -> Partial {
         let chunk = Chunk {
             q,
-            k,
-            v,
+            src,
             q_start,
             p,
             i,
@@ -293,9 +397,9 @@ fn decode(
         #[cfg(target_arch = "x86_64")]
         if super::vec::has_avx2_fma() {
             // SAFETY: AVX2 and FMA are available (checked above).
-            return unsafe { decode_chunk_avx2(&chunk) };
+            return with_scratch(|s| unsafe { decode_chunk_avx2(&chunk, s) });
         }
-        decode_chunk(&chunk)
+        with_scratch(|s| decode_chunk(&chunk, s))
     };
     let parts: Vec<Partial> = if n_kv * nh * n_q >= 4096 {
         tasks.par_iter().map(run).collect()
@@ -469,52 +573,5 @@ pub fn reference_attention(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn avx2_decode_chunk_matches_portable() {
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::vec::has_avx2_fma() {
-            let (nh, nkv, hd, n_kv) = (6usize, 2usize, 24usize, 37usize);
-            let f = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
-            let q: Vec<f32> = (0..nh * hd).map(f).collect();
-            let k: Vec<f32> = (0..n_kv * nkv * hd).map(|i| f(i + 3)).collect();
-            let v: Vec<f32> = (0..n_kv * nkv * hd).map(|i| f(i + 11)).collect();
-            let slopes = [0.1f32; 6];
-            let p = AttnParams {
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                scale: 0.3,
-                causal: true,
-                window: None,
-                alibi_slopes: Some(&slopes),
-                rel_bias: None,
-            };
-            let c = Chunk {
-                q: &q,
-                k: &k,
-                v: &v,
-                q_start: n_kv - 1,
-                p: &p,
-                i: 0,
-                kh: 1,
-                c0: 3,
-                c1: 36,
-            };
-            let a = decode_chunk(&c);
-            // SAFETY: AVX2 and FMA are available (checked above).
-            let b = unsafe { decode_chunk_avx2(&c) };
-            for (x, y) in a
-                .acc
-                .iter()
-                .zip(&b.acc)
-                .chain(a.sum.iter().zip(&b.sum))
-                .chain(a.max.iter().zip(&b.max))
-            {
-                assert!((x - y).abs() < 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
-            }
-        }
-    }
-}
+#[path = "tests/attention.rs"]
+mod tests;
