@@ -121,6 +121,19 @@ impl Seq2Seq {
         }
     }
 
+    /// The decoder self-attention cache's shape: `(n_layers, n_kv_heads, head_dim)` (to size a
+    /// paged pool).
+    pub fn kv_shape(&self) -> (usize, usize, usize) {
+        match self {
+            Seq2Seq::T5(m) => (m.cfg.n_decoder_layers, m.cfg.n_heads, m.cfg.d_kv),
+            Seq2Seq::Bart(m) => (
+                m.cfg.decoder_layers,
+                m.cfg.decoder_heads,
+                m.cfg.d_model / m.cfg.decoder_heads,
+            ),
+        }
+    }
+
     /// An empty decoder self-attention cache.
     pub fn new_cache(&self) -> KvCache {
         match self {
