@@ -1,5 +1,6 @@
 //! `kiln generate`: stream a completion for a prompt, or print one JSON object with `--json`.
 //! With `--num-beams N > 1` it runs beam search (transformers' semantics) and prints at the end.
+//! Encoder-decoder models (T5, BART, Marian) take the prompt as their source text, both ways.
 
 use std::io::Write;
 
@@ -162,7 +163,11 @@ fn run_beams(a: Args) -> Result<()> {
     params.validate()?;
     let (engine, _, _) = model_arg::load(&a.common)?;
     let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
-    let g = engine.generate_beams(&prompt, &params)?;
+    let g = if engine.model.as_seq2seq().is_some() {
+        engine.generate_seq2seq_beams(&prompt, &params)?
+    } else {
+        engine.generate_beams(&prompt, &params)?
+    };
     let mut out = std::io::stdout().lock();
     let best = g
         .sequences

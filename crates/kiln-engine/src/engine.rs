@@ -85,6 +85,19 @@ impl Engine {
 
     /// Tokens of a prompt; with a chat template applied the template already holds any BOS.
     pub fn encode_prompt(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
+        if let Some(s2s) = self.model.as_seq2seq() {
+            // A source text: the encoder's own limits apply (kiln-models checks them).
+            if chat {
+                return Err(Error::Seq2SeqChat(self.info.architecture.clone()));
+            }
+            // An empty text still tokenizes to T5's `</s>`; it is no source all the same.
+            if text.trim().is_empty() {
+                return Err(kiln_models::Error::EmptySource.into());
+            }
+            let ids = self.tokenizer.encode(text, true)?;
+            s2s.check_source(&ids)?;
+            return Ok(ids);
+        }
         let ids = if chat {
             self.tokenizer.encode(&self.chat_prompt(text)?, false)?
         } else {
@@ -130,6 +143,9 @@ impl Engine {
         params: &SamplingParams,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
+        if self.model.as_seq2seq().is_some() {
+            return self.generate_seq2seq(prompt, params, on_text);
+        }
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }

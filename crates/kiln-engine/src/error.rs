@@ -17,6 +17,8 @@ pub enum Error {
     EmptyPrompt,
     #[error("the model has no chat template (use a plain prompt instead of --chat)")]
     NoChatTemplate,
+    #[error("{0} is an encoder-decoder model: it takes a source text, not a chat (drop --chat)")]
+    Seq2SeqChat(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("no tokenizer found for {0} (expected tokenizer.json beside config.json)")]

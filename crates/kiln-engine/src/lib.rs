@@ -10,6 +10,7 @@ mod engine;
 mod error;
 pub mod sampling;
 mod score;
+pub mod seq2seq;
 pub mod stop;
 
 pub use beam::{
@@ -20,6 +21,7 @@ pub use embed::{Classification, Embeddings, Encoder, Entity};
 pub use engine::{Engine, Generation, Timings};
 pub use error::{Error, Result};
 pub use score::Score;
+pub use seq2seq::Seq2SeqBeam;
 
 pub use sampling::{
     argmax, log_softmax, log_softmax_in_place, top_logprobs, Sampler, SamplingError, SamplingParams,

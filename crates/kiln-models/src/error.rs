@@ -27,6 +27,13 @@ pub enum Error {
     NotEncoder { model: String },
     #[error("an input has {n_tokens} tokens but the model numbers at most {max_tokens} positions")]
     InputTooLong { n_tokens: usize, max_tokens: usize },
+    #[error(
+        "{arch} is an encoder-decoder model: it has no {what} (`kiln generate` runs it with a \
+         source text; chat templates do not apply)"
+    )]
+    EncoderDecoder { arch: String, what: &'static str },
+    #[error("the source text is empty (nothing for the encoder to read)")]
+    EmptySource,
     #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
     TokenOutOfRange { id: u32, vocab: usize },
 }

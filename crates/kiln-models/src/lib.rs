@@ -1,6 +1,7 @@
 //! kiln-models: one file per model family, built from kiln-nn layers, and the registry that maps
 //! a checkpoint (`config.json` `architectures`, or GGUF `general.architecture`) to a constructor.
 
+mod bart;
 mod bert;
 mod bloom;
 mod config;
@@ -10,7 +11,10 @@ mod gpt2;
 mod llama;
 pub mod pooling;
 mod registry;
+mod seq2seq;
+mod t5;
 
+pub use bart::{Bart, BartConfig};
 pub use bert::{Bert, BertConfig, HeadKind, Scratch};
 pub use bloom::{Bloom, BloomConfig};
 pub use config::HfConfig;
@@ -18,3 +22,5 @@ pub use error::{Error, Result};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use registry::{load, Loaded, Model, ModelInfo, SUPPORTED_ARCHITECTURES};
+pub use seq2seq::{EncoderMemory, Seq2Seq, Seq2SeqInfo};
+pub use t5::{T5Config, T5};

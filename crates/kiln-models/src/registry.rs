@@ -12,7 +12,8 @@ use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;
 use crate::{
-    Bert, BertConfig, Bloom, BloomConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig, Result,
+    Bart, Bert, BertConfig, Bloom, BloomConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig,
+    Result, Seq2Seq, T5,
 };
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -44,6 +45,11 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "DistilBertForSequenceClassification",
     "DistilBertForTokenClassification",
     "DistilBertForMaskedLM",
+    // Encoder-decoder (t5.rs, bart.rs)
+    "T5ForConditionalGeneration",
+    "BartForConditionalGeneration",
+    "MBartForConditionalGeneration",
+    "MarianMTModel",
     "bert",
     "roberta",
     "xlm-roberta",
@@ -70,6 +76,9 @@ pub enum Model {
     Bloom(Bloom),
     /// Encoder-only: decoder methods (`forward`, `logits`) return `Error::EncoderOnly`.
     Bert(Box<Bert>),
+    /// Encoder-decoder: decoder-only methods return `Error::EncoderDecoder`; generation goes
+    /// through [`Model::as_seq2seq`].
+    Seq2Seq(Box<Seq2Seq>),
 }
 
 impl Model {
@@ -80,6 +89,7 @@ impl Model {
             Model::Bloom(m) => m.new_cache(),
             // Nothing to cache: an empty cache, and `forward` says why it cannot be used.
             Model::Bert(_) => KvCache::new(0, 0),
+            Model::Seq2Seq(m) => m.new_cache(),
         }
     }
 
@@ -94,6 +104,7 @@ impl Model {
             Model::Gpt2(m) => m.forward(tokens, batch, kv, None),
             Model::Bloom(m) => m.forward(tokens, batch, kv, None),
             Model::Bert(_) => Err(self.encoder_only("causal forward pass")),
+            Model::Seq2Seq(_) => Err(self.encoder_decoder("decoder-only forward pass")),
         }
     }
 
@@ -110,6 +121,7 @@ impl Model {
             Model::Gpt2(m) => m.forward(tokens, batch, kv, Some(&mut trace))?,
             Model::Bloom(m) => m.forward(tokens, batch, kv, Some(&mut trace))?,
             Model::Bert(_) => return Err(self.encoder_only("causal forward pass")),
+            Model::Seq2Seq(_) => return Err(self.encoder_decoder("decoder-only forward pass")),
         };
         Ok((h, trace))
     }
@@ -120,6 +132,23 @@ impl Model {
             Model::Gpt2(m) => m.logits(hidden),
             Model::Bloom(m) => m.logits(hidden),
             Model::Bert(_) => Err(self.encoder_only("language-model head")),
+            // The head needs decoder states; `as_seq2seq().logits` takes them.
+            Model::Seq2Seq(m) => m.logits(hidden),
+        }
+    }
+
+    fn encoder_decoder(&self, what: &'static str) -> Error {
+        Error::EncoderDecoder {
+            arch: self.info().architecture,
+            what,
+        }
+    }
+
+    /// The encoder-decoder, for seq2seq generation; `None` for other models.
+    pub fn as_seq2seq(&self) -> Option<&Seq2Seq> {
+        match self {
+            Model::Seq2Seq(m) => Some(m.as_ref()),
+            _ => None,
         }
     }
 
@@ -134,7 +163,7 @@ impl Model {
     pub fn as_encoder(&self) -> Option<&Bert> {
         match self {
             Model::Bert(m) => Some(m.as_ref()),
-            Model::Llama(_) | Model::Gpt2(_) | Model::Bloom(_) => None,
+            Model::Llama(_) | Model::Gpt2(_) | Model::Bloom(_) | Model::Seq2Seq(_) => None,
         }
     }
 
@@ -172,6 +201,17 @@ impl Model {
                 eos_token_ids: Vec::new(),
                 bos_token_id: None,
             },
+            Model::Seq2Seq(m) => {
+                let i = m.info();
+                ModelInfo {
+                    architecture: i.architecture.clone(),
+                    vocab_size: i.vocab_size,
+                    max_context: i.max_target_tokens.unwrap_or(usize::MAX),
+                    n_layers: m.n_decoder_layers(),
+                    eos_token_ids: i.eos_token_ids.clone(),
+                    bos_token_id: None,
+                }
+            }
         }
     }
 }
@@ -242,6 +282,21 @@ pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Lo
                 "roberta",
                 on_progress,
             )?))
+        }
+        a @ "T5ForConditionalGeneration" => Model::Seq2Seq(Box::new(Seq2Seq::T5(T5::load(
+            &weights,
+            &config,
+            a,
+            on_progress,
+        )?))),
+        a
+        @ ("BartForConditionalGeneration" | "MBartForConditionalGeneration" | "MarianMTModel") => {
+            Model::Seq2Seq(Box::new(Seq2Seq::Bart(Bart::load(
+                &weights,
+                &config,
+                a,
+                on_progress,
+            )?)))
         }
         other => {
             return Err(Error::UnknownArchitecture {

@@ -10,7 +10,7 @@ use kiln_tensor::cpu::attention::AttnParams;
 use kiln_tensor::Tensor;
 
 use crate::weights::Weights;
-use crate::{Alibi, KvStore, Linear, Result, Rope};
+use crate::{Alibi, KvStore, Linear, PositionBias, Result, Rope};
 
 #[derive(Debug, Clone)]
 pub struct AttentionSpec {
@@ -79,9 +79,18 @@ pub struct Attention {
     v_proj: Linear,
     o_proj: Linear,
     spec: AttentionSpec,
+    /// Score scale, 1/sqrt(head_dim) unless [`Attention::with_scale`] says otherwise.
+    scale: f32,
 }
 
 impl Attention {
+    /// Scores scaled by `scale` instead of 1/sqrt(head_dim) (T5 uses 1: its initialisation
+    /// already accounts for it).
+    pub fn with_scale(mut self, scale: f32) -> Attention {
+        self.scale = scale;
+        self
+    }
+
     /// Loads `q_proj`, `k_proj`, `v_proj`, `o_proj` under `w`.
     pub fn load(w: &Weights, spec: AttentionSpec) -> Result<Attention> {
         let (h, q, kv) = (
@@ -94,6 +103,7 @@ impl Attention {
             k_proj: Linear::load(w, "k_proj", h, kv, spec.qkv_bias)?,
             v_proj: Linear::load(w, "v_proj", h, kv, spec.qkv_bias)?,
             o_proj: Linear::load(w, "o_proj", q, h, spec.o_bias)?,
+            scale: 1.0 / (spec.head_dim as f32).sqrt(),
             spec,
         })
     }
@@ -106,6 +116,19 @@ impl Attention {
         batch: &Batch,
         layer: usize,
         kv: &mut dyn KvStore,
+    ) -> Result<Tensor> {
+        self.forward_biased(x, batch, layer, kv, None)
+    }
+
+    /// [`Attention::forward`] with an additive relative position bias on the scores (T5); the
+    /// table must cover every distance the batch meets (see `RelativePositionBias::table`).
+    pub fn forward_biased(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        layer: usize,
+        kv: &mut dyn KvStore,
+        bias: Option<&PositionBias>,
     ) -> Result<Tensor> {
         let s = &self.spec;
         let n = batch.n_tokens();
@@ -120,10 +143,11 @@ impl Attention {
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
             head_dim: s.head_dim,
-            scale: 1.0 / (s.head_dim as f32).sqrt(),
+            scale: self.scale,
             causal: s.causal,
             window: s.window,
             alibi_slopes: s.alibi.as_ref().map(|a| a.slopes()),
+            rel_bias: bias.map(|b| b.as_kernel()),
         };
         let (q_row, kv_row) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         let mut out = vec![0.0f32; n * q_row];
@@ -156,6 +180,7 @@ impl Attention {
             k_proj,
             v_proj,
             o_proj,
+            scale: 1.0 / (spec.head_dim as f32).sqrt(),
             spec,
         }
     }
@@ -196,9 +221,8 @@ impl Attention {
             rope.apply(k, s.n_kv_heads, s.head_dim, &batch.positions);
         }
         let spans: Vec<(usize, usize)> = batch.seqs.iter().map(|sp| (sp.start, sp.len)).collect();
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
         kiln_tensor::cpu::encoder::attention_varlen(
-            q, k, v, &spans, s.n_heads, s.head_dim, scale, ctx,
+            q, k, v, &spans, s.n_heads, s.head_dim, self.scale, ctx,
         );
         self.o_proj.forward_into(ctx, n, out)
     }

@@ -7,6 +7,7 @@
 
 mod alibi;
 mod attention;
+mod cross_attention;
 mod embedding;
 mod error;
 pub mod fused;
@@ -16,11 +17,14 @@ mod linear;
 mod mlp;
 mod norm;
 mod paged_kv;
+mod relative_bias;
 pub mod rope;
+mod sinusoidal;
 pub mod weights;
 
 pub use alibi::Alibi;
 pub use attention::{Attention, AttentionSpec, Batch, SeqSpan};
+pub use cross_attention::{CrossAttention, CrossKv};
 pub use embedding::Embedding;
 pub use error::{Error, Result};
 pub use kv_cache::{KvCache, LayerKv};
@@ -29,5 +33,7 @@ pub use linear::Linear;
 pub use mlp::{Activation, GatedMlp, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
 pub use paged_kv::{KvCacheDtype, PagedKv, PagedKvPool, NO_BLOCK};
+pub use relative_bias::{PositionBias, RelativePositionBias};
 pub use rope::{Rope, RopeScaling};
+pub use sinusoidal::SinusoidalPositions;
 pub use weights::{Param, Weights};

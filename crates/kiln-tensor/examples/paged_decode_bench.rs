@@ -66,6 +66,7 @@ fn main() {
         causal: true,
         window: None,
         alibi_slopes: None,
+        rel_bias: None,
     };
     // BENCH_CALLS / BENCH_ROUNDS / BENCH_ONLY (a variant name) shrink the run, e.g. for
     // counting instructions under `valgrind --tool=callgrind`.

@@ -52,6 +52,7 @@ fn run(rng: &mut StdRng, c: &Case, dtype: KvCacheDtype) -> (Vec<f32>, Vec<f32>, 
         causal: c.causal,
         window: c.window,
         alibi_slopes: c.alibi.then_some(&slopes[..]),
+        rel_bias: None,
     };
     let q_start = c.n_kv - c.n_q;
     // What the pool holds (dequantized for int8), gathered before blocks are released.
@@ -171,6 +172,7 @@ fn contiguous_decode_matches_reference() {
             causal: c.causal,
             window: c.window,
             alibi_slopes: None,
+            rel_bias: None,
         };
         let mut out = vec![0.0; q.len()];
         attention(&q, &k, &v, c.n_kv - c.n_q, &p, &mut out);

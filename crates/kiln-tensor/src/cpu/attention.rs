@@ -26,9 +26,40 @@ pub struct AttnParams<'a> {
     pub window: Option<usize>,
     /// ALiBi: per-head slopes, adding `slope * (j - p)` to each score.
     pub alibi_slopes: Option<&'a [f32]>,
+    /// A learned additive bias per head and relative distance (T5's bucketed positions).
+    pub rel_bias: Option<RelativeBias<'a>>,
+}
+
+/// An additive per-head score bias that depends only on `j - p`, the key's position minus the
+/// query's: `values[h * n_rel + (j - p - min_rel)]`. The caller looks T5's buckets up once per
+/// step for the distances the step can meet, so the kernel only indexes (no bucket math per
+/// score). Invariant: every visible `(p, j)` has `min_rel <= j - p < min_rel + n_rel`.
+#[derive(Debug, Clone, Copy)]
+pub struct RelativeBias<'a> {
+    pub values: &'a [f32],
+    pub min_rel: isize,
+    pub n_rel: usize,
+}
+
+impl RelativeBias<'_> {
+    #[inline]
+    pub fn at(&self, h: usize, p: usize, j: usize) -> f32 {
+        let r = (j as isize - p as isize - self.min_rel) as usize;
+        debug_assert!(r < self.n_rel, "relative bias: distance outside the table");
+        self.values[h * self.n_rel + r]
+    }
 }
 
 impl AttnParams<'_> {
+    /// The additive score bias (ALiBi and/or relative) of head `h`, query position `p`, key `j`.
+    #[inline]
+    fn bias(&self, h: usize, p: usize, j: usize) -> f32 {
+        let a = self
+            .alibi_slopes
+            .map_or(0.0, |sl| sl[h] * (j as f32 - p as f32));
+        a + self.rel_bias.map_or(0.0, |rb| rb.at(h, p, j))
+    }
+
     /// The key range `[lo, hi)` visible to a query at absolute position `p`.
     pub(crate) fn visible(&self, p: usize, n_kv: usize) -> (usize, usize) {
         let hi = if self.causal { (p + 1).min(n_kv) } else { n_kv };
@@ -221,11 +252,7 @@ impl<S> Chunk<'_, S> {
             let h = self.kh * group + g;
             let row = &mut scores[g * n..(g + 1) * n];
             for (jj, x) in row.iter_mut().enumerate() {
-                let a = self
-                    .p
-                    .alibi_slopes
-                    .map_or(0.0, |sl| sl[h] * ((self.c0 + jj) as f32 - pos as f32));
-                *x = *x * self.p.scale + a;
+                *x = *x * self.p.scale + self.p.bias(h, pos, self.c0 + jj);
             }
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut s = 0.0;
@@ -462,10 +489,7 @@ fn prefill(
                     *x = if j < vlo || j >= vhi {
                         f32::NEG_INFINITY
                     } else {
-                        let a = p
-                            .alibi_slopes
-                            .map_or(0.0, |sl| sl[h] * (j as f32 - pos as f32));
-                        *x * p.scale + a
+                        *x * p.scale + p.bias(h, pos, j)
                     };
                 }
                 softmax_in_place(row);
@@ -522,7 +546,12 @@ pub fn reference_attention(
                     }
                     *sc = s * p.scale as f64
                         + p.alibi_slopes
-                            .map_or(0.0, |sl| sl[h] as f64 * (j as f64 - pos as f64));
+                            .map_or(0.0, |sl| sl[h] as f64 * (j as f64 - pos as f64))
+                        + p.rel_bias.map_or(0.0, |rb| {
+                            rb.values
+                                [h * rb.n_rel + (j as isize - pos as isize - rb.min_rel) as usize]
+                                as f64
+                        });
                 }
             }
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -365,6 +365,7 @@ mod tests {
             causal: false,
             window: None,
             alibi_slopes: None,
+            rel_bias: None,
         };
         let row = nh * hd;
         for &(s, l) in &spans {

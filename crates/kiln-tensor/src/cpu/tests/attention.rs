@@ -20,6 +20,7 @@ fn avx2_decode_chunk_matches_portable() {
             causal: true,
             window: None,
             alibi_slopes: Some(&slopes),
+            rel_bias: None,
         };
         let src = Contiguous {
             k: &k,
