@@ -17,7 +17,7 @@ use crate::{Engine, Error, Result};
 pub const DEFAULT_KV_BYTES: usize = 1 << 30;
 
 /// `(n_layers, n_kv_heads, head_dim)` of a decoder.
-pub(super) fn kv_layout(engine: &Engine) -> Result<(usize, usize, usize)> {
+pub(crate) fn kv_layout(engine: &Engine) -> Result<(usize, usize, usize)> {
     match &engine.model {
         Model::Llama(m) => Ok((m.cfg.n_layers, m.cfg.n_kv_heads, m.cfg.head_dim)),
         Model::Bert(_) => Err(Error::InvalidArgument(format!(
@@ -57,7 +57,7 @@ pub(super) fn n_blocks(engine: &Engine, cfg: &EngineConfig) -> Result<usize> {
 }
 
 /// The paged storage for `n_blocks` blocks.
-pub(super) fn pool(engine: &Engine, cfg: &EngineConfig, n_blocks: usize) -> Result<PagedKvPool> {
+pub(crate) fn pool(engine: &Engine, cfg: &EngineConfig, n_blocks: usize) -> Result<PagedKvPool> {
     let (n_layers, n_kv_heads, head_dim) = kv_layout(engine)?;
     Ok(PagedKvPool::new(
         n_layers,

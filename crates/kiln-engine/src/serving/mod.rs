@@ -18,8 +18,9 @@
 //! unless its stream was dropped first; per-request problems are a [`SubmitError`] at submit
 //! time or a `Failed` event, never an engine failure.
 
+mod collect;
 mod handle;
-mod memory;
+pub(crate) mod memory;
 mod step_loop;
 
 pub use handle::{EngineHandle, RequestStream};
