@@ -44,6 +44,9 @@ struct Run {
     tokens_per_s: f64,
     cpu_share: f64,
     generated: usize,
+    /// Generated tokens per CPU-second (user + sys of the whole process): a machine-load
+    /// independent view of efficiency when the cores are shared.
+    tokens_per_cpu_s: f64,
 }
 
 /// Submits every prompt at once and waits for all; returns total generated tokens/s.
@@ -89,6 +92,7 @@ fn run(h: &EngineHandle, prompts: &[Vec<u32>], max_tokens: usize, threads: usize
         tokens_per_s,
         cpu_share: cpu / (wall * threads as f64),
         generated,
+        tokens_per_cpu_s: generated as f64 / cpu.max(0.01),
     }
 }
 
@@ -159,9 +163,15 @@ fn main() {
         let one = run(&h, &prompts[..1], max_tokens, threads);
         let many = run(&h, &prompts, max_tokens, threads);
         println!(
-            "repeat {rep}: single {:.1} tok/s (cpu share {:.2}); {n} concurrent {:.1} tok/s total \
-             ({} tokens, cpu share {:.2})",
-            one.tokens_per_s, one.cpu_share, many.tokens_per_s, many.generated, many.cpu_share
+            "repeat {rep}: single {:.1} tok/s (cpu share {:.2}, {:.1} tok/cpu-s); {n} concurrent \
+             {:.1} tok/s total ({} tokens, cpu share {:.2}, {:.1} tok/cpu-s)",
+            one.tokens_per_s,
+            one.cpu_share,
+            one.tokens_per_cpu_s,
+            many.tokens_per_s,
+            many.generated,
+            many.cpu_share,
+            many.tokens_per_cpu_s
         );
         single.push(one.tokens_per_s);
         batch.push(many.tokens_per_s);
