@@ -635,3 +635,27 @@ fn smollm2_thirty_two_concurrent_greedy_requests_match_each_alone() {
     eprintln!("{exact}/32 requests identical to their lone run");
     h.shutdown();
 }
+
+/// GPT-2 (learned positions) and BLOOM (ALiBi) fixtures through the paged engine: 8 concurrent
+/// greedy requests, chunked prefill, each equal to `generate` alone.
+#[test]
+fn gpt2_and_bloom_fixtures_batched_match_each_alone() {
+    for family in ["gpt2", "bloom"] {
+        let loaded = kiln_models::load(&root().join("tests/fixtures").join(family), &mut |_, _| {})
+            .expect("fixture loads");
+        let tokenizer = kiln_tokenizer::Tokenizer::from_file(
+            root().join("tests/fixtures/roberta/tokenizer.json"),
+        )
+        .expect("roberta fixture tokenizer");
+        let e = Arc::new(Engine::from_parts(loaded, tokenizer, Vec::new()));
+        let (vocab, ctx) = (e.info.vocab_size as u32, e.info.max_context);
+        let reqs: Vec<_> = (0..8u64)
+            .map(|i| {
+                let len = 1 + (i as usize * 5) % (ctx / 2);
+                let p: Vec<u32> = prompt(900 + i, len).iter().map(|t| t % vocab).collect();
+                (p, greedy((ctx - len - 1).min(6 + i as usize)))
+            })
+            .collect();
+        check_batch_invariance(&e, config(4, 8), &reqs);
+    }
+}
