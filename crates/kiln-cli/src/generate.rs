@@ -3,9 +3,10 @@
 //! Encoder-decoder models (T5, BART, Marian) take the prompt as their source text, both ways.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Result;
-use kiln_engine::{BeamParams, EarlyStopping, SamplingParams};
+use kiln_engine::{BeamParams, EarlyStopping, EngineConfig, EngineHandle, SamplingParams};
 use serde_json::json;
 
 use crate::{model_arg, Common};
@@ -108,12 +109,27 @@ pub fn run(a: Args) -> Result<()> {
     let (engine, _, _) = model_arg::load(&a.common)?;
     let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
     let mut out = std::io::stdout().lock();
-    let g = engine.generate(&prompt, &params, &mut |piece| {
+    let mut on_text = |piece: &str| {
         if !a.json {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         }
-    })?;
+    };
+    let g = if engine.model.as_seq2seq().is_some() {
+        // Encoder-decoders run their own loop (encoder and cross K/V once per request); the
+        // serving step loop schedules decoder-only models.
+        engine.generate(&prompt, &params, &mut on_text)?
+    } else {
+        // Through the serving engine (scheduler, paged KV cache, step loop), one request.
+        let config = EngineConfig {
+            max_num_seqs: 1,
+            ..EngineConfig::default()
+        };
+        let handle = EngineHandle::start(Arc::new(engine), config)?;
+        let g = handle.generate(&prompt, &params, &mut on_text)?;
+        handle.shutdown();
+        g
+    };
     if a.json {
         let v = json!({
             "text": g.text,

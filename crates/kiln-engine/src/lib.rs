@@ -11,6 +11,8 @@ mod error;
 pub mod sampling;
 mod score;
 pub mod seq2seq;
+mod sequence;
+pub mod serving;
 pub mod stop;
 
 pub use beam::{
@@ -22,6 +24,11 @@ pub use engine::{Engine, Generation, Timings};
 pub use error::{Error, Result};
 pub use score::Score;
 pub use seq2seq::Seq2SeqBeam;
+pub use sequence::{Sampled, SeqState, TokenLogprob};
+pub use serving::{
+    kv_bytes_per_token, EngineConfig, EngineHandle, EngineStats, Event, GenerateRequest,
+    KvCacheDtype, RequestStream, RequestTimings, SubmitError, Usage, DEFAULT_KV_BYTES,
+};
 
 pub use sampling::{
     argmax, log_softmax, log_softmax_in_place, top_logprobs, Sampler, SamplingError, SamplingParams,
