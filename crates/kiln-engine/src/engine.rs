@@ -6,11 +6,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use kiln_models::{Model, ModelInfo};
-use kiln_nn::{Batch, KvCache};
+use kiln_nn::{Batch, KvCache, KvStore};
 use kiln_tensor::Tensor;
 use kiln_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
-use crate::{Error, FinishReason, Result, Sampler, SamplingParams, StopChecker};
+use crate::sequence::SeqState;
+use crate::{Error, FinishReason, Result, SamplingParams};
 
 /// Wall-clock split of a generation.
 #[derive(Debug, Clone, Default)]
@@ -52,8 +53,7 @@ impl Engine {
         } else {
             Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(path)?)?
         };
-        let mut eos: Vec<u32> = tokenizer.eos_ids().to_vec();
-        eos.extend(&loaded.info.eos_token_ids);
+        let mut eos: Vec<u32> = Vec::new();
         if path.is_dir() {
             if let Ok(text) = std::fs::read_to_string(path.join("generation_config.json")) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
@@ -61,16 +61,26 @@ impl Engine {
                 }
             }
         }
+        Ok(Engine::from_parts(loaded, tokenizer, eos))
+    }
+
+    /// An engine from a loaded model and a tokenizer; `eos` adds end-of-sequence ids to those
+    /// of the tokenizer and the model's config (tests pair tiny fixture models with a fixture
+    /// tokenizer this way).
+    pub fn from_parts(loaded: kiln_models::Loaded, tokenizer: Tokenizer, eos: Vec<u32>) -> Engine {
+        let mut eos = eos;
+        eos.extend(tokenizer.eos_ids());
+        eos.extend(&loaded.info.eos_token_ids);
         eos.sort_unstable();
         eos.dedup();
         let chat = ChatTemplate::from_tokenizer(&tokenizer).ok();
-        Ok(Engine {
+        Engine {
             model: loaded.model,
             info: loaded.info,
             tokenizer,
             chat,
             eos,
-        })
+        }
     }
 
     pub fn eos_ids(&self) -> &[u32] {
@@ -115,11 +125,44 @@ impl Engine {
 
     fn step_in_pool(&self, cache: &mut KvCache, ids: &[u32], n_logits: usize) -> Result<Tensor> {
         let batch = Batch::single(cache.len(), ids.len());
-        let hidden = self.model.forward(ids, &batch, cache)?;
         let rows = n_logits.min(ids.len());
-        let hidden = hidden
-            .narrow(0, ids.len() - rows, rows)
-            .map_err(kiln_models::Error::from)?;
+        let rows: Vec<u32> = (ids.len() - rows..ids.len()).map(|r| r as u32).collect();
+        self.logits_of_rows(ids, &batch, cache, &rows)
+    }
+
+    /// One forward pass over a packed step (`ids` laid out by `batch`, keys/values through
+    /// `kv`); logits `(rows.len(), vocab)` of the given rows only, since the LM head over every
+    /// prefill row would cost as much as a layer. Runs inside the thread pool like [`step`].
+    ///
+    /// [`step`]: Engine::step
+    pub fn forward_rows(
+        &self,
+        ids: &[u32],
+        batch: &Batch,
+        kv: &mut (dyn KvStore + Send),
+        rows: &[u32],
+    ) -> Result<Tensor> {
+        let mut result = None;
+        rayon::scope(|_| result = Some(self.logits_of_rows(ids, batch, kv, rows)));
+        result.unwrap_or_else(|| Err(Error::InvalidArgument("forward pass did not run".into())))
+    }
+
+    fn logits_of_rows(
+        &self,
+        ids: &[u32],
+        batch: &Batch,
+        kv: &mut dyn KvStore,
+        rows: &[u32],
+    ) -> Result<Tensor> {
+        let hidden = self.model.forward(ids, batch, kv)?;
+        if rows.is_empty() {
+            return Ok(Tensor::zeros([0, self.info.vocab_size]));
+        }
+        let hidden = if rows.len() == ids.len() {
+            hidden
+        } else {
+            hidden.gather_rows(rows).map_err(kiln_models::Error::from)?
+        };
         Ok(self.model.logits(&hidden)?)
     }
 
@@ -140,53 +183,40 @@ impl Engine {
                 max_context,
             });
         }
-        let mut sampler = Sampler::new(params, self.info.vocab_size)?;
-        let mut stop = StopChecker::new(&params.stop);
-        let mut stream = self.tokenizer.decode_stream(true);
+        let mut seq = SeqState::new(
+            &self.tokenizer,
+            &self.eos,
+            prompt.to_vec(),
+            params,
+            None,
+            self.info.vocab_size,
+            max_context,
+        )?;
         let mut cache = self.model.new_cache();
         let mut text = String::new();
-        let mut generated: Vec<u32> = Vec::new();
-        let emit = |piece: &str, text: &mut String, on_text: &mut dyn FnMut(&str)| {
-            if !piece.is_empty() {
-                text.push_str(piece);
-                on_text(piece);
-            }
-        };
 
         let t0 = Instant::now();
         let mut logits = self.step(&mut cache, prompt, 1)?.into_f32_vec();
         let prompt_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let finish = loop {
-            if generated.len() >= params.max_tokens {
-                break FinishReason::Length;
+            let s = seq.accept_logits(&mut logits)?;
+            if !s.text.is_empty() {
+                text.push_str(&s.text);
+                on_text(&s.text);
             }
-            let next = sampler.sample(&mut logits, prompt, &generated);
-            if !params.ignore_eos && self.eos.contains(&next) {
+            if let Some(reason) = s.finish {
+                break reason;
+            }
+            // `id` is `None` only for an end-of-sequence id, which always sets `finish`.
+            let Some(next) = s.id else {
                 break FinishReason::Stop;
-            }
-            generated.push(next);
-            if let Some(piece) = stream.push(next)? {
-                let upd = stop.push(&piece);
-                emit(&upd.text, &mut text, on_text);
-                if upd.stop.is_some() {
-                    break FinishReason::Stop;
-                }
-            }
-            if generated.len() >= params.max_tokens || cache.len() + 1 >= max_context {
-                break FinishReason::Length;
-            }
+            };
             logits = self.step(&mut cache, &[next], 1)?.into_f32_vec();
         };
-        if stop.stopped().is_none() {
-            if let Some(piece) = stream.flush()? {
-                let upd = stop.push(&piece);
-                emit(&upd.text, &mut text, on_text);
-            }
-            emit(&stop.finish(), &mut text, on_text);
-        }
         let decode_s = t1.elapsed().as_secs_f64();
         // The first sampled token comes from the prefill; decode steps = generated - 1.
+        let generated = seq.generated().to_vec();
         let decode_steps = generated.len().saturating_sub(1);
         Ok(Generation {
             text,

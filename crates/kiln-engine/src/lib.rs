@@ -9,12 +9,19 @@ mod engine;
 mod error;
 pub mod sampling;
 mod score;
+mod sequence;
+pub mod serving;
 pub mod stop;
 
 pub use embed::{Classification, Embeddings, Encoder, Entity};
 pub use engine::{Engine, Generation, Timings};
 pub use error::{Error, Result};
 pub use score::Score;
+pub use sequence::{Sampled, SeqState, TokenLogprob};
+pub use serving::{
+    EngineConfig, EngineHandle, EngineStats, Event, GenerateRequest, KvCacheDtype, RequestStream,
+    RequestTimings, SubmitError, Usage,
+};
 
 pub use sampling::{
     argmax, log_softmax, log_softmax_in_place, top_logprobs, Sampler, SamplingError, SamplingParams,

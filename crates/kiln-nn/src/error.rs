@@ -25,6 +25,8 @@ pub enum Error {
     },
     #[error("tensor `{name}`: unsupported dtype {dtype}")]
     UnsupportedDType { name: String, dtype: String },
+    #[error("paged KV, sequence {seq}: {reason}")]
+    PagedKv { seq: usize, reason: String },
     #[error("config: {0}")]
     Config(String),
 }

@@ -13,6 +13,7 @@ mod kv_store;
 mod linear;
 mod mlp;
 mod norm;
+mod paged_kv;
 pub mod rope;
 pub mod weights;
 
@@ -24,5 +25,6 @@ pub use kv_store::{KvStore, SeqCaches};
 pub use linear::Linear;
 pub use mlp::{Activation, GatedMlp};
 pub use norm::{LayerNorm, RmsNorm};
+pub use paged_kv::{KvCacheDtype, PagedKv, PagedKvPool, NO_BLOCK};
 pub use rope::{Rope, RopeScaling};
 pub use weights::{Param, Weights};

@@ -30,7 +30,7 @@ pub struct AttnParams<'a> {
 
 impl AttnParams<'_> {
     /// The key range `[lo, hi)` visible to a query at absolute position `p`.
-    fn visible(&self, p: usize, n_kv: usize) -> (usize, usize) {
+    pub(crate) fn visible(&self, p: usize, n_kv: usize) -> (usize, usize) {
         let hi = if self.causal { (p + 1).min(n_kv) } else { n_kv };
         let lo = match self.window {
             Some(w) => (p + 1).saturating_sub(w),
@@ -42,6 +42,10 @@ impl AttnParams<'_> {
 
 const BLOCK_Q: usize = 64;
 
+/// Up to this many queries take the decode path (per-query dot products); more take the blocked
+/// gemm path.
+pub(crate) const DECODE_MAX_QUERIES: usize = 4;
+
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, out: &mut [f32]) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let n_q = q.len() / (nh * hd);
@@ -51,8 +55,14 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams
         "attention: n_heads must be a multiple of n_kv_heads"
     );
     assert_eq!(out.len(), q.len(), "attention: output size");
-    if n_q <= 4 {
-        decode(q, k, v, q_start, p, n_q, n_kv, out);
+    if n_q <= DECODE_MAX_QUERIES {
+        let src = Contiguous {
+            k,
+            v,
+            kv_stride: nkv * hd,
+            head_dim: hd,
+        };
+        decode(q, &src, n_kv, q_start, p, out);
     } else {
         prefill(q, k, v, q_start, p, n_q, n_kv, out);
     }
@@ -70,10 +80,66 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-struct Chunk<'a> {
-    q: &'a [f32],
+/// A run of consecutive keys whose rows (of one kv head) are evenly strided in memory: key
+/// `c0 + off + t` of the chunk is `rows[t * stride..][..head_dim]` for `t < n`.
+pub(crate) struct Run<'s> {
+    pub off: usize,
+    pub n: usize,
+    pub rows: &'s [f32],
+    pub stride: usize,
+}
+
+/// Where decode reads key and value rows: the contiguous `(n_kv, n_kv_heads, head_dim)` slices
+/// here, or a paged block pool (`paged_attention.rs`) whose runs are the pieces of a chunk lying
+/// in one block. The kernels loop over runs, so a contiguous chunk is a single run and costs what
+/// it did before; a paged chunk is read in place, block by block, without a gather.
+pub(crate) trait KvRows: Sync {
+    /// Appends to `out`, in key order, the runs covering keys `c0..c1` of kv head `kh` (`values`
+    /// picks V rather than K). A source storing rows in another format dequantizes them into
+    /// `scratch` and points the runs there.
+    fn runs<'s>(
+        &'s self,
+        kh: usize,
+        c0: usize,
+        c1: usize,
+        values: bool,
+        scratch: &'s mut Vec<f32>,
+        out: &mut Vec<Run<'s>>,
+    );
+}
+
+struct Contiguous<'a> {
     k: &'a [f32],
     v: &'a [f32],
+    kv_stride: usize,
+    head_dim: usize,
+}
+
+impl KvRows for Contiguous<'_> {
+    fn runs<'s>(
+        &'s self,
+        kh: usize,
+        c0: usize,
+        c1: usize,
+        values: bool,
+        _scratch: &'s mut Vec<f32>,
+        out: &mut Vec<Run<'s>>,
+    ) {
+        let src = if values { self.v } else { self.k };
+        let start = c0 * self.kv_stride + kh * self.head_dim;
+        let end = (c1 - 1) * self.kv_stride + kh * self.head_dim + self.head_dim;
+        out.push(Run {
+            off: 0,
+            n: c1 - c0,
+            rows: &src[start..end],
+            stride: self.kv_stride,
+        });
+    }
+}
+
+struct Chunk<'a, S> {
+    q: &'a [f32],
+    src: &'a S,
     q_start: usize,
     p: &'a AttnParams<'a>,
     i: usize,
@@ -83,31 +149,38 @@ struct Chunk<'a> {
 }
 
 /// Portable chunk kernel (also the AVX2 one's reference in tests).
-fn decode_chunk(c: &Chunk) -> Partial {
+fn decode_chunk<S: KvRows>(c: &Chunk<S>) -> Partial {
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     let mut scores = vec![0.0f32; group * n];
-    let kv_stride = c.p.n_kv_heads * hd;
-    for (jj, j) in (c.c0..c.c1).enumerate() {
-        let krow = &c.k[j * kv_stride + c.kh * hd..][..hd];
-        for g in 0..group {
-            scores[g * n + jj] = dot_portable(c.q_row(g), krow);
+    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
+    c.src.runs(c.kh, c.c0, c.c1, false, &mut scratch, &mut runs);
+    for r in &runs {
+        for t in 0..r.n {
+            let krow = &r.rows[t * r.stride..][..hd];
+            for g in 0..group {
+                scores[g * n + r.off + t] = dot_portable(c.q_row(g), krow);
+            }
         }
     }
     let mut part = c.softmax_parts(&mut scores);
-    for (jj, j) in (c.c0..c.c1).enumerate() {
-        let vrow = &c.v[j * kv_stride + c.kh * hd..][..hd];
-        for g in 0..group {
-            axpy_portable(
-                scores[g * n + jj],
-                vrow,
-                &mut part.acc[g * hd..(g + 1) * hd],
-            );
+    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
+    c.src.runs(c.kh, c.c0, c.c1, true, &mut scratch, &mut runs);
+    for r in &runs {
+        for t in 0..r.n {
+            let vrow = &r.rows[t * r.stride..][..hd];
+            for g in 0..group {
+                axpy_portable(
+                    scores[g * n + r.off + t],
+                    vrow,
+                    &mut part.acc[g * hd..(g + 1) * hd],
+                );
+            }
         }
     }
     part
 }
 
-impl Chunk<'_> {
+impl<S> Chunk<'_, S> {
     fn q_row(&self, g: usize) -> &[f32] {
         let (nh, hd) = (self.p.n_heads, self.p.head_dim);
         let h = self.kh * (nh / self.p.n_kv_heads) + g;
@@ -156,64 +229,70 @@ impl Chunk<'_> {
 /// values accumulated in registers per head.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
+unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
     use std::arch::x86_64::*;
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     if hd % 8 != 0 || hd > 256 {
         return decode_chunk(c);
     }
-    let kv_stride = c.p.n_kv_heads * hd;
-    let base = c.kh * hd;
-    let kp = c.k.as_ptr();
-    let vp = c.v.as_ptr();
-    // SAFETY (for every raw read below): rows c0..c1 of kv head kh lie within k and v, which this
-    // assert checks for the last row; q rows come from the bounds-checked `q_row`.
-    assert!((c.c1 - 1) * kv_stride + base + hd <= c.k.len().min(c.v.len()));
+    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
+    c.src.runs(c.kh, c.c0, c.c1, false, &mut scratch, &mut runs);
+    // SAFETY (for every raw read of a run below): rows t < r.n of a run lie within r.rows,
+    // which this check guarantees for the last row; q rows come from the bounds-checked `q_row`.
+    let check = |r: &Run| assert!(r.n == 0 || (r.n - 1) * r.stride + hd <= r.rows.len());
+    runs.iter().for_each(check);
     let mut scores = vec![0.0f32; group * n];
     for g in 0..group {
         let q = c.q_row(g).as_ptr();
-        let mut jj = 0;
-        while jj + 4 <= n {
-            let rows: [*const f32; 4] =
-                std::array::from_fn(|t| kp.add((c.c0 + jj + t) * kv_stride + base));
-            let (mut a0, mut a1, mut a2, mut a3) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            let mut d = 0;
-            while d < hd {
-                let qv = _mm256_loadu_ps(q.add(d));
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[0].add(d)), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[1].add(d)), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[2].add(d)), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[3].add(d)), a3);
-                d += 8;
+        for r in &runs {
+            let rp = r.rows.as_ptr();
+            let out = scores.as_mut_ptr().add(g * n + r.off);
+            let mut t = 0;
+            while t + 4 <= r.n {
+                let rows: [*const f32; 4] = std::array::from_fn(|u| rp.add((t + u) * r.stride));
+                let (mut a0, mut a1, mut a2, mut a3) = (
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                );
+                let mut d = 0;
+                while d < hd {
+                    let qv = _mm256_loadu_ps(q.add(d));
+                    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[0].add(d)), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[1].add(d)), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[2].add(d)), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[3].add(d)), a3);
+                    d += 8;
+                }
+                let s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                let sums = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+                _mm_storeu_ps(out.add(t), sums);
+                t += 4;
             }
-            let t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-            let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-            _mm_storeu_ps(scores.as_mut_ptr().add(g * n + jj), sums);
-            jj += 4;
-        }
-        while jj < n {
-            let krow = std::slice::from_raw_parts(kp.add((c.c0 + jj) * kv_stride + base), hd);
-            scores[g * n + jj] = dot_portable(c.q_row(g), krow);
-            jj += 1;
+            while t < r.n {
+                *out.add(t) = dot_portable(c.q_row(g), &r.rows[t * r.stride..][..hd]);
+                t += 1;
+            }
         }
     }
     let mut part = c.softmax_parts(&mut scores);
+    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
+    c.src.runs(c.kh, c.c0, c.c1, true, &mut scratch, &mut runs);
+    runs.iter().for_each(check);
     let mut acc = [_mm256_setzero_ps(); 32];
+    let lanes = hd / 8;
     for g in 0..group {
-        let lanes = hd / 8;
         acc[..lanes]
             .iter_mut()
             .for_each(|a| *a = _mm256_setzero_ps());
-        for jj in 0..n {
-            let w = _mm256_set1_ps(scores[g * n + jj]);
-            let row = vp.add((c.c0 + jj) * kv_stride + base);
-            for (l, a) in acc[..lanes].iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(l * 8)), *a);
+        for r in &runs {
+            for t in 0..r.n {
+                let w = _mm256_set1_ps(scores[g * n + r.off + t]);
+                let row = r.rows.as_ptr().add(t * r.stride);
+                for (l, a) in acc[..lanes].iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(l * 8)), *a);
+                }
             }
         }
         let out = part.acc.as_mut_ptr().add(g * hd);
@@ -225,19 +304,18 @@ unsafe fn decode_chunk_avx2(c: &Chunk) -> Partial {
 }
 
 /// Decode: each key and value row is read once per GQA group (not once per query head), which
-/// matters because the cache at long contexts does not fit in cache memory.
-#[allow(clippy::too_many_arguments)]
-fn decode(
+/// matters because the cache at long contexts does not fit in cache memory. Keys `0..n_kv` are
+/// read through `src`; only the keys each query can see are read.
+pub(crate) fn decode<S: KvRows>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    src: &S,
+    n_kv: usize,
     q_start: usize,
     p: &AttnParams,
-    n_q: usize,
-    n_kv: usize,
     out: &mut [f32],
 ) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let n_q = q.len() / (nh * hd);
     let group = nh / nkv;
     let mut tasks = Vec::new();
     for i in 0..n_q {
@@ -254,8 +332,7 @@ fn decode(
     let run = |&(i, kh, c0, c1): &(usize, usize, usize, usize)| -> Partial {
         let chunk = Chunk {
             q,
-            k,
-            v,
+            src,
             q_start,
             p,
             i,
@@ -462,10 +539,15 @@ mod tests {
                 window: None,
                 alibi_slopes: Some(&slopes),
             };
-            let c = Chunk {
-                q: &q,
+            let src = Contiguous {
                 k: &k,
                 v: &v,
+                kv_stride: nkv * hd,
+                head_dim: hd,
+            };
+            let c = Chunk {
+                q: &q,
+                src: &src,
                 q_start: n_kv - 1,
                 p: &p,
                 i: 0,

@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod encoder;
 pub mod matmul;
 pub mod norm;
+pub mod paged_attention;
 pub mod rope;
 pub mod softmax;
 pub mod vec;
