@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kiln_engine::{Encoder, Engine};
-use kiln_server::engine::{EngineConfig, EngineHandle};
+use kiln_server::engine::{EngineConfig, EngineHandle, KvCacheDtype};
 use kiln_server::{AppState, ServedModel, ServerConfig};
 use kiln_tokenizer::ChatTemplate;
 
@@ -28,20 +28,23 @@ pub struct Args {
     #[arg(long)]
     served_model_name: Option<String>,
     /// Most sequences running at once.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_num_seqs: u32,
     /// Most tokens in one engine step (prefill chunks plus decodes).
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_num_batched_tokens: u32,
     /// Memory for the KV cache in MiB (default: sized from the model and the free memory).
     #[arg(long)]
     kv_cache_memory: Option<u64>,
-    /// KV cache element type.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16"])]
+    /// KV cache element type (auto: f32).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
     kv_cache_dtype: String,
     /// Requests allowed to wait for a slot; past it new requests get 429 with Retry-After.
     #[arg(long, default_value_t = 1024)]
     max_waiting: u32,
+    /// Do not reuse the KV cache of prompt prefixes shared between requests.
+    #[arg(long)]
+    no_prefix_caching: bool,
     /// Largest request body in bytes (413 past it).
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -89,16 +92,17 @@ pub fn run(a: Args) -> Result<()> {
         let chat = ChatTemplate::from_tokenizer(&engine.tokenizer).ok();
         let engine: Arc<Engine> = Arc::new(engine);
         let config = EngineConfig {
+            kv_cache_memory: a.kv_cache_memory.map(|mib| (mib as usize) << 20),
+            kv_cache_dtype: match a.kv_cache_dtype.as_str() {
+                "f16" => KvCacheDtype::F16,
+                _ => KvCacheDtype::F32,
+            },
+            max_num_batched_tokens: a.max_num_batched_tokens as usize,
+            max_num_seqs: a.max_num_seqs as usize,
             max_waiting: a.max_waiting as usize,
+            enable_prefix_caching: !a.no_prefix_caching,
+            ..EngineConfig::default()
         };
-        // Accepted now, honoured by the batching engine (the interim executor runs one request
-        // at a time and sizes its cache from the model's context).
-        let _ = (
-            a.max_num_seqs,
-            a.max_num_batched_tokens,
-            a.kv_cache_memory,
-            &a.kv_cache_dtype,
-        );
         let handle =
             EngineHandle::start(engine.clone(), config).context("starting the engine thread")?;
         ServedModel::Generator {

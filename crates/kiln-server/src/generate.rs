@@ -19,6 +19,9 @@ use crate::AppState;
 /// One sequence submitted to the engine.
 pub struct Run {
     pub index: usize,
+    /// The first choice of its prompt: the one whose prompt tokens count in `usage` (vLLM
+    /// counts a prompt once however many choices it has).
+    pub first_of_prompt: bool,
     pub stream: RequestStream,
     pub tracker: RequestTracker,
 }
@@ -48,6 +51,7 @@ pub fn submit_all(
             match handle.submit(req) {
                 Ok(stream) => runs.push(Run {
                     index,
+                    first_of_prompt: i == 0,
                     stream,
                     tracker: RequestTracker::new(state.metrics.clone(), arrival),
                 }),
@@ -79,6 +83,7 @@ pub struct Output {
     pub text: String,
     pub tokens: Vec<Token>,
     pub finish_reason: Option<&'static str>,
+    /// Zero for all but the first choice of a prompt, so summing gives `usage.prompt_tokens`.
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
 }
@@ -91,7 +96,8 @@ pub async fn collect(runs: Vec<Run>) -> Result<Vec<Output>, ApiError> {
 
 async fn collect_one(mut run: Run) -> Result<Output, ApiError> {
     let mut out = Output::default();
-    while let Some(ev) = run.stream.recv().await {
+    let counts_prompt = run.first_of_prompt;
+    while let Some(ev) = run.stream.next().await {
         match ev {
             Event::Token { id, text, logprob } => {
                 run.tracker.token();
@@ -104,11 +110,21 @@ async fn collect_one(mut run: Run) -> Result<Output, ApiError> {
                 }
                 out.text.push_str(&text);
             }
-            Event::Finished { reason, usage, .. } => {
+            Event::Finished {
+                reason,
+                text,
+                usage,
+                ..
+            } => {
+                out.text.push_str(&text);
                 run.tracker
                     .finished(usage.prompt_tokens, usage.completion_tokens);
                 out.finish_reason = Some(finish_str(reason));
-                out.prompt_tokens = usage.prompt_tokens;
+                out.prompt_tokens = if counts_prompt {
+                    usage.prompt_tokens
+                } else {
+                    0
+                };
                 out.completion_tokens = usage.completion_tokens;
                 return Ok(out);
             }
@@ -137,8 +153,12 @@ pub enum Item {
         text: String,
         token: Option<Token>,
     },
-    /// Choice `index` ended.
-    Finished { index: usize, reason: &'static str },
+    /// Choice `index` ended; `tail` is text released only at the end (usually empty).
+    Finished {
+        index: usize,
+        tail: String,
+        reason: &'static str,
+    },
     /// Every choice ended: totals for the usage chunk.
     Done {
         prompt_tokens: usize,
@@ -156,14 +176,23 @@ pub fn merge(runs: Vec<Run>) -> BoxStream<'static, Item> {
     for (slot, run) in runs.into_iter().enumerate() {
         let Run {
             index,
-            mut stream,
+            first_of_prompt,
+            stream,
             tracker,
         } = run;
-        trackers.push((index, tracker, 0usize));
+        trackers.push(Slot {
+            index,
+            tracker,
+            len: 0,
+            first_of_prompt,
+        });
         merged.push(
-            stream::poll_fn(move |cx| stream.poll_recv(cx))
-                .map(move |e| (slot, e))
-                .boxed(),
+            stream::unfold(
+                stream,
+                |mut s| async move { s.next().await.map(|e| (e, s)) },
+            )
+            .map(move |e| (slot, e))
+            .boxed(),
         );
     }
     let st = MergeState {
@@ -182,10 +211,18 @@ pub fn merge(runs: Vec<Run>) -> BoxStream<'static, Item> {
     .boxed()
 }
 
+/// One sequence of a merged stream.
+struct Slot {
+    index: usize,
+    tracker: RequestTracker,
+    /// Bytes of text so far (the next token's `text_offset`).
+    len: usize,
+    first_of_prompt: bool,
+}
+
 struct MergeState {
     merged: SelectAll<BoxStream<'static, (usize, Event)>>,
-    /// Per slot: the choice index, its tracker and its text length so far.
-    trackers: Vec<(usize, RequestTracker, usize)>,
+    trackers: Vec<Slot>,
     totals: (usize, usize),
     done: bool,
 }
@@ -194,9 +231,9 @@ impl MergeState {
     async fn next_item(&mut self) -> Item {
         let Some((slot, ev)) = self.merged.next().await else {
             self.done = true;
-            if self.trackers.iter().any(|t| !t.1.is_done()) {
-                for t in &mut self.trackers {
-                    t.1.failed();
+            if self.trackers.iter().any(|t| !t.tracker.is_done()) {
+                for t in self.trackers.iter_mut().filter(|t| !t.tracker.is_done()) {
+                    t.tracker.failed();
                 }
                 return Item::Error(ApiError::Internal(
                     "the engine dropped a request without finishing it".into(),
@@ -207,7 +244,12 @@ impl MergeState {
                 completion_tokens: self.totals.1,
             };
         };
-        let (index, tracker, len) = &mut self.trackers[slot];
+        let Slot {
+            index,
+            tracker,
+            len,
+            first_of_prompt,
+        } = &mut self.trackers[slot];
         match ev {
             Event::Token { id, text, logprob } => {
                 tracker.token();
@@ -223,12 +265,20 @@ impl MergeState {
                     token,
                 }
             }
-            Event::Finished { reason, usage, .. } => {
+            Event::Finished {
+                reason,
+                text,
+                usage,
+                ..
+            } => {
                 tracker.finished(usage.prompt_tokens, usage.completion_tokens);
-                self.totals.0 += usage.prompt_tokens;
+                if *first_of_prompt {
+                    self.totals.0 += usage.prompt_tokens;
+                }
                 self.totals.1 += usage.completion_tokens;
                 Item::Finished {
                     index: *index,
+                    tail: text,
                     reason: finish_str(reason),
                 }
             }

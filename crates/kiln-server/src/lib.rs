@@ -18,13 +18,13 @@ pub mod openapi;
 mod params;
 pub mod protocol;
 mod routes;
-mod serial_engine;
 mod sse;
 
-/// The engine API the server is written against (`EngineHandle`, `GenerateRequest`, `Event`,
-/// ...): today the interim serial executor, the batching engine's once it lands.
+/// The engine's request-level API the server is written against (`EngineHandle`,
+/// `GenerateRequest`, a `RequestStream` of `Event`s), re-exported for the binary and the tests.
 pub mod engine {
-    pub use crate::serial_engine::*;
+    pub use kiln_engine::serving::*;
+    pub use kiln_engine::TokenLogprob;
 }
 
 use std::sync::atomic::{AtomicBool, Ordering};

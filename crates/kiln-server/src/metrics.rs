@@ -191,15 +191,55 @@ impl Metrics {
             );
             gauge(
                 &mut out,
-                "kiln_kv_waste_ratio",
-                "Fraction of allocated KV slots holding no token.",
-                s.kv_waste,
+                "kiln_kv_blocks_total",
+                "KV cache blocks in the pool (0 with per-sequence contiguous caches).",
+                s.kv_blocks_total as f64,
             );
             gauge(
                 &mut out,
+                "kiln_kv_slots_used",
+                "KV token slots holding a token.",
+                s.kv_slots_used as f64,
+            );
+            let waste = if s.kv_slots_allocated == 0 {
+                0.0
+            } else {
+                1.0 - s.kv_slots_used as f64 / s.kv_slots_allocated as f64
+            };
+            gauge(
+                &mut out,
+                "kiln_kv_waste_ratio",
+                "Fraction of allocated KV slots holding no token (partly filled blocks).",
+                waste,
+            );
+            let hit_rate = if s.prefix_cache_queries == 0 {
+                0.0
+            } else {
+                s.prefix_cache_hits as f64 / s.prefix_cache_queries as f64
+            };
+            gauge(
+                &mut out,
                 "kiln_prefix_cache_hit_rate",
-                "Fraction of prompt tokens served from the prefix cache.",
-                s.prefix_cache_hit_rate,
+                "Fraction of prompt tokens served from the prefix cache since start.",
+                hit_rate,
+            );
+            let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                );
+            };
+            counter(
+                &mut out,
+                "kiln_preemptions_total",
+                "Running sequences evicted to free KV memory.",
+                s.preemptions,
+            );
+            counter(
+                &mut out,
+                "kiln_engine_steps_total",
+                "Engine forward steps.",
+                s.steps,
             );
         }
         out

@@ -26,11 +26,23 @@ fn engine() -> Arc<Engine> {
     Arc::new(Engine::load(&fixture(), &mut |_, _| {}).expect("the server fixture loads"))
 }
 
-fn state_with(max_waiting: usize, max_body_bytes: usize) -> (Arc<AppState>, Arc<Engine>) {
+fn state_with(
+    max_num_seqs: usize,
+    max_waiting: usize,
+    max_body_bytes: usize,
+) -> (Arc<AppState>, Arc<Engine>) {
     let engine = engine();
     let chat = ChatTemplate::from_tokenizer(&engine.tokenizer).ok();
-    let handle = EngineHandle::start(engine.clone(), EngineConfig { max_waiting })
-        .expect("engine thread starts");
+    let handle = EngineHandle::start(
+        engine.clone(),
+        EngineConfig {
+            max_num_seqs,
+            max_num_batched_tokens: 512.max(max_num_seqs),
+            max_waiting,
+            ..EngineConfig::default()
+        },
+    )
+    .expect("engine thread starts");
     let mut config = ServerConfig::new(MODEL);
     config.max_body_bytes = max_body_bytes;
     let state = AppState::new(
@@ -45,7 +57,7 @@ fn state_with(max_waiting: usize, max_body_bytes: usize) -> (Arc<AppState>, Arc<
 }
 
 fn app() -> (Router, Arc<AppState>, Arc<Engine>) {
-    let (state, engine) = state_with(64, 1 << 20);
+    let (state, engine) = state_with(8, 64, 1 << 20);
     (kiln_server::router(state.clone()), state, engine)
 }
 
@@ -406,7 +418,7 @@ async fn unknown_model_route_and_method() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
-    let (state, _) = state_with(64, 1024);
+    let (state, _) = state_with(8, 64, 1024);
     let app = kiln_server::router(state);
     let big = json!({"prompt": "a".repeat(4096)}).to_string();
     let (s, _, b) = send(&app, "POST", "/v1/completions", Some(&big)).await;
@@ -419,25 +431,48 @@ async fn body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn full_queue_is_429_with_retry_after() {
-    let (state, _) = state_with(0, 1 << 20);
+    // One running sequence, one waiting: of requests sent faster than the first can finish,
+    // some must be refused.
+    let (state, _) = state_with(1, 1, 1 << 20);
     let app = kiln_server::router(state.clone());
-    let (s, h, b) = send(
-        &app,
-        "POST",
-        "/v1/completions",
-        Some(&json!({"prompt": "a"}).to_string()),
-    )
-    .await;
-    let e = error_of(
-        s,
-        StatusCode::TOO_MANY_REQUESTS,
-        &serde_json::from_str(&b).expect("JSON"),
-    );
-    assert_eq!(e["type"], "rate_limit_error");
-    assert!(h.contains_key(header::RETRY_AFTER));
+    let body =
+        json!({"prompt": "a", "max_tokens": 120, "ignore_eos": true, "stream": true}).to_string();
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/completions")
+            .body(Body::from(body.clone()))
+            .expect("a valid request");
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(resp.headers().contains_key(header::RETRY_AFTER));
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            let v: Value = serde_json::from_slice(&bytes).expect("JSON");
+            assert_eq!(
+                error_of(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &v
+                )["type"],
+                "rate_limit_error"
+            );
+            refused += 1;
+        } else {
+            assert_eq!(resp.status(), StatusCode::OK);
+            held.push(resp); // keep the stream open so its request keeps its slot
+        }
+    }
+    assert!(refused >= 1, "no request was refused");
+    assert!(!held.is_empty());
     let (_, _, m) = send(&app, "GET", "/metrics", None).await;
     assert!(
-        m.contains("kiln_requests_total{outcome=\"rejected\"} 1"),
+        m.contains(&format!(
+            "kiln_requests_total{{outcome=\"rejected\"}} {refused}"
+        )),
         "{m}"
     );
 }
@@ -505,7 +540,7 @@ async fn tokenize_detokenize_models_health() {
     let (app, _, _) = app();
     let (s, v) = post(&app, "/tokenize", json!({"prompt": "héllo"})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["count"], 7); // <s> + 6 bytes
+    assert_eq!(v["count"], 6); // <s> h é(2 bytes, no merge) llo
     assert_eq!(v["max_model_len"], 128);
     let mut ids = v["tokens"].clone();
     ids.as_array_mut().map(|a| a.remove(0));

@@ -194,8 +194,26 @@ async fn run(
                         None,
                     ));
                 }
-                Item::Finished { index, reason } => {
+                Item::Finished {
+                    index,
+                    tail,
+                    reason,
+                } => {
                     open(index, &mut out);
+                    if !tail.is_empty() {
+                        out.push(chunk(
+                            vec![ChatChunkChoice {
+                                index,
+                                delta: ChatDelta {
+                                    role: None,
+                                    content: Some(tail),
+                                },
+                                logprobs: None,
+                                finish_reason: None,
+                            }],
+                            None,
+                        ));
+                    }
                     out.push(chunk(
                         vec![ChatChunkChoice {
                             index,
@@ -229,8 +247,7 @@ async fn run(
         .into_iter()
         .enumerate()
         .map(|(index, o)| {
-            // One prompt, counted once (vLLM's usage for `n` > 1).
-            prompt_tokens = o.prompt_tokens;
+            prompt_tokens += o.prompt_tokens;
             completion_tokens += o.completion_tokens;
             ChatChoice {
                 index,

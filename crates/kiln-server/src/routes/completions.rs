@@ -118,10 +118,14 @@ async fn run(
                         None,
                     )]
                 }
-                Item::Finished { index, reason } => vec![chunk(
+                Item::Finished {
+                    index,
+                    tail,
+                    reason,
+                } => vec![chunk(
                     vec![CompletionChoice {
                         index,
-                        text: String::new(),
+                        text: tail,
                         logprobs: None,
                         finish_reason: Some(reason),
                     }],
