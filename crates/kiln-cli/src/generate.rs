@@ -1,9 +1,10 @@
 //! `kiln generate`: stream a completion for a prompt, or print one JSON object with `--json`.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Result;
-use kiln_engine::SamplingParams;
+use kiln_engine::{EngineConfig, EngineHandle, SamplingParams};
 use serde_json::json;
 
 use crate::{model_arg, Common};
@@ -71,13 +72,20 @@ pub fn run(a: Args) -> Result<()> {
     params.validate()?;
     let (engine, _, _) = model_arg::load(&a.common)?;
     let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
+    // Through the serving engine (scheduler, paged KV cache, step loop), one request.
+    let config = EngineConfig {
+        max_num_seqs: 1,
+        ..EngineConfig::default()
+    };
+    let handle = EngineHandle::start(Arc::new(engine), config)?;
     let mut out = std::io::stdout().lock();
-    let g = engine.generate(&prompt, &params, &mut |piece| {
+    let g = handle.generate(&prompt, &params, &mut |piece| {
         if !a.json {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         }
     })?;
+    handle.shutdown();
     if a.json {
         let v = json!({
             "text": g.text,

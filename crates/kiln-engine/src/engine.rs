@@ -167,6 +167,10 @@ impl Engine {
     }
 
     /// Generates from prompt ids, calling `on_text` with each newly completed piece of text.
+    ///
+    /// The single-request loop over a contiguous [`KvCache`]: the reference the serving engine
+    /// is tested against (same [`SeqState`], so the same finish rules and text). `kiln generate`
+    /// and the server run requests through [`crate::EngineHandle`] instead.
     pub fn generate(
         &self,
         prompt: &[u32],

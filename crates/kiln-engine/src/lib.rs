@@ -19,8 +19,8 @@ pub use error::{Error, Result};
 pub use score::Score;
 pub use sequence::{Sampled, SeqState, TokenLogprob};
 pub use serving::{
-    EngineConfig, EngineHandle, EngineStats, Event, GenerateRequest, KvCacheDtype, RequestStream,
-    RequestTimings, SubmitError, Usage,
+    kv_bytes_per_token, EngineConfig, EngineHandle, EngineStats, Event, GenerateRequest,
+    KvCacheDtype, RequestStream, RequestTimings, SubmitError, Usage, DEFAULT_KV_BYTES,
 };
 
 pub use sampling::{

@@ -82,18 +82,22 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Checks `cfg` and starts the step loop on a thread named `kiln-engine`.
     pub fn start(engine: Arc<Engine>, cfg: EngineConfig) -> Result<EngineHandle> {
-        step_loop::check_config(&engine, &cfg)?;
+        let n_blocks = step_loop::check_config(&engine, &cfg)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             wake: Condvar::new(),
-            stats: Mutex::new(EngineStats::default()),
+            stats: Mutex::new(EngineStats {
+                kv_blocks_total: n_blocks,
+                kv_blocks_free: n_blocks,
+                ..EngineStats::default()
+            }),
         });
         let max_context = engine.info.max_context;
         let max_waiting = cfg.max_waiting;
         let loop_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-engine".into())
-            .spawn(move || step_loop::run(&engine, &cfg, &loop_shared))
+            .spawn(move || step_loop::run(&engine, &cfg, n_blocks, &loop_shared))
             .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;
         Ok(EngineHandle {
             inner: Arc::new(HandleInner {

@@ -7,9 +7,10 @@
 //! its KV memory is freed at the start of the next step. [`EngineHandle::shutdown`] stops
 //! admitting, lets everything queued finish, and joins the thread.
 //!
-//! Each step runs one forward pass over every scheduled token of every running sequence, packed
-//! flat (decodes first, then prefill chunks up to `max_num_batched_tokens`), and samples only
-//! the rows that end a sequence's pending tokens. Per-sequence sampling, detokenization and stop
+//! Each step runs one forward pass over every token kiln-sched planned (decodes first, then
+//! prefill chunks up to `max_num_batched_tokens`; prefix-cache hits skipped; preemption by
+//! recomputation when KV blocks run out), packed flat over the paged KV pool (kiln-kv block
+//! tables, `kiln_nn::PagedKv`), and samples only the rows that end a sequence's pending tokens. Per-sequence sampling, detokenization and stop
 //! strings are [`crate::sequence::SeqState`], the same code as [`crate::Engine::generate`], so a
 //! request gives the same tokens and text whether it runs alone or batched.
 //!
@@ -17,23 +18,20 @@
 //! unless its stream was dropped first; per-request problems are a [`SubmitError`] at submit
 //! time or a `Failed` event, never an engine failure.
 
+mod collect;
 mod handle;
+pub(crate) mod memory;
 mod step_loop;
 
 pub use handle::{EngineHandle, RequestStream};
+/// Element type of the paged KV cache: `F32`, or `Int8` with a scale per (position, kv head).
+pub use kiln_nn::KvCacheDtype;
+pub use memory::{kv_bytes_per_token, DEFAULT_KV_BYTES};
 
 use crate::{FinishReason, SamplingParams, TokenLogprob};
 
 /// At most this many alternatives per token (OpenAI's limit for `top_logprobs`).
 pub const MAX_LOGPROBS: usize = 20;
-
-/// Element type of the KV cache. The contiguous per-sequence caches hold `F32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvCacheDtype {
-    #[default]
-    F32,
-    F16,
-}
 
 /// How the engine batches and how much KV memory it may use.
 #[derive(Debug, Clone)]
@@ -41,7 +39,7 @@ pub struct EngineConfig {
     /// Tokens per KV block (vLLM's default 16).
     pub block_size: usize,
     /// Bytes of KV cache; `None`: enough for `max_num_seqs` sequences of the model's full
-    /// context, capped at 1 GiB.
+    /// context, capped at [`DEFAULT_KV_BYTES`] (1 GiB). Must hold at least one full context.
     pub kv_cache_memory: Option<usize>,
     pub kv_cache_dtype: KvCacheDtype,
     /// Tokens computed per step, decodes and prefill chunks together (the step's token budget).
@@ -164,7 +162,8 @@ pub struct EngineStats {
     pub running: usize,
     /// Requests queued now (including preempted ones waiting to be recomputed).
     pub waiting: usize,
-    /// KV blocks of the pool (0 with contiguous per-sequence caches).
+    /// KV blocks of the pool: total, referenced by a sequence, and free (including blocks
+    /// kept only for prefix-cache hits, which are reclaimed on demand).
     pub kv_blocks_total: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_free: usize,

@@ -1,32 +1,30 @@
-//! The step loop on the engine thread: intake -> drop cancelled -> admit -> plan -> one packed
-//! forward -> sample -> stream events -> publish stats, until shutdown with nothing left.
+//! The step loop on the engine thread: intake -> drop cancelled -> schedule (kiln-sched) -> one
+//! packed forward over the paged KV pool -> sample -> stream events -> publish stats, until
+//! shutdown with nothing left.
 //!
-//! This version keeps each sequence's KV in its own contiguous [`KvCache`] (packed into one
-//! forward through [`SeqCaches`]), so admission is bounded by `max_num_seqs` only and nothing
-//! is ever preempted. Planning follows vLLM's V1 scheduler: every decoding sequence gets its one
-//! token first, then sequences still prefilling get chunks, in admission order, until the step's
-//! token budget is spent (chunked prefill). Admission order is priority (lower first), then
-//! arrival.
+//! The scheduler owns the block ids (kiln-kv) and decides each step's token ranges: decodes
+//! first, then prefill chunks up to `max_num_batched_tokens`, with prefix-cache hits skipped and
+//! preemption by recomputation when blocks run out. This loop owns what needs tensors or text:
+//! the [`PagedKvPool`] the block ids index, and each request's [`SeqState`] (sampler,
+//! detokenizer, stop strings) and event channel. A preempted sequence keeps its `SeqState`, so
+//! its sampler, text and stop-string state continue exactly where they were; only its keys and
+//! values are recomputed.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use kiln_nn::{Batch, KvCache, SeqCaches, SeqSpan};
+use kiln_nn::{Batch, PagedKv, PagedKvPool, SeqSpan};
+use kiln_sched::{BlockPool, Scheduler, SchedulerConfig, StepPlan};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{Pending, Shared};
-use super::{EngineConfig, Event, KvCacheDtype, RequestTimings, Usage};
+use super::{memory, EngineConfig, Event, RequestTimings, Usage};
 use crate::sequence::SeqState;
 use crate::{Engine, Error, FinishReason, Result};
 
-/// Rejects a configuration the loop cannot run with.
-pub(super) fn check_config(engine: &Engine, cfg: &EngineConfig) -> Result<()> {
+/// Checks `cfg` against the model; returns the number of KV blocks to allocate.
+pub(super) fn check_config(engine: &Engine, cfg: &EngineConfig) -> Result<usize> {
     let bad = |msg: String| Err(Error::InvalidArgument(msg));
-    if engine.model.as_encoder().is_some() {
-        return bad(format!(
-            "{} is an encoder-only model: it cannot generate",
-            engine.info.architecture
-        ));
-    }
     if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_waiting == 0 {
         return bad("block_size, max_num_seqs and max_waiting must be at least 1".into());
     }
@@ -37,27 +35,17 @@ pub(super) fn check_config(engine: &Engine, cfg: &EngineConfig) -> Result<()> {
             cfg.max_num_batched_tokens, cfg.max_num_seqs
         ));
     }
-    if cfg.kv_cache_dtype != KvCacheDtype::F32 {
-        return bad(format!(
-            "kv_cache_dtype {:?}: the contiguous KV caches hold f32 only",
-            cfg.kv_cache_dtype
-        ));
-    }
-    Ok(())
+    memory::n_blocks(engine, cfg)
 }
 
-/// A running sequence.
+/// A request the scheduler knows about (waiting or running).
 struct Seq<'e> {
     state: SeqState<'e>,
-    cache: KvCache,
-    /// Prompt then generated ids: everything the model is fed.
-    tokens: Vec<u32>,
-    /// Leading `tokens` whose keys/values are in `cache`.
-    computed: usize,
     tx: UnboundedSender<Event>,
     arrival: Instant,
-    started: Instant,
+    started: Option<Instant>,
     first_token: Option<Instant>,
+    cached_tokens: usize,
 }
 
 /// Sets `exited` when the loop returns or unwinds, so `shutdown` never waits forever.
@@ -70,33 +58,45 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-pub(super) fn run(engine: &Engine, cfg: &EngineConfig, shared: &Shared) {
+struct Loop<'e> {
+    engine: &'e Engine,
+    shared: &'e Shared,
+    sched: Scheduler,
+    kv: PagedKvPool,
+    seqs: HashMap<u64, Seq<'e>>,
+}
+
+pub(super) fn run(engine: &Engine, cfg: &EngineConfig, n_blocks: usize, shared: &Shared) {
     let _exit = ExitGuard(shared);
-    let mut waiting: Vec<Pending> = Vec::new();
-    let mut running: Vec<Seq<'_>> = Vec::new();
-    loop {
-        let Some(new) = intake(shared, running.is_empty() && waiting.is_empty()) else {
-            return;
+    let started = (|| -> Result<Loop<'_>> {
+        let blocks = BlockPool::new(n_blocks, cfg.block_size, cfg.enable_prefix_caching)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let sched_cfg = SchedulerConfig {
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_num_seqs: cfg.max_num_seqs,
         };
+        Ok(Loop {
+            engine,
+            shared,
+            sched: Scheduler::new(sched_cfg, blocks)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            kv: memory::pool(engine, cfg, n_blocks)?,
+            seqs: HashMap::new(),
+        })
+    })();
+    // `check_config` validated everything these constructors check.
+    let mut l = started.expect("configuration checked by EngineHandle::start");
+    l.publish();
+    while let Some(new) = intake(shared, l.seqs.is_empty()) {
         for p in new {
-            // Sorted by (priority, id): ids grow with arrival, so equal priorities stay FCFS.
-            let key = (p.req.priority, p.id);
-            let at = waiting.partition_point(|w| (w.req.priority, w.id) < key);
-            waiting.insert(at, p);
+            l.add(p);
         }
-        drop_cancelled(shared, &mut running, &mut waiting);
-        admit(engine, cfg, shared, &mut running, &mut waiting);
-        if running.is_empty() {
-            continue;
+        l.drop_cancelled();
+        let plan = l.sched.schedule();
+        if !plan.is_empty() {
+            l.step(&plan);
         }
-        let plan = plan(&running, cfg.max_num_batched_tokens);
-        let sampled = forward(engine, &mut running, &plan);
-        let done = match sampled {
-            Ok(rows) => sample(shared, &mut running, rows),
-            Err(e) => fail_all(shared, &running, &plan, &e),
-        };
-        remove(&mut running, done);
-        publish(shared, &running);
+        l.publish();
     }
 }
 
@@ -114,225 +114,251 @@ fn intake(shared: &Shared, idle: bool) -> Option<Vec<Pending>> {
     }
 }
 
-fn drop_cancelled(shared: &Shared, running: &mut Vec<Seq<'_>>, waiting: &mut Vec<Pending>) {
-    let before = (running.len(), waiting.len());
-    running.retain(|s| !s.tx.is_closed());
-    waiting.retain(|p| !p.tx.is_closed());
-    let gone_waiting = before.1 - waiting.len();
-    let cancelled = before.0 - running.len() + gone_waiting;
-    if cancelled > 0 {
-        shared.inbox().waiting -= gone_waiting;
-        shared.stats().cancelled += cancelled as u64;
-    }
-}
-
-fn admit<'e>(
-    engine: &'e Engine,
-    cfg: &EngineConfig,
-    shared: &Shared,
-    running: &mut Vec<Seq<'e>>,
-    waiting: &mut Vec<Pending>,
-) {
-    let n = waiting
-        .len()
-        .min(cfg.max_num_seqs.saturating_sub(running.len()));
-    if n == 0 {
-        return;
-    }
-    shared.inbox().waiting -= n;
-    let now = Instant::now();
-    for p in waiting.drain(..n) {
+impl<'e> Loop<'e> {
+    fn add(&mut self, p: Pending) {
+        let e = self.engine;
+        let max_context = e.info.max_context;
+        let max_len = (p.req.prompt.len() + p.req.params.max_tokens).min(max_context);
         let state = SeqState::new(
-            &engine.tokenizer,
-            engine.eos_ids(),
+            &e.tokenizer,
+            e.eos_ids(),
             p.req.prompt.clone(),
             &p.req.params,
             p.req.logprobs,
-            engine.info.vocab_size,
-            engine.info.max_context,
-        );
+            e.info.vocab_size,
+            max_context,
+        )
+        .and_then(|state| {
+            self.sched
+                .add(p.id, p.req.prompt, p.req.priority, max_len)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            Ok(state)
+        });
         match state {
             Ok(state) => {
-                shared.stats().prompt_tokens += p.req.prompt.len() as u64;
-                running.push(Seq {
-                    state,
-                    cache: engine.model.new_cache(),
-                    tokens: p.req.prompt,
-                    computed: 0,
-                    tx: p.tx,
-                    arrival: p.arrival,
-                    started: now,
-                    first_token: None,
-                })
+                self.seqs.insert(
+                    p.id,
+                    Seq {
+                        state,
+                        tx: p.tx,
+                        arrival: p.arrival,
+                        started: None,
+                        first_token: None,
+                        cached_tokens: 0,
+                    },
+                );
             }
-            Err(e) => {
-                shared.stats().failed += 1;
-                let _ = p.tx.send(Event::Failed(e.to_string()));
+            Err(err) => {
+                self.shared.stats().failed += 1;
+                let _ = p.tx.send(Event::Failed(err.to_string()));
             }
         }
     }
-}
 
-/// `(index into running, tokens to compute)`: decodes first, then prefill chunks in admission
-/// order until `budget` tokens are planned.
-fn plan(running: &[Seq<'_>], budget: usize) -> Vec<(usize, usize)> {
-    let mut plan = Vec::with_capacity(running.len());
-    let mut left = budget;
-    for (i, s) in running.iter().enumerate() {
-        if s.tokens.len() - s.computed == 1 && left > 0 {
-            plan.push((i, 1));
-            left -= 1;
+    /// Requests whose stream was dropped leave now, freeing their blocks for this step.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<u64> = self
+            .seqs
+            .iter()
+            .filter(|(_, s)| s.tx.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &gone {
+            self.remove(*id);
+        }
+        if !gone.is_empty() {
+            self.shared.stats().cancelled += gone.len() as u64;
         }
     }
-    for (i, s) in running.iter().enumerate() {
-        let pending = s.tokens.len() - s.computed;
-        if pending > 1 && left > 0 {
-            let n = pending.min(left);
-            plan.push((i, n));
-            left -= n;
-        }
-    }
-    plan
-}
 
-/// Runs one packed forward over the plan; returns `(index into running, logits row)` for every
-/// sequence whose pending tokens are all computed now (it samples its next token).
-fn forward(
-    engine: &Engine,
-    running: &mut [Seq<'_>],
-    plan: &[(usize, usize)],
-) -> Result<Vec<(usize, Vec<f32>)>> {
-    let n_tokens: usize = plan.iter().map(|&(_, n)| n).sum();
-    let mut ids = Vec::with_capacity(n_tokens);
-    let mut positions = Vec::with_capacity(n_tokens);
-    let mut spans = Vec::with_capacity(plan.len());
-    let mut rows = Vec::new();
-    let mut sampling = Vec::new();
-    for &(i, n) in plan {
-        let s = &running[i];
-        spans.push(SeqSpan {
-            start: ids.len(),
-            len: n,
-        });
-        ids.extend_from_slice(&s.tokens[s.computed..s.computed + n]);
-        positions.extend(s.computed..s.computed + n);
-        if s.computed + n == s.tokens.len() {
-            rows.push((ids.len() - 1) as u32);
-            sampling.push(i);
-        }
+    fn remove(&mut self, id: u64) {
+        self.seqs.remove(&id);
+        // Unknown only if already removed; nothing else to free then.
+        let _ = self.sched.finish(id);
     }
-    let batch = Batch {
-        positions,
-        seqs: spans,
-    };
-    let mut slots: Vec<Option<&mut KvCache>> =
-        running.iter_mut().map(|s| Some(&mut s.cache)).collect();
-    let caches = plan
-        .iter()
-        .map(|&(i, _)| slots[i].take().expect("a sequence is planned at most once"))
-        .collect();
-    let logits = engine.forward_rows(&ids, &batch, &mut SeqCaches(caches), &rows)?;
-    for &(i, n) in plan {
-        running[i].computed += n;
-    }
-    let vocab = engine.info.vocab_size;
-    let logits = logits.into_f32_vec();
-    Ok(sampling
-        .into_iter()
-        .zip(logits.chunks_exact(vocab))
-        .map(|(i, row)| (i, row.to_vec()))
-        .collect())
-}
 
-/// Samples each row's sequence and streams its events; returns the indices that finished.
-fn sample(shared: &Shared, running: &mut [Seq<'_>], rows: Vec<(usize, Vec<f32>)>) -> Vec<usize> {
-    let mut done = Vec::new();
-    let mut stats = shared.stats();
-    stats.steps += 1;
-    for (i, mut logits) in rows {
-        let s = &mut running[i];
+    fn step(&mut self, plan: &StepPlan) {
         let now = Instant::now();
-        let out = match s.state.accept_logits(&mut logits) {
-            Ok(out) => out,
-            Err(e) => {
-                let _ = s.tx.send(Event::Failed(e.to_string()));
-                stats.failed += 1;
-                done.push(i);
-                continue;
+        {
+            let mut stats = self.shared.stats();
+            stats.preemptions += plan.preempted.len() as u64;
+            stats.steps += 1;
+            for &id in &plan.admitted {
+                let Some(s) = self.seqs.get_mut(&id) else {
+                    continue;
+                };
+                if s.started.is_none() {
+                    s.started = Some(now);
+                    s.cached_tokens = self.sched.cached_tokens(id).unwrap_or(0);
+                    stats.prompt_tokens += s.state.prompt().len() as u64;
+                }
             }
-        };
-        s.first_token.get_or_insert(now);
-        let mut tail = String::new();
-        match out.id {
-            Some(id) => {
-                s.tokens.push(id);
-                stats.generated_tokens += 1;
-                let _ = s.tx.send(Event::Token {
-                    id,
-                    text: out.text,
-                    logprob: out.logprob,
-                });
-            }
-            None => tail = out.text,
         }
-        if let Some(reason) = out.finish {
-            match reason {
-                FinishReason::Stop => stats.finished_stop += 1,
-                FinishReason::Length => stats.finished_length += 1,
+        match self.forward(plan) {
+            Ok(logits) => {
+                if let Err(e) = self.sched.step_done(plan) {
+                    self.fail(plan, &e.to_string());
+                    return;
+                }
+                self.sample(plan, logits);
             }
-            let _ = s.tx.send(Event::Finished {
-                reason,
-                text: tail,
-                usage: Usage {
-                    prompt_tokens: s.state.prompt().len(),
-                    completion_tokens: s.state.generated().len(),
-                    cached_tokens: 0,
-                },
-                timings: timings(s, now),
-            });
-            done.push(i);
+            Err(e) => self.fail(plan, &format!("forward pass failed: {e}")),
         }
     }
-    done
+
+    /// One forward over every planned token; logits `(n_sampling, vocab)` for the planned
+    /// sequences that sample, in plan order.
+    fn forward(&mut self, plan: &StepPlan) -> Result<Vec<f32>> {
+        let n_tokens = plan.n_tokens();
+        let mut ids = Vec::with_capacity(n_tokens);
+        let mut positions = Vec::with_capacity(n_tokens);
+        let mut seqs = Vec::with_capacity(plan.seqs.len());
+        let mut rows = Vec::new();
+        let mut tables = Vec::with_capacity(plan.seqs.len());
+        let mut cached = Vec::with_capacity(plan.seqs.len());
+        for p in &plan.seqs {
+            let tokens = self
+                .sched
+                .tokens(p.id)
+                .expect("a planned sequence is known");
+            let range = p.start..p.start + p.len;
+            seqs.push(SeqSpan {
+                start: ids.len(),
+                len: p.len,
+            });
+            ids.extend_from_slice(&tokens[range.clone()]);
+            positions.extend(range);
+            if p.samples {
+                rows.push((ids.len() - 1) as u32);
+            }
+            tables.push(
+                self.sched
+                    .table(p.id)
+                    .expect("a planned sequence has a table")
+                    .blocks(),
+            );
+            cached.push(p.start);
+        }
+        let batch = Batch { positions, seqs };
+        let mut kv =
+            PagedKv::new(&mut self.kv, tables, cached, &batch).map_err(kiln_models::Error::from)?;
+        let logits = self.engine.forward_rows(&ids, &batch, &mut kv, &rows)?;
+        Ok(logits.into_f32_vec())
+    }
+
+    /// Samples each sampling sequence of the plan and streams its events.
+    fn sample(&mut self, plan: &StepPlan, logits: Vec<f32>) {
+        let vocab = self.engine.info.vocab_size;
+        let sampling = plan.seqs.iter().filter(|p| p.samples);
+        for (p, row) in sampling.zip(logits.chunks_exact(vocab)) {
+            // `Some(token)`: append it and continue; `None`: the sequence is done.
+            let next = match self.seqs.get_mut(&p.id) {
+                Some(s) => sample_one(self.shared, s, row),
+                None => continue,
+            };
+            match next {
+                Some(token) => {
+                    if let Err(e) = self.sched.append(p.id, token) {
+                        if let Some(s) = self.seqs.get(&p.id) {
+                            let _ = s.tx.send(Event::Failed(e.to_string()));
+                        }
+                        self.shared.stats().failed += 1;
+                        self.remove(p.id);
+                    }
+                }
+                None => self.remove(p.id),
+            }
+        }
+    }
+
+    /// Fails every sequence of the plan (their KV may be half written).
+    fn fail(&mut self, plan: &StepPlan, msg: &str) {
+        for p in &plan.seqs {
+            if let Some(s) = self.seqs.get(&p.id) {
+                let _ = s.tx.send(Event::Failed(msg.to_string()));
+                self.shared.stats().failed += 1;
+            }
+            self.remove(p.id);
+        }
+    }
+
+    fn publish(&self) {
+        let pool = self.sched.pool_stats();
+        let waiting = self.sched.waiting().len();
+        {
+            let mut inbox = self.shared.inbox();
+            inbox.waiting = inbox.new.len() + waiting;
+        }
+        let mut stats = self.shared.stats();
+        stats.running = self.sched.running().len();
+        stats.waiting = waiting;
+        stats.kv_blocks_total = pool.n_blocks;
+        stats.kv_blocks_used = pool.used;
+        stats.kv_blocks_free = pool.free + pool.cached_evictable;
+        stats.kv_slots_allocated = pool.slots_allocated;
+        stats.kv_slots_used = pool.slots_filled;
+        stats.prefix_cache_queries = pool.prefix_query_tokens;
+        stats.prefix_cache_hits = pool.prefix_hit_tokens;
+    }
+}
+
+/// Samples one sequence's next token from its logits row and sends its events; the token to
+/// append, or `None` when the sequence finished or failed.
+fn sample_one(shared: &Shared, s: &mut Seq<'_>, row: &[f32]) -> Option<u32> {
+    let mut row = row.to_vec();
+    let now = Instant::now();
+    let out = match s.state.accept_logits(&mut row) {
+        Ok(out) => out,
+        Err(e) => {
+            let _ = s.tx.send(Event::Failed(e.to_string()));
+            shared.stats().failed += 1;
+            return None;
+        }
+    };
+    s.first_token.get_or_insert(now);
+    let mut stats = shared.stats();
+    let mut tail = String::new();
+    match out.id {
+        Some(id) => {
+            stats.generated_tokens += 1;
+            let _ = s.tx.send(Event::Token {
+                id,
+                text: out.text,
+                logprob: out.logprob,
+            });
+        }
+        None => tail = out.text,
+    }
+    let Some(reason) = out.finish else {
+        // Only an end-of-sequence id has no `id`, and it always finishes.
+        return out.id;
+    };
+    match reason {
+        FinishReason::Stop => stats.finished_stop += 1,
+        FinishReason::Length => stats.finished_length += 1,
+    }
+    drop(stats);
+    let _ = s.tx.send(Event::Finished {
+        reason,
+        text: tail,
+        usage: Usage {
+            prompt_tokens: s.state.prompt().len(),
+            completion_tokens: s.state.generated().len(),
+            cached_tokens: s.cached_tokens,
+        },
+        timings: timings(s, now),
+    });
+    None
 }
 
 fn timings(s: &Seq<'_>, now: Instant) -> RequestTimings {
     let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
     let first = s.first_token.unwrap_or(now);
+    let started = s.started.unwrap_or(now);
     RequestTimings {
-        queue_ms: ms(s.arrival, s.started),
+        queue_ms: ms(s.arrival, started),
         ttft_ms: ms(s.arrival, first),
         decode_ms: ms(first, now),
         total_ms: ms(s.arrival, now),
     }
-}
-
-/// A failed forward pass fails every sequence it carried (their caches may be half written).
-fn fail_all(
-    shared: &Shared,
-    running: &[Seq<'_>],
-    plan: &[(usize, usize)],
-    e: &Error,
-) -> Vec<usize> {
-    let msg = format!("forward pass failed: {e}");
-    for &(i, _) in plan {
-        let _ = running[i].tx.send(Event::Failed(msg.clone()));
-    }
-    shared.stats().failed += plan.len() as u64;
-    plan.iter().map(|&(i, _)| i).collect()
-}
-
-fn remove(running: &mut Vec<Seq<'_>>, mut done: Vec<usize>) {
-    done.sort_unstable();
-    for i in done.into_iter().rev() {
-        running.remove(i);
-    }
-}
-
-fn publish(shared: &Shared, running: &[Seq<'_>]) {
-    let used: usize = running.iter().map(|s| s.cache.len()).sum();
-    let mut stats = shared.stats();
-    stats.running = running.len();
-    stats.kv_slots_used = used;
-    stats.kv_slots_allocated = used;
 }
