@@ -89,7 +89,9 @@ pub fn run(a: Args) -> Result<()> {
             threads: a.common.threads,
         };
         let (engine, _, _) = model_arg::load(&common)?;
-        let chat = ChatTemplate::from_tokenizer(&engine.tokenizer).ok();
+        let chat = ChatTemplate::from_tokenizer(&engine.tokenizer)
+            .ok()
+            .map(Box::new);
         let engine: Arc<Engine> = Arc::new(engine);
         let config = EngineConfig {
             kv_cache_memory: a.kv_cache_memory.map(|mib| (mib as usize) << 20),

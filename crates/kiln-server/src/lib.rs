@@ -47,7 +47,8 @@ pub enum ServedModel {
     Generator {
         engine: Arc<Engine>,
         handle: EngineHandle,
-        chat: Option<ChatTemplate>,
+        /// Boxed: a template is large and the encoder variant small.
+        chat: Option<Box<ChatTemplate>>,
     },
     Encoder(Arc<Encoder>),
 }

@@ -230,6 +230,7 @@ fn schemas() -> Value {
         },
         "TokenizeRequest": {
             "type": "object",
+            "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
             "properties": {
                 "model": {"type": "string", "nullable": true},
                 "prompt": {"type": "string"},

@@ -32,7 +32,9 @@ fn state_with(
     max_body_bytes: usize,
 ) -> (Arc<AppState>, Arc<Engine>) {
     let engine = engine();
-    let chat = ChatTemplate::from_tokenizer(&engine.tokenizer).ok();
+    let chat = ChatTemplate::from_tokenizer(&engine.tokenizer)
+        .ok()
+        .map(Box::new);
     let handle = EngineHandle::start(
         engine.clone(),
         EngineConfig {

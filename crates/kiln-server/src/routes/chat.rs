@@ -96,7 +96,7 @@ async fn run(
             Some("model"),
         ));
     };
-    let text = render(chat.as_ref(), &req.messages, true)?;
+    let text = render(chat.as_deref(), &req.messages, true)?;
     // The template already holds any BOS.
     let prompt = engine
         .tokenizer

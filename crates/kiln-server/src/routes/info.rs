@@ -66,7 +66,7 @@ pub async fn tokenize(
             (Some(p), None) => tok.encode(p, req.add_special_tokens.unwrap_or(true)),
             (None, Some(m)) => {
                 let chat = match &state.model {
-                    ServedModel::Generator { chat, .. } => chat.as_ref(),
+                    ServedModel::Generator { chat, .. } => chat.as_deref(),
                     ServedModel::Encoder(_) => None,
                 };
                 let text = super::chat::render(chat, m, req.add_generation_prompt.unwrap_or(true))?;
