@@ -4,7 +4,7 @@
 //! the same tokens and text through the engine, alone or among many, chunked or not.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kiln_engine::{
     Engine, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, RequestStream,
@@ -384,56 +384,70 @@ fn bad_requests_are_refused_at_submit() {
 #[test]
 fn queue_full_priorities_and_cancellation() {
     let e = fixture_engine();
+    let long = SamplingParams {
+        ignore_eos: true,
+        ..greedy(100)
+    };
+    // One sequence at a time, eight long requests queued behind the first: the queue stays
+    // long for hundreds of steps, so what follows does not race the engine.
+    let h = EngineHandle::start(e.clone(), config(1, 64)).unwrap();
+    // Each stream with the instant just before its submit: submit instant + queue_ms is when
+    // the request started running.
+    let submit = |req: GenerateRequest| (Instant::now(), h.submit(req).unwrap());
+    let mut queued: Vec<(Instant, RequestStream)> = (0..8)
+        .map(|i| submit(GenerateRequest::new(prompt(10 + i, 4), long.clone())))
+        .collect();
+    assert!(matches!(queued[0].1.recv(), Some(Event::Token { .. })));
+    let low = submit(GenerateRequest {
+        priority: 5,
+        ..GenerateRequest::new(prompt(2, 4), greedy(4))
+    });
+    let high = submit(GenerateRequest {
+        priority: -1,
+        ..GenerateRequest::new(prompt(3, 4), greedy(4))
+    });
+    // Cancelling the running request frees its slot: the high-priority request runs next,
+    // ahead of the seven queued at priority 0 and of the low one.
+    drop(queued.remove(0));
+    let started = |(at, mut s): (Instant, RequestStream)| loop {
+        match s.recv().expect("finishes") {
+            Event::Finished { timings, .. } => {
+                break at + Duration::from_secs_f64(timings.queue_ms / 1e3)
+            }
+            Event::Failed(e) => panic!("{e}"),
+            Event::Token { .. } => {}
+        }
+    };
+    let t_high = started(high);
+    let t_queued: Vec<Instant> = queued.into_iter().map(started).collect();
+    let t_low = started(low);
+    // Only the request running when `high` arrived may have started before it (if the
+    // cancelled one happened to finish first, on a slow machine).
+    assert!(
+        t_queued.iter().filter(|&&t| t < t_high).count() <= 1,
+        "priority -1 before 0"
+    );
+    assert!(t_queued.iter().all(|&t| t < t_low), "priority 0 before 5");
+    h.shutdown();
+    let st = h.stats();
+    assert_eq!(st.cancelled, 1);
+    assert_eq!(st.finished_stop + st.finished_length, 9);
+
+    // A queue of two: submitting faster than one sequence at a time can drain must hit it.
     let cfg = EngineConfig {
         max_waiting: 2,
         ..config(1, 64)
     };
     let h = EngineHandle::start(e.clone(), cfg).unwrap();
-    let long = SamplingParams {
-        ignore_eos: true,
-        ..greedy(100)
-    };
-    // A runs alone (max_num_seqs 1); once it has produced a token it is no longer waiting.
-    let mut a = h
-        .submit(GenerateRequest::new(prompt(1, 4), long.clone()))
-        .unwrap();
-    assert!(matches!(a.recv(), Some(Event::Token { .. })));
-    let low = h
-        .submit(GenerateRequest {
-            priority: 5,
-            ..GenerateRequest::new(prompt(2, 4), greedy(4))
-        })
-        .unwrap();
-    let high = h
-        .submit(GenerateRequest {
-            priority: -1,
-            ..GenerateRequest::new(prompt(3, 4), greedy(4))
-        })
-        .unwrap();
-    assert_eq!(
-        h.submit(GenerateRequest::new(prompt(4, 4), greedy(4)))
-            .unwrap_err(),
-        SubmitError::QueueFull
-    );
-    assert_eq!(h.stats().waiting, 2);
-    // Cancelling A frees its slot: the high-priority request runs before the low one.
-    drop(a);
-    let ttft = |mut s: RequestStream| loop {
-        match s.recv().expect("finishes") {
-            Event::Finished { timings, .. } => break timings,
-            Event::Failed(e) => panic!("{e}"),
-            Event::Token { .. } => {}
-        }
-    };
-    let (t_high, t_low) = (ttft(high), ttft(low));
-    assert!(
-        t_high.ttft_ms < t_low.ttft_ms,
-        "priority -1 first: {t_high:?} vs {t_low:?}"
-    );
+    let results: Vec<_> = (0..50)
+        .map(|i| h.submit(GenerateRequest::new(prompt(20 + i, 4), long.clone())))
+        .collect();
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(SubmitError::QueueFull))));
+    assert!(h.stats().waiting <= 2);
+    drop(results);
     h.shutdown();
-    let st = h.stats();
-    assert_eq!(st.cancelled, 1);
-    assert_eq!(st.finished_stop + st.finished_length, 2);
 }
 
 #[test]

@@ -71,11 +71,11 @@ impl World {
         );
         assert_eq!(cached % BS, 0);
         assert_eq!(table.n_tokens(), cached);
-        for p in 0..cached {
+        for (p, &tok) in tokens.iter().enumerate().take(cached) {
             let b = table.blocks()[p / BS] as usize;
             assert_eq!(
                 self.storage[b][p % BS],
-                Some(tokens[p]),
+                Some(tok),
                 "prefix hit on wrong data"
             );
         }
@@ -153,9 +153,13 @@ impl World {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
     #[test]
-    fn pool_invariants(ops in prop::collection::vec(op(), 1..60), n_blocks in 4usize..24) {
+    fn pool_invariants(
+        ops in prop::collection::vec(op(), 1..60),
+        n_blocks in 4usize..24,
+        caching in prop::bool::weighted(0.8),
+    ) {
         let mut w = World {
-            pool: BlockPool::new(n_blocks, BS, true).unwrap(),
+            pool: BlockPool::new(n_blocks, BS, caching).unwrap(),
             seqs: Vec::new(),
             storage: vec![vec![None; BS]; n_blocks],
             next_token: 1_000_000,
@@ -193,5 +197,8 @@ proptest! {
         prop_assert_eq!(st.used, 0);
         prop_assert_eq!(st.free + st.cached_evictable, n_blocks);
         prop_assert_eq!(st.cached, st.cached_evictable);
+        if !caching {
+            prop_assert_eq!((st.cached, st.prefix_hit_tokens), (0, 0));
+        }
     }
 }

@@ -18,7 +18,7 @@ pub use kiln_tensor::cpu::paged_attention::{KvCacheDtype, NO_BLOCK};
 
 use crate::{Batch, Error, KvStore, Result};
 
-/// Every layer's K/V blocks: per layer `(n_blocks, block_size, n_kv_heads, head_dim)` for K and V.
+/// Every layer's K/V blocks: per layer `(n_blocks, n_kv_heads, block_size, head_dim)` for K and V.
 #[derive(Debug, Clone)]
 pub struct PagedKvPool {
     layers: Vec<PagedLayerKv>,

@@ -1,4 +1,4 @@
-//! Decode attention cost: contiguous cache vs paged pool (f32 and int8), SmolLM2-135M heads
+//! Decode attention cost: contiguous cache vs paged pool (f32, f16, int8), SmolLM2-135M heads
 //! (9 query heads, 3 kv heads, head_dim 64), one query at contexts 512 and 1024, block size 16,
 //! block table shuffled over the pool.
 //!
@@ -6,7 +6,8 @@
 //! `RAYON_NUM_THREADS=1` for the single-thread cost). Reports, per variant, the minimum over
 //! rounds of the mean time per call (the machine is shared and noisy: the min is the estimate
 //! least disturbed by other load) and user CPU time per call over all rounds (from
-//! /proc/self/stat, Linux only; 0 elsewhere).
+//! /proc/self/stat, Linux only; 0 elsewhere). Instruction counts, which load does not disturb:
+//! `BENCH_ROUNDS=1 BENCH_CALLS=20 BENCH_ONLY="paged f32" valgrind --tool=callgrind ...`.
 
 use std::time::Instant;
 
@@ -26,12 +27,9 @@ fn user_cpu_seconds() -> f64 {
 
 /// Runs every variant `calls` times per round, interleaved round by round so that background
 /// load hits all of them alike; prints the min over rounds and the mean user CPU per call.
-fn measure(
-    ctx: usize,
-    calls: usize,
-    rounds: usize,
-    variants: &mut [(&str, Box<dyn FnMut() + '_>)],
-) {
+type Variant<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+
+fn measure(ctx: usize, calls: usize, rounds: usize, variants: &mut [Variant]) {
     let mut best = vec![f64::INFINITY; variants.len()];
     let mut cpu = vec![0.0f64; variants.len()];
     for round in 0..=rounds {
@@ -69,7 +67,16 @@ fn main() {
         window: None,
         alibi_slopes: None,
     };
-    let (calls, rounds) = (200, 40);
+    // BENCH_CALLS / BENCH_ROUNDS / BENCH_ONLY (a variant name) shrink the run, e.g. for
+    // counting instructions under `valgrind --tool=callgrind`.
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let (calls, rounds) = (env("BENCH_CALLS", 200), env("BENCH_ROUNDS", 40));
+    let only = std::env::var("BENCH_ONLY").ok();
     for ctx in [512usize, 1024] {
         let k: Vec<f32> = (0..ctx * row).map(f).collect();
         let v: Vec<f32> = (0..ctx * row).map(|i| f(i + 7)).collect();
@@ -79,7 +86,7 @@ fn main() {
         let table: Vec<u32> = (0..ctx.div_ceil(bs) as u32)
             .map(|i| (i * 37 % ctx.div_ceil(bs) as u32) * 2 + 1)
             .collect();
-        let pools: Vec<PagedLayerKv> = [KvCacheDtype::F32, KvCacheDtype::Int8]
+        let pools: Vec<PagedLayerKv> = [KvCacheDtype::F32, KvCacheDtype::Int8, KvCacheDtype::F16]
             .into_iter()
             .map(|dtype| {
                 let mut pool = PagedLayerKv::new(dtype, n_blocks, bs, nkv, hd);
@@ -92,14 +99,15 @@ fn main() {
         let in_order: Vec<u32> = (0..ctx.div_ceil(bs) as u32).collect();
         let mut ordered = PagedLayerKv::new(KvCacheDtype::F32, ctx.div_ceil(bs), bs, nkv, hd);
         ordered.write(&in_order, 0, &k, &v);
-        let (o1, o2, o3, o4) = (
+        let (o1, o2, o3, o4, o5) = (
+            &mut vec![0.0f32; nh * hd],
             &mut vec![0.0f32; nh * hd],
             &mut vec![0.0f32; nh * hd],
             &mut vec![0.0f32; nh * hd],
             &mut vec![0.0f32; nh * hd],
         );
         let (k, v, q, p, table) = (&k, &v, &q, &p, &table);
-        let mut variants: Vec<(&str, Box<dyn FnMut()>)> = vec![
+        let mut variants: Vec<Variant> = vec![
             (
                 "contiguous",
                 Box::new(move || attention(q, k, v, ctx - 1, p, o1)),
@@ -116,7 +124,14 @@ fn main() {
                 "paged int8",
                 Box::new(|| pools[1].attend(q, table, ctx, ctx - 1, p, o3)),
             ),
+            (
+                "paged f16",
+                Box::new(|| pools[2].attend(q, table, ctx, ctx - 1, p, o5)),
+            ),
         ];
+        if let Some(name) = &only {
+            variants.retain(|(n, _)| n == name);
+        }
         measure(ctx, calls, rounds, &mut variants);
     }
 }

@@ -57,9 +57,8 @@ fn run(rng: &mut StdRng, c: &Case, dtype: KvCacheDtype) -> (Vec<f32>, Vec<f32>, 
     // What the pool holds (dequantized for int8), gathered before blocks are released.
     let (ks, vs) = pool.gather(&table, 0, c.n_kv);
     if let Some(w) = c.window {
-        for b in 0..(q_start + 1).saturating_sub(w) / c.bs {
-            table[b] = NO_BLOCK;
-        }
+        let released = (q_start + 1).saturating_sub(w) / c.bs;
+        table[..released].fill(NO_BLOCK);
     }
     let mut out = vec![f32::NAN; q.len()];
     pool.attend(&q, &table, c.n_kv, q_start, &p, &mut out);
@@ -140,6 +139,20 @@ fn paged_int8_within_bound() {
     assert!(worst < 0.02, "int8 vs f32: {worst}");
 }
 
+/// F16: exact over the stored rows, and within 2e-3 of f32 (half keeps 11 significant bits:
+/// elements in [-1, 1] are off by at most 2⁻¹², which moves the outputs by about as much).
+#[test]
+fn paged_f16_within_bound() {
+    let mut rng = StdRng::seed_from_u64(10);
+    let mut worst = 0f32;
+    for c in cases().iter().step_by(3) {
+        let (out, stored, exact) = run(&mut rng, c, KvCacheDtype::F16);
+        assert!(max_abs_err(&out, &stored) < 2e-5, "f16 kernel vs its rows");
+        worst = worst.max(max_abs_err(&out, &exact));
+    }
+    assert!(worst < 2e-3, "f16 vs f32: {worst}");
+}
+
 /// The contiguous path still matches the reference after the decode kernels went through
 /// `KvRows` (the paged test covers the paged source; this one the contiguous one).
 #[test]
@@ -173,6 +186,7 @@ fn kv_cache_dtype_parses() {
         ("f32", KvCacheDtype::F32),
         ("float32", KvCacheDtype::F32),
         ("INT8", KvCacheDtype::Int8),
+        ("float16", KvCacheDtype::F16),
     ] {
         assert_eq!(s.parse::<KvCacheDtype>().unwrap(), d);
     }

@@ -96,7 +96,8 @@ pub(crate) struct Run<'s> {
 pub(crate) trait KvRows: Sync {
     /// Appends to `out`, in key order, the runs covering keys `c0..c1` of kv head `kh` (`values`
     /// picks V rather than K). A source storing rows in another format dequantizes them into
-    /// `scratch` and points the runs there.
+    /// `scratch` and points the runs there; `scratch` comes with stale contents from earlier
+    /// chunks (it is reused), so only grow it, never count on zeros.
     fn runs<'s>(
         &'s self,
         kh: usize,
@@ -137,6 +138,20 @@ impl KvRows for Contiguous<'_> {
     }
 }
 
+thread_local! {
+    /// Per-thread buffer for rows a `KvRows` source converts (f16, int8), reused across chunks
+    /// so that it is allocated and zeroed once, not per chunk.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        // Only if a kernel ever nested inside another on one thread: use a fresh buffer.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
 struct Chunk<'a, S> {
     q: &'a [f32],
     src: &'a S,
@@ -149,11 +164,11 @@ struct Chunk<'a, S> {
 }
 
 /// Portable chunk kernel (also the AVX2 one's reference in tests).
-fn decode_chunk<S: KvRows>(c: &Chunk<S>) -> Partial {
+fn decode_chunk<S: KvRows>(c: &Chunk<S>, scratch: &mut Vec<f32>) -> Partial {
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     let mut scores = vec![0.0f32; group * n];
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, false, &mut scratch, &mut runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, false, scratch, &mut runs);
     for r in &runs {
         for t in 0..r.n {
             let krow = &r.rows[t * r.stride..][..hd];
@@ -163,8 +178,9 @@ fn decode_chunk<S: KvRows>(c: &Chunk<S>) -> Partial {
         }
     }
     let mut part = c.softmax_parts(&mut scores);
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, true, &mut scratch, &mut runs);
+    drop(runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, true, scratch, &mut runs);
     for r in &runs {
         for t in 0..r.n {
             let vrow = &r.rows[t * r.stride..][..hd];
@@ -229,27 +245,32 @@ impl<S> Chunk<'_, S> {
 /// values accumulated in registers per head.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
+unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>, scratch: &mut Vec<f32>) -> Partial {
     use std::arch::x86_64::*;
     let (group, hd, n) = (c.p.n_heads / c.p.n_kv_heads, c.p.head_dim, c.c1 - c.c0);
     if hd % 8 != 0 || hd > 256 {
-        return decode_chunk(c);
+        return decode_chunk(c, scratch);
     }
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, false, &mut scratch, &mut runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, false, scratch, &mut runs);
     // SAFETY (for every raw read of a run below): rows t < r.n of a run lie within r.rows,
     // which this check guarantees for the last row; q rows come from the bounds-checked `q_row`.
-    let check = |r: &Run| assert!(r.n == 0 || (r.n - 1) * r.stride + hd <= r.rows.len());
+    // Scores of a run are written at g·n + off + t < group·n: checked here too.
+    let check = |r: &Run| {
+        assert!(r.off + r.n <= n && (r.n == 0 || (r.n - 1) * r.stride + hd <= r.rows.len()))
+    };
     runs.iter().for_each(check);
     let mut scores = vec![0.0f32; group * n];
     for g in 0..group {
         let q = c.q_row(g).as_ptr();
         for r in &runs {
-            let rp = r.rows.as_ptr();
+            // Fields copied to locals: the stores through `out` would otherwise make the
+            // compiler reload them every iteration (it cannot tell they do not alias).
+            let (rp, rn, rs) = (r.rows.as_ptr(), r.n, r.stride);
             let out = scores.as_mut_ptr().add(g * n + r.off);
             let mut t = 0;
-            while t + 4 <= r.n {
-                let rows: [*const f32; 4] = std::array::from_fn(|u| rp.add((t + u) * r.stride));
+            while t + 4 <= rn {
+                let rows: [*const f32; 4] = std::array::from_fn(|u| rp.add((t + u) * rs));
                 let (mut a0, mut a1, mut a2, mut a3) = (
                     _mm256_setzero_ps(),
                     _mm256_setzero_ps(),
@@ -270,15 +291,16 @@ unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
                 _mm_storeu_ps(out.add(t), sums);
                 t += 4;
             }
-            while t < r.n {
-                *out.add(t) = dot_portable(c.q_row(g), &r.rows[t * r.stride..][..hd]);
+            while t < rn {
+                *out.add(t) = dot_portable(c.q_row(g), &r.rows[t * rs..][..hd]);
                 t += 1;
             }
         }
     }
     let mut part = c.softmax_parts(&mut scores);
-    let (mut scratch, mut runs) = (Vec::new(), Vec::new());
-    c.src.runs(c.kh, c.c0, c.c1, true, &mut scratch, &mut runs);
+    drop(runs);
+    let mut runs = Vec::new();
+    c.src.runs(c.kh, c.c0, c.c1, true, scratch, &mut runs);
     runs.iter().for_each(check);
     let mut acc = [_mm256_setzero_ps(); 32];
     let lanes = hd / 8;
@@ -287,9 +309,14 @@ unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>) -> Partial {
             .iter_mut()
             .for_each(|a| *a = _mm256_setzero_ps());
         for r in &runs {
+            let (rp, rs, w0) = (
+                r.rows.as_ptr(),
+                r.stride,
+                scores.as_ptr().add(g * n + r.off),
+            );
             for t in 0..r.n {
-                let w = _mm256_set1_ps(scores[g * n + r.off + t]);
-                let row = r.rows.as_ptr().add(t * r.stride);
+                let w = _mm256_set1_ps(*w0.add(t));
+                let row = rp.add(t * rs);
                 for (l, a) in acc[..lanes].iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(l * 8)), *a);
                 }
@@ -343,9 +370,9 @@ pub(crate) fn decode<S: KvRows>(
         #[cfg(target_arch = "x86_64")]
         if super::vec::has_avx2_fma() {
             // SAFETY: AVX2 and FMA are available (checked above).
-            return unsafe { decode_chunk_avx2(&chunk) };
+            return with_scratch(|s| unsafe { decode_chunk_avx2(&chunk, s) });
         }
-        decode_chunk(&chunk)
+        with_scratch(|s| decode_chunk(&chunk, s))
     };
     let parts: Vec<Partial> = if n_kv * nh * n_q >= 4096 {
         tasks.par_iter().map(run).collect()
@@ -517,56 +544,5 @@ pub fn reference_attention(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn avx2_decode_chunk_matches_portable() {
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::vec::has_avx2_fma() {
-            let (nh, nkv, hd, n_kv) = (6usize, 2usize, 24usize, 37usize);
-            let f = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
-            let q: Vec<f32> = (0..nh * hd).map(f).collect();
-            let k: Vec<f32> = (0..n_kv * nkv * hd).map(|i| f(i + 3)).collect();
-            let v: Vec<f32> = (0..n_kv * nkv * hd).map(|i| f(i + 11)).collect();
-            let slopes = [0.1f32; 6];
-            let p = AttnParams {
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                scale: 0.3,
-                causal: true,
-                window: None,
-                alibi_slopes: Some(&slopes),
-            };
-            let src = Contiguous {
-                k: &k,
-                v: &v,
-                kv_stride: nkv * hd,
-                head_dim: hd,
-            };
-            let c = Chunk {
-                q: &q,
-                src: &src,
-                q_start: n_kv - 1,
-                p: &p,
-                i: 0,
-                kh: 1,
-                c0: 3,
-                c1: 36,
-            };
-            let a = decode_chunk(&c);
-            // SAFETY: AVX2 and FMA are available (checked above).
-            let b = unsafe { decode_chunk_avx2(&c) };
-            for (x, y) in a
-                .acc
-                .iter()
-                .zip(&b.acc)
-                .chain(a.sum.iter().zip(&b.sum))
-                .chain(a.max.iter().zip(&b.max))
-            {
-                assert!((x - y).abs() < 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
-            }
-        }
-    }
-}
+#[path = "tests/attention.rs"]
+mod tests;
