@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long)]
     kv_cache_memory: Option<u64>,
     /// KV cache element type (auto: f32; int8 keeps a scale per position and head).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "int8"])]
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "int8"])]
     kv_cache_dtype: String,
     /// Requests allowed to wait for a slot; past it new requests get 429 with Retry-After.
     #[arg(long, default_value_t = 1024)]
@@ -96,6 +96,7 @@ pub fn run(a: Args) -> Result<()> {
         let config = EngineConfig {
             kv_cache_memory: a.kv_cache_memory.map(|mib| (mib as usize) << 20),
             kv_cache_dtype: match a.kv_cache_dtype.as_str() {
+                "f16" => KvCacheDtype::F16,
                 "int8" => KvCacheDtype::Int8,
                 _ => KvCacheDtype::F32,
             },
