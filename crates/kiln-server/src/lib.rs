@@ -19,6 +19,8 @@ mod params;
 pub mod protocol;
 mod routes;
 mod sse;
+#[cfg(test)]
+mod tests;
 
 /// The engine's request-level API the server is written against (`EngineHandle`,
 /// `GenerateRequest`, a `RequestStream` of `Event`s), re-exported for the binary and the tests.

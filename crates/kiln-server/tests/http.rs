@@ -98,6 +98,19 @@ async fn post(app: &Router, path: &str, body: Value) -> (StatusCode, Value) {
     (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
 }
 
+/// `/metrics` once the engine has published the step after the last request finished (its
+/// gauges are a snapshot taken at the end of each step, after the events were sent).
+async fn settled_metrics(app: &Router) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, _, m) = send(app, "GET", "/metrics", None).await;
+        if m.contains("kiln_num_requests_running 0\n") || std::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Asserts the OpenAI error shape and returns the error object.
 fn error_of(status: StatusCode, want: StatusCode, body: &Value) -> Value {
     assert_eq!(status, want, "body: {body}");
@@ -515,7 +528,8 @@ async fn metrics_count_requests_and_tokens() {
     )
     .await;
     assert_eq!(v["usage"]["completion_tokens"], 5);
-    let (s, h, m) = send(&app, "GET", "/metrics", None).await;
+    let (s, h, _) = send(&app, "GET", "/metrics", None).await;
+    let m = settled_metrics(&app).await;
     assert_eq!(s, StatusCode::OK);
     assert!(h[header::CONTENT_TYPE]
         .to_str()
@@ -582,4 +596,23 @@ async fn openapi_describes_every_route() {
         doc["paths"].as_object().map(|p| p.len()),
         Some(kiln_server::openapi::ROUTES.len())
     );
+}
+
+#[tokio::test]
+async fn prefix_cache_hits_show_in_metrics() {
+    let (app, _, _) = app();
+    // Byte-level fixture: 60 bytes of x are 61 tokens with BOS, several full 16-token blocks.
+    let body = json!({"prompt": "x".repeat(60), "max_tokens": 2, "temperature": 0});
+    for _ in 0..2 {
+        let (s, v) = post(&app, "/v1/completions", body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let m = settled_metrics(&app).await;
+    let rate: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln_prefix_cache_hit_rate "))
+        .and_then(|v| v.parse().ok())
+        .expect("the hit-rate gauge");
+    assert!(rate > 0.0, "{m}");
+    assert!(m.contains("kiln_kv_blocks_used 0"), "{m}");
 }
