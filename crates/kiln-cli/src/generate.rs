@@ -1,10 +1,11 @@
 //! `kiln generate`: stream a completion for a prompt, or print one JSON object with `--json`.
+//! With `--num-beams N > 1` it runs beam search (transformers' semantics) and prints at the end.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Result;
-use kiln_engine::{EngineConfig, EngineHandle, SamplingParams};
+use kiln_engine::{BeamParams, EarlyStopping, EngineConfig, EngineHandle, SamplingParams};
 use serde_json::json;
 
 use crate::{model_arg, Common};
@@ -22,9 +23,10 @@ pub struct Args {
     /// Most tokens to generate.
     #[arg(long, short = 'n', default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens: u32,
-    /// Sampling temperature; 0 picks the most likely token every time (greedy).
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
+    /// Sampling temperature; 0 picks the most likely token every time (greedy). [default: 0.8;
+    /// with --num-beams the search is deterministic and only 0 is accepted]
+    #[arg(long)]
+    temperature: Option<f32>,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P (1 = off).
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
@@ -50,14 +52,47 @@ pub struct Args {
     #[arg(long)]
     stop: Vec<String>,
     /// Print one JSON object {text, token_ids, prompt_tokens, finish_reason, timings} at the end
-    /// instead of streaming text.
+    /// instead of streaming text (with beams, plus `sequences`: every returned hypothesis).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    beams: BeamArgs,
+}
+
+/// Beam search (transformers `generate(num_beams=...)`); top-k/top-p/min-p do not apply to it.
+#[derive(clap::Args)]
+struct BeamArgs {
+    /// Beam search with this many beams (1 = off: greedy or sampling).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    num_beams: u32,
+    /// Beam search: a finished hypothesis scores sum(logprobs) / length^F (>0 favours longer).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    length_penalty: f32,
+    /// Beam search: true (stop once num-beams hypotheses finished), false (stop when no running
+    /// beam can win, HF's default heuristic) or never.
+    #[arg(long, default_value = "false", value_parser = parse_early_stopping)]
+    early_stopping: EarlyStopping,
+    /// Beam search: never repeat an n-gram of this size (0 = off).
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram_size: usize,
+    /// Beam search: hypotheses to print, best first (<= --num-beams).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    num_return_sequences: u32,
+}
+
+fn parse_early_stopping(s: &str) -> std::result::Result<EarlyStopping, String> {
+    s.parse().map_err(|e: kiln_engine::Error| e.to_string())
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.beams.num_beams > 1 {
+        return run_beams(a);
+    }
+    if a.beams.num_return_sequences > 1 {
+        anyhow::bail!("--num-return-sequences needs beam search (--num-beams > 1)");
+    }
     let params = SamplingParams {
-        temperature: a.temperature,
+        temperature: a.temperature.unwrap_or(0.8),
         top_k: a.top_k,
         top_p: a.top_p,
         min_p: a.min_p,
@@ -102,6 +137,84 @@ pub fn run(a: Args) -> Result<()> {
         writeln!(out, "{v}")?;
     } else {
         writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// Beam search: sampling options must be left at their neutral values (they are not applied).
+fn run_beams(a: Args) -> Result<()> {
+    let unsupported = [
+        (
+            "--temperature (beam sampling)",
+            a.temperature.is_some_and(|t| t != 0.0),
+        ),
+        ("--repetition-penalty", a.repetition_penalty != 1.0),
+        ("--frequency-penalty", a.frequency_penalty != 0.0),
+        ("--presence-penalty", a.presence_penalty != 0.0),
+        ("--stop", !a.stop.is_empty()),
+    ];
+    if let Some((flag, _)) = unsupported.iter().find(|(_, bad)| *bad) {
+        anyhow::bail!("{flag} is not supported with --num-beams > 1");
+    }
+    let b = &a.beams;
+    let params = BeamParams {
+        num_beams: b.num_beams as usize,
+        max_new_tokens: a.max_tokens as usize,
+        length_penalty: b.length_penalty,
+        early_stopping: b.early_stopping,
+        no_repeat_ngram_size: b.no_repeat_ngram_size,
+        num_return_sequences: b.num_return_sequences as usize,
+        min_new_tokens: 0,
+        eos: Vec::new(), // the model's
+    };
+    params.validate()?;
+    let (engine, _, _) = model_arg::load(&a.common)?;
+    let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
+    let g = engine.generate_beams(&prompt, &params)?;
+    let mut out = std::io::stdout().lock();
+    let best = g
+        .sequences
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("beam search returned no hypothesis"))?;
+    if a.json {
+        let sequences: Vec<_> = g
+            .sequences
+            .iter()
+            .map(|s| {
+                json!({
+                    "text": s.text,
+                    "token_ids": s.token_ids,
+                    "score": s.score,
+                    "finish_reason": s.finish_reason.as_str(),
+                })
+            })
+            .collect();
+        let v = json!({
+            "text": best.text,
+            "token_ids": best.token_ids,
+            "prompt_tokens": g.prompt_tokens,
+            "finish_reason": best.finish_reason.as_str(),
+            "timings": {
+                "prompt_ms": g.timings.prompt_ms,
+                "decode_ms": g.timings.decode_ms,
+                "prompt_tokens_per_s": g.timings.prompt_tokens_per_s,
+                "decode_tokens_per_s": g.timings.decode_tokens_per_s,
+            },
+            "sequences": sequences,
+        });
+        writeln!(out, "{v}")?;
+    } else if g.sequences.len() == 1 {
+        writeln!(out, "{}", best.text)?;
+    } else {
+        for (i, s) in g.sequences.iter().enumerate() {
+            writeln!(
+                out,
+                "--- sequence {} (score {:.4}) ---\n{}",
+                i + 1,
+                s.score,
+                s.text
+            )?;
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! tensor-free pieces of the loop's tail are [`sampling`] (logits to the next token id) and
 //! [`stop`] (stop strings over streamed text), plus [`FinishReason`].
 
+pub mod beam;
 pub mod embed;
 mod engine;
 mod error;
@@ -13,6 +14,10 @@ mod sequence;
 pub mod serving;
 pub mod stop;
 
+pub use beam::{
+    beam_search, BeamGeneration, BeamModel, BeamParams, BeamSequence, CausalBeam, EarlyStopping,
+    Hypothesis,
+};
 pub use embed::{Classification, Embeddings, Encoder, Entity};
 pub use engine::{Engine, Generation, Timings};
 pub use error::{Error, Result};

@@ -450,6 +450,67 @@ fn queue_full_priorities_and_cancellation() {
     h.shutdown();
 }
 
+/// Dropping a stream cancels its request: its KV blocks are back in the pool at the next step,
+/// while another request keeps running.
+#[test]
+fn dropping_a_stream_frees_its_blocks() {
+    let e = fixture_engine();
+    let h = EngineHandle::start(e.clone(), config(2, 64)).unwrap();
+    let long = SamplingParams {
+        ignore_eos: true,
+        ..greedy(100)
+    };
+    // `a` holds 7 blocks from its prompt alone, so `a` and `b` together hold at least 8.
+    let mut a = h
+        .submit(GenerateRequest::new(
+            prompt(30, 100),
+            SamplingParams {
+                ignore_eos: true,
+                ..greedy(20)
+            },
+        ))
+        .unwrap();
+    let mut b = h.submit(GenerateRequest::new(prompt(31, 4), long)).unwrap();
+    assert!(matches!(a.recv(), Some(Event::Token { .. })));
+    assert!(matches!(b.recv(), Some(Event::Token { .. })));
+    drop(a);
+    // `b` (at most 104 tokens, 7 blocks of 16) is the only one left holding blocks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen_at = None;
+    loop {
+        let st = h.stats();
+        // Stats are published at the end of a step: look one step after the cancel was counted.
+        match seen_at {
+            None if st.cancelled == 1 => seen_at = Some(st.steps),
+            Some(step) if st.steps > step || st.running == 1 => {
+                assert!(st.kv_blocks_used <= 7, "{st:?}");
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cancel not seen: {st:?}"
+        );
+        std::thread::yield_now();
+    }
+    assert!(matches!(
+        collect_finished(&mut b),
+        Some(FinishReason::Length)
+    ));
+    h.shutdown();
+    assert_eq!(h.stats().kv_blocks_used, 0);
+}
+
+fn collect_finished(s: &mut RequestStream) -> Option<FinishReason> {
+    while let Some(ev) = s.recv() {
+        if let Event::Finished { reason, .. } = ev {
+            return Some(reason);
+        }
+    }
+    None
+}
+
 #[test]
 fn shutdown_finishes_everything_queued() {
     let e = fixture_engine();
@@ -512,14 +573,17 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// The default model: 32 concurrent greedy chat requests through the engine against each alone
 /// through `generate`. The Q4_1 kernels take another path for 4+ token rows (token tiles) than
-/// for one, and the two disagree by up to ~0.1 on SmolLM2's logits (measured: a lone prefill and
-/// a lone decode of the same context already differ that much), so a greedy choice may flip
+/// for one; they differ by one ulp (checked on QMatrix alone), but activations are re-quantized
+/// to 8 bits before every matmul, so an ulp that moves a value across a rounding boundary changes
+/// it by a quantization step, and over 30 layers logits drift by up to ~0.2 (a lone prefill and a
+/// lone decode of the same context already differ that much). A greedy choice may thus flip
 /// between a batched and a lone step where the top two logits nearly tie. The test asserts that
 /// every divergence happens at such a near-tie (margin below `NEAR_TIE` in a lone forward) and
 /// reports how many requests matched exactly.
 #[test]
 fn smollm2_thirty_two_concurrent_greedy_requests_match_each_alone() {
-    const NEAR_TIE: f32 = 0.3;
+    // Observed margins at divergences: up to 0.23 (logits of the chosen tokens are ~15-25).
+    const NEAR_TIE: f32 = 0.5;
     let Some(path) = common::real_model("SmolLM2-135M-Instruct.Q4_1.gguf", "") else {
         return;
     };

@@ -125,6 +125,7 @@ impl BertConfig {
             causal: false,
             window: None,
             rope: None,
+            alibi: None,
         }
     }
 }

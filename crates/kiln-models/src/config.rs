@@ -97,9 +97,14 @@ impl HfConfig {
         ids(self.json.get("eos_token_id"))
     }
 
-    /// Reads GGUF metadata for a LLaMA-style architecture into config.json form.
+    /// Reads GGUF metadata for a LLaMA-style architecture, GPT-2 or BLOOM into config.json form.
     pub fn from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
         let arch = file.architecture()?.to_string();
+        match arch.as_str() {
+            "gpt2" => return gpt2_from_gguf(file),
+            "bloom" => return bloom_from_gguf(file),
+            _ => {}
+        }
         let hf_arch = match arch.as_str() {
             "llama" => "LlamaForCausalLM",
             "mistral" => "MistralForCausalLM",
@@ -184,6 +189,89 @@ impl HfConfig {
             origin: file.path().display().to_string(),
         })
     }
+}
+
+/// GGUF `gpt2` metadata (llama.cpp's convert_hf_to_gguf.py GPT2Model) as a GPT-2 config.json.
+fn gpt2_from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
+    let n_embd = file.get_u32("gpt2.embedding_length")?;
+    let mut m = Map::new();
+    m.insert("architectures".into(), json!(["GPT2LMHeadModel"]));
+    m.insert("model_type".into(), json!("gpt2"));
+    m.insert("n_embd".into(), json!(n_embd));
+    m.insert("n_layer".into(), json!(file.get_u32("gpt2.block_count")?));
+    m.insert(
+        "n_head".into(),
+        json!(file.get_u32("gpt2.attention.head_count")?),
+    );
+    m.insert(
+        "n_inner".into(),
+        json!(file
+            .get_u32("gpt2.feed_forward_length")
+            .unwrap_or(4 * n_embd)),
+    );
+    m.insert(
+        "n_positions".into(),
+        json!(file.get_u32("gpt2.context_length")?),
+    );
+    m.insert("activation_function".into(), json!("gelu_new"));
+    gguf_common(file, "gpt2", &mut m)?;
+    Ok(HfConfig {
+        json: Value::Object(m),
+        origin: file.path().display().to_string(),
+    })
+}
+
+/// GGUF `bloom` metadata (llama.cpp's convert_hf_to_gguf.py BloomModel) as a BLOOM config.json.
+/// The converter writes `seq_length` as the context length (or `n_embed` when the config has
+/// none, which kiln cannot tell apart).
+fn bloom_from_gguf(file: &kiln_gguf::GgufFile) -> Result<HfConfig> {
+    let mut m = Map::new();
+    m.insert("architectures".into(), json!(["BloomForCausalLM"]));
+    m.insert("model_type".into(), json!("bloom"));
+    m.insert(
+        "hidden_size".into(),
+        json!(file.get_u32("bloom.embedding_length")?),
+    );
+    m.insert("n_layer".into(), json!(file.get_u32("bloom.block_count")?));
+    m.insert(
+        "n_head".into(),
+        json!(file.get_u32("bloom.attention.head_count")?),
+    );
+    m.insert(
+        "seq_length".into(),
+        json!(file.get_u32("bloom.context_length")?),
+    );
+    gguf_common(file, "bloom", &mut m)?;
+    Ok(HfConfig {
+        json: Value::Object(m),
+        origin: file.path().display().to_string(),
+    })
+}
+
+/// Metadata GPT-2 and BLOOM GGUF files share: LayerNorm epsilon, vocabulary, tied head,
+/// special token ids.
+fn gguf_common(file: &kiln_gguf::GgufFile, arch: &str, m: &mut Map<String, Value>) -> Result<()> {
+    m.insert(
+        "layer_norm_epsilon".into(),
+        json!(file.get_f32(&format!("{arch}.attention.layer_norm_epsilon"))?),
+    );
+    m.insert(
+        "vocab_size".into(),
+        json!(file.get_str_array("tokenizer.ggml.tokens")?.len()),
+    );
+    m.insert(
+        "tie_word_embeddings".into(),
+        json!(file.tensor("output.weight").is_none()),
+    );
+    for (key, gguf_key) in [
+        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+    ] {
+        if let Ok(id) = file.get_u32(gguf_key) {
+            m.insert(key.into(), json!(id));
+        }
+    }
+    Ok(())
 }
 
 /// Token ids from a config value that may be an int, a list of ints or null.

@@ -2,15 +2,19 @@
 //! a checkpoint (`config.json` `architectures`, or GGUF `general.architecture`) to a constructor.
 
 mod bert;
+mod bloom;
 mod config;
 mod distilbert;
 mod error;
+mod gpt2;
 mod llama;
 pub mod pooling;
 mod registry;
 
 pub use bert::{Bert, BertConfig, HeadKind, Scratch};
+pub use bloom::{Bloom, BloomConfig};
 pub use config::HfConfig;
 pub use error::{Error, Result};
+pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
 pub use registry::{load, Loaded, Model, ModelInfo, SUPPORTED_ARCHITECTURES};

@@ -166,6 +166,7 @@ impl Llama {
                 causal: true,
                 window: cfg.windows[i],
                 rope: Some(cfg.rope.clone()),
+                alibi: None,
             };
             layers.push(Block {
                 input_layernorm: RmsNorm::load(

@@ -11,12 +11,20 @@ use kiln_tensor::cpu::rope::RopeStyle;
 use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;
-use crate::{Bert, BertConfig, Error, Llama, LlamaConfig, Result};
+use crate::{
+    Bert, BertConfig, Bloom, BloomConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig, Result,
+};
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "BloomForCausalLM",
+    "BloomModel",
+    "gpt2",
+    "bloom",
     // Encoder-only (bert.rs, distilbert.rs); bare `model_type`s cover configs without `architectures`.
     "BertModel",
     "BertForSequenceClassification",
@@ -58,6 +66,8 @@ pub struct ModelInfo {
 #[allow(clippy::large_enum_variant)] // one model per process; the encoder variant is boxed
 pub enum Model {
     Llama(Llama),
+    Gpt2(Gpt2),
+    Bloom(Bloom),
     /// Encoder-only: decoder methods (`forward`, `logits`) return `Error::EncoderOnly`.
     Bert(Box<Bert>),
 }
@@ -66,6 +76,8 @@ impl Model {
     pub fn new_cache(&self) -> KvCache {
         match self {
             Model::Llama(m) => m.new_cache(),
+            Model::Gpt2(m) => m.new_cache(),
+            Model::Bloom(m) => m.new_cache(),
             // Nothing to cache: an empty cache, and `forward` says why it cannot be used.
             Model::Bert(_) => KvCache::new(0, 0),
         }
@@ -79,6 +91,8 @@ impl Model {
         }
         match self {
             Model::Llama(m) => m.forward(tokens, batch, kv, None),
+            Model::Gpt2(m) => m.forward(tokens, batch, kv, None),
+            Model::Bloom(m) => m.forward(tokens, batch, kv, None),
             Model::Bert(_) => Err(self.encoder_only("causal forward pass")),
         }
     }
@@ -93,6 +107,8 @@ impl Model {
         let mut trace = Vec::new();
         let h = match self {
             Model::Llama(m) => m.forward(tokens, batch, kv, Some(&mut trace))?,
+            Model::Gpt2(m) => m.forward(tokens, batch, kv, Some(&mut trace))?,
+            Model::Bloom(m) => m.forward(tokens, batch, kv, Some(&mut trace))?,
             Model::Bert(_) => return Err(self.encoder_only("causal forward pass")),
         };
         Ok((h, trace))
@@ -101,6 +117,8 @@ impl Model {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match self {
             Model::Llama(m) => m.logits(hidden),
+            Model::Gpt2(m) => m.logits(hidden),
+            Model::Bloom(m) => m.logits(hidden),
             Model::Bert(_) => Err(self.encoder_only("language-model head")),
         }
     }
@@ -116,7 +134,7 @@ impl Model {
     pub fn as_encoder(&self) -> Option<&Bert> {
         match self {
             Model::Bert(m) => Some(m.as_ref()),
-            Model::Llama(_) => None,
+            Model::Llama(_) | Model::Gpt2(_) | Model::Bloom(_) => None,
         }
     }
 
@@ -124,6 +142,22 @@ impl Model {
         match self {
             Model::Llama(m) => ModelInfo {
                 architecture: "llama".into(),
+                vocab_size: m.cfg.vocab,
+                max_context: m.cfg.max_context(),
+                n_layers: m.cfg.n_layers,
+                eos_token_ids: Vec::new(),
+                bos_token_id: None,
+            },
+            Model::Gpt2(m) => ModelInfo {
+                architecture: "gpt2".into(),
+                vocab_size: m.cfg.vocab,
+                max_context: m.cfg.n_positions,
+                n_layers: m.cfg.n_layers,
+                eos_token_ids: Vec::new(),
+                bos_token_id: None,
+            },
+            Model::Bloom(m) => ModelInfo {
+                architecture: "bloom".into(),
                 vocab_size: m.cfg.vocab,
                 max_context: m.cfg.max_context(),
                 n_layers: m.cfg.n_layers,
@@ -173,6 +207,16 @@ pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Lo
         "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => Model::Llama(
             Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?,
         ),
+        "GPT2LMHeadModel" | "GPT2Model" | "gpt2" => Model::Gpt2(Gpt2::load(
+            &weights,
+            Gpt2Config::from_hf(&config)?,
+            on_progress,
+        )?),
+        "BloomForCausalLM" | "BloomModel" | "bloom" => Model::Bloom(Bloom::load(
+            &weights,
+            BloomConfig::from_hf(&config)?,
+            on_progress,
+        )?),
         a if a.starts_with("DistilBert") || a == "distilbert" => {
             Model::Bert(Box::new(crate::distilbert::load(
                 &weights,

@@ -1,5 +1,5 @@
 //! Multi-head attention as one layer configured by an [`AttentionSpec`]: projections, rotary
-//! positions, KV-cache writes and the kernel call all live here, so a model's block reads
+//! positions, ALiBi, KV-cache writes and the kernel call all live here, so a model's block reads
 //! `x + attn(norm(x))` whatever the head layout, window or cache.
 //!
 //! Inputs are flat: a step's tokens from several sequences packed as `(n_tokens, hidden)`, with a
@@ -10,7 +10,7 @@ use kiln_tensor::cpu::attention::AttnParams;
 use kiln_tensor::Tensor;
 
 use crate::weights::Weights;
-use crate::{KvStore, Linear, Result, Rope};
+use crate::{Alibi, KvStore, Linear, Result, Rope};
 
 #[derive(Debug, Clone)]
 pub struct AttentionSpec {
@@ -25,6 +25,8 @@ pub struct AttentionSpec {
     /// Sliding window (Mistral): a query sees its own position and the `window - 1` before it.
     pub window: Option<usize>,
     pub rope: Option<Rope>,
+    /// ALiBi distance penalties (BLOOM), in place of position embeddings.
+    pub alibi: Option<Alibi>,
 }
 
 /// Rows `start..start + len` of a packed step belong to one sequence.
@@ -121,7 +123,7 @@ impl Attention {
             scale: 1.0 / (s.head_dim as f32).sqrt(),
             causal: s.causal,
             window: s.window,
-            alibi_slopes: None,
+            alibi_slopes: s.alibi.as_ref().map(|a| a.slopes()),
         };
         let (q_row, kv_row) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         let mut out = vec![0.0f32; n * q_row];
@@ -175,8 +177,8 @@ impl Attention {
     ) -> Result<()> {
         let s = &self.spec;
         assert!(
-            !s.causal && s.n_kv_heads == s.n_heads && s.window.is_none(),
-            "forward_packed: bidirectional MHA only"
+            !s.causal && s.n_kv_heads == s.n_heads && s.window.is_none() && s.alibi.is_none(),
+            "forward_packed: bidirectional MHA without ALiBi only"
         );
         let n = batch.n_tokens();
         let row = s.n_heads * s.head_dim;

@@ -5,9 +5,11 @@
 //! model files never name a format. [`Attention`] owns its projections, rotary embedding, KV
 //! writes and kernel choice; a model only states its [`AttentionSpec`].
 
+mod alibi;
 mod attention;
 mod embedding;
 mod error;
+pub mod fused;
 mod kv_cache;
 mod kv_store;
 mod linear;
@@ -17,13 +19,14 @@ mod paged_kv;
 pub mod rope;
 pub mod weights;
 
+pub use alibi::Alibi;
 pub use attention::{Attention, AttentionSpec, Batch, SeqSpan};
 pub use embedding::Embedding;
 pub use error::{Error, Result};
 pub use kv_cache::{KvCache, LayerKv};
 pub use kv_store::{KvStore, SeqCaches};
 pub use linear::Linear;
-pub use mlp::{Activation, GatedMlp};
+pub use mlp::{Activation, GatedMlp, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
 pub use paged_kv::{KvCacheDtype, PagedKv, PagedKvPool, NO_BLOCK};
 pub use rope::{Rope, RopeScaling};

@@ -38,6 +38,28 @@ impl Linear {
         })
     }
 
+    /// A dense projection from a `(out, in)` weight and an optional `(out,)` bias built at load
+    /// time (a transposed or split checkpoint tensor, see `fused.rs`).
+    pub fn from_dense(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        let (out_features, in_features) = weight.dims2("Linear::from_dense")?;
+        if let Some(b) = &bias {
+            if b.dims() != [out_features] {
+                return Err(kiln_tensor::Error::ShapeMismatch {
+                    op: "Linear::from_dense (bias)",
+                    lhs: vec![out_features],
+                    rhs: b.dims().to_vec(),
+                }
+                .into());
+            }
+        }
+        Ok(Linear {
+            weight: Param::Dense(weight),
+            bias,
+            in_features,
+            out_features,
+        })
+    }
+
     /// A bias-free projection sharing an existing matrix (tied embeddings).
     pub fn from_param(weight: Param) -> Linear {
         let d = weight.dims();

@@ -1,4 +1,6 @@
-//! The gated MLP of LLaMA-style blocks: `down(act(gate(x)) * up(x))` (SwiGLU with SiLU).
+//! Feed-forward blocks: the gated MLP of LLaMA-style blocks, `down(act(gate(x)) * up(x))`
+//! (SwiGLU with SiLU; T5 v1.1's gated GELU), and the plain `down(act(up(x)))` of the original
+//! Transformer (T5 v1.0, BART, Marian).
 
 use kiln_tensor::Tensor;
 
@@ -59,9 +61,43 @@ impl GatedMlp {
         })
     }
 
+    /// From projections loaded under other names (T5's `wi_0`, `wi_1`, `wo`).
+    pub fn from_parts(
+        gate_proj: Linear,
+        up_proj: Linear,
+        down_proj: Linear,
+        act: Activation,
+    ) -> GatedMlp {
+        GatedMlp {
+            gate_proj,
+            up_proj,
+            down_proj,
+            act,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.act.apply(&self.gate_proj.forward(x)?);
         let up = self.up_proj.forward(x)?;
         self.down_proj.forward(&gate.mul(&up)?)
+    }
+}
+
+/// The ungated feed-forward block: `down(act(up(x)))`.
+#[derive(Clone)]
+pub struct Mlp {
+    up: Linear,
+    down: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    /// From the checkpoint's two projections (T5 `wi`/`wo`, BART `fc1`/`fc2`).
+    pub fn from_parts(up: Linear, down: Linear, act: Activation) -> Mlp {
+        Mlp { up, down, act }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down.forward(&self.act.apply(&self.up.forward(x)?))
     }
 }

@@ -1,6 +1,6 @@
 //! The matmuls of one SmolLM2-135M forward pass (Q4_1 layers, Q8_0 output), nothing else:
 //! a lower bound on the engine's time per token, to set against llama.cpp's whole-model numbers.
-//! 30 layers of distinct weights (so they stream from DRAM as in the real model: ~96 MB/token).
+//! 30 layers of distinct weights (format from `KILN_QTYPE`) (so they stream from DRAM as in the real model: ~96 MB/token).
 //! `RAYON_NUM_THREADS=2 cargo run --release -p kiln-quant --example smollm2_matmuls [-- inside]`
 
 use std::time::Instant;
@@ -55,7 +55,14 @@ fn main() {
 }
 
 fn run() {
-    let q = GgmlType::Q4_1;
+    // `KILN_QTYPE=q8_0` (or q4_0, q4_k, ...) picks the layers' format; Q4_1 by default.
+    let q = match std::env::var("KILN_QTYPE") {
+        Ok(name) => (0..64)
+            .filter_map(|id| GgmlType::from_u32(id).ok())
+            .find(|t| t.name().eq_ignore_ascii_case(&name))
+            .expect("KILN_QTYPE: a GGML type name"),
+        Err(_) => GgmlType::Q4_1,
+    };
     let t0 = Instant::now();
     let layers: Vec<[QMatrix; 7]> = (0..LAYERS as u64)
         .map(|l| {
@@ -97,6 +104,22 @@ fn run() {
         best * 1e3,
         1.0 / best,
         bytes as f64 / best / 1e9
+    );
+    // The output matrix alone (30 MB, one long streaming call) against the 210 short layer calls.
+    let x = vec![0.1f32; HIDDEN];
+    let mut logits = vec![0f32; VOCAB];
+    let mut best_out = f64::MAX;
+    for _ in 0..20 {
+        let t = Instant::now();
+        out_m.matmul(&x, 1, &mut logits).expect("matmul");
+        best_out = best_out.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "output matmul alone: {:.2} ms = {:.1} GB/s; layers: {:.2} ms = {:.1} GB/s",
+        best_out * 1e3,
+        out_m.data().len() as f64 / best_out / 1e9,
+        (best - best_out) * 1e3,
+        (bytes - out_m.data().len()) as f64 / (best - best_out) / 1e9
     );
     for (n_logits, what) in [
         (1, "logits for the last token only, as llama-bench"),

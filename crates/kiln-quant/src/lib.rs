@@ -31,6 +31,7 @@ pub mod q4_1;
 pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
+mod q8_0x8;
 mod types;
 
 #[cfg(target_arch = "x86_64")]

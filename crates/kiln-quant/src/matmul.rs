@@ -9,12 +9,14 @@
 //! decode (load balance; every task costs ~1 µs) and at most 128 KiB of weights for prefill (also on one thread).
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
 use crate::act::{self, BlockQ8, BlockQ8K};
 use crate::legacy::{self, Legacy};
+use crate::q8_0x8::PackedQ8x8;
 use crate::{plain, q4_0::Q4_0, q4_1::Q4_1, q4_k, q6_k, q8_0::Q8_0};
 use crate::{Error, GgmlType, Isa, Result, SharedBytes};
 
@@ -27,6 +29,9 @@ pub struct QMatrix {
     cols: usize,
     row_bytes: usize,
     data: SharedBytes,
+    /// Q8_0 weights regrouped for the x86 kernels (see [`crate::q8_0x8`]); the scalar path
+    /// and `dequantize_row` read `data`.
+    packed: Option<Arc<PackedQ8x8>>,
 }
 
 impl QMatrix {
@@ -47,12 +52,15 @@ impl QMatrix {
                 got: data.len(),
             });
         }
+        let packed = (ty == GgmlType::Q8_0 && repack_q8_0())
+            .then(|| Arc::new(PackedQ8x8::pack(data.as_slice(), rows, cols / 32)));
         Ok(Self {
             ty,
             rows,
             cols,
             row_bytes,
             data,
+            packed,
         })
     }
 
@@ -174,7 +182,11 @@ impl QMatrix {
         match self.ty {
             GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
             GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
-            GgmlType::Q8_0 => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
+            GgmlType::Q8_0 => match (&self.packed, isa) {
+                #[cfg(target_arch = "x86_64")]
+                (Some(p), Isa::Avx2 | Isa::Avx512Vnni) => self.run_packed(p, isa, x, n_tokens, out),
+                _ => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
+            },
             GgmlType::Q4_K => self.run_kquant(
                 isa,
                 x,
@@ -226,6 +238,34 @@ impl QMatrix {
                 // SAFETY: `for_each_chunk` hands out disjoint row ranges within `0..rows`; `isa` is
                 // available (checked by the callers of `run`).
                 self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk(&job, r0, r1) });
+            })
+        });
+    }
+
+    /// Q8_0 through the grouped layout (x86 only; `isa` is AVX2 or better).
+    #[cfg(target_arch = "x86_64")]
+    fn run_packed(&self, p: &PackedQ8x8, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+        let nb = self.cols / 32;
+        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
+            with_scratch(&SCRATCH_YSUM, n_tokens * nb, |ysum128| {
+                quantize_acts(x, self.cols, acts, nb, |x, a| {
+                    act::quantize_row_q8_isa(isa, x, a)
+                });
+                for (s, a) in ysum128.iter_mut().zip(acts.iter()) {
+                    *s = 128 * a.qs.iter().map(|&q| q as i32).sum::<i32>();
+                }
+                let kernel: unsafe fn(&PackedQ8x8, &Job<BlockQ8>, &[i32], usize, usize) = match isa
+                {
+                    Isa::Avx512Vnni => crate::x86::q8_0x8::groups_vnni,
+                    _ => crate::x86::q8_0x8::groups_avx2,
+                };
+                let job = self.job(acts, nb, n_tokens, out);
+                let ysum128 = &*ysum128;
+                // SAFETY: `split` hands out disjoint group ranges within `0..p.groups`; `isa` is
+                // available (checked by the callers of `run`); `job` is this matrix's.
+                split(p.groups, p.group_bytes(), 1, 2, n_tokens, |g0, g1| unsafe {
+                    kernel(p, &job, ysum128, g0, g1)
+                });
             })
         });
     }
@@ -300,28 +340,46 @@ impl QMatrix {
 
     /// Runs `f(r0, r1)` over chunks of output rows covering `0..rows`, in parallel.
     fn for_each_chunk(&self, n_tokens: usize, f: impl Fn(usize, usize) + Sync) {
-        let threads = rayon::current_num_threads();
-        let parallel = threads > 1 && self.rows * self.row_bytes * n_tokens >= (1 << 15);
-        let mut chunk = if parallel {
-            self.rows.div_ceil(threads * 4)
-        } else {
-            self.rows
-        };
-        if n_tokens > 1 {
-            // Cache blocking, also on one thread: every token tile re-reads the chunk's weights.
-            chunk = chunk.min(CHUNK_BYTES / self.row_bytes.max(1));
-        }
-        let mut chunk = chunk.max(16).next_multiple_of(4);
-        let mut n = self.rows.div_ceil(chunk);
-        if parallel {
-            // Round the chunk count to a multiple of the threads so the last wave is full.
-            n = n.next_multiple_of(threads);
-            chunk = self.rows.div_ceil(n).next_multiple_of(4);
-            n = self.rows.div_ceil(chunk);
-            crate::parallel::parallel_for(n, &|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
-        } else {
-            (0..n).for_each(|c| f(c * chunk, ((c + 1) * chunk).min(self.rows)));
-        }
+        split(self.rows, self.row_bytes, 4, 16, n_tokens, f)
+    }
+}
+
+/// Whether Q8_0 matrices are regrouped at load: on x86 with SIMD kernels, unless
+/// `KILN_Q8_REPACK=0` (for benchmarks against the GGUF-layout kernels).
+fn repack_q8_0() -> bool {
+    cfg!(target_arch = "x86_64")
+        && Isa::detect() > Isa::Scalar
+        && std::env::var("KILN_Q8_REPACK").as_deref() != Ok("0")
+}
+
+/// Runs `f(u0, u1)` over chunks of `n` units (rows, or row groups) of `unit_bytes` weight bytes
+/// each, in parallel: chunks a multiple of `align` units and at least `min`, about 4 per thread
+/// for decode (load balance; every task costs ~1 µs), at most `CHUNK_BYTES` of weights for
+/// prefill (cache blocking, also on one thread: every token tile re-reads the chunk's weights).
+fn split(
+    n: usize,
+    unit_bytes: usize,
+    align: usize,
+    min: usize,
+    n_tokens: usize,
+    f: impl Fn(usize, usize) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    let parallel = threads > 1 && n * unit_bytes * n_tokens >= (1 << 15);
+    let mut chunk = if parallel { n.div_ceil(threads * 4) } else { n };
+    if n_tokens > 1 {
+        chunk = chunk.min(CHUNK_BYTES / unit_bytes.max(1));
+    }
+    let mut chunk = chunk.max(min).next_multiple_of(align);
+    let mut n_chunks = n.div_ceil(chunk);
+    if parallel {
+        // Round the chunk count to a multiple of the threads so the last wave is full.
+        n_chunks = n_chunks.next_multiple_of(threads);
+        chunk = n.div_ceil(n_chunks).next_multiple_of(align);
+        n_chunks = n.div_ceil(chunk);
+        crate::parallel::parallel_for(n_chunks, &|c| f(c * chunk, ((c + 1) * chunk).min(n)));
+    } else {
+        (0..n_chunks).for_each(|c| f(c * chunk, ((c + 1) * chunk).min(n)));
     }
 }
 
@@ -412,6 +470,7 @@ unsafe fn chunk_rows<A>(
 thread_local! {
     static SCRATCH_Q8: Cell<Vec<BlockQ8>> = const { Cell::new(Vec::new()) };
     static SCRATCH_AUX: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static SCRATCH_YSUM: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     static SCRATCH_Q8K: Cell<Vec<BlockQ8K>> = const { Cell::new(Vec::new()) };
 }
 

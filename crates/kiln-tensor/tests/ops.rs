@@ -122,7 +122,9 @@ fn rope_half_and_interleaved_rotate_pairs() {
 #[test]
 fn attention_paths_match_reference() {
     let mut rng = StdRng::seed_from_u64(7);
-    let slopes = [0.5f32, 0.25, 0.125, 0.0625];
+    // Six slopes: the BLOOM-style 6-head cases below use them all (ALiBi with a head count
+    // that is not a power of two), the 4-head cases the first four.
+    let slopes = [0.5f32, 0.25, 0.125, 0.0625, 0.7071, 0.3536];
     for &(n_q, n_kv, nh, nkv, causal, window, alibi) in &[
         (1usize, 9usize, 4usize, 2usize, true, None, false),
         (3, 40, 4, 1, true, Some(8usize), false),
@@ -133,6 +135,10 @@ fn attention_paths_match_reference() {
         (65, 65, 4, 2, false, None, false),
         (90, 90, 4, 4, true, None, true),
         (2, 2, 4, 4, false, None, true),
+        // ALiBi, 6 heads: one-token decode over several key chunks, and a chunked prefill
+        // (q_start 20) on the blocked path.
+        (1, 300, 6, 6, true, None, true),
+        (130, 150, 6, 6, true, None, true),
     ] {
         let hd = 16;
         let q = rand_vec(&mut rng, n_q * nh * hd);

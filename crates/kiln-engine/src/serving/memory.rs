@@ -20,6 +20,9 @@ pub const DEFAULT_KV_BYTES: usize = 1 << 30;
 pub(crate) fn kv_layout(engine: &Engine) -> Result<(usize, usize, usize)> {
     match &engine.model {
         Model::Llama(m) => Ok((m.cfg.n_layers, m.cfg.n_kv_heads, m.cfg.head_dim)),
+        // Multi-head attention: one kv head per query head.
+        Model::Gpt2(m) => Ok((m.cfg.n_layers, m.cfg.n_heads, m.cfg.head_dim())),
+        Model::Bloom(m) => Ok((m.cfg.n_layers, m.cfg.n_heads, m.cfg.head_dim())),
         Model::Bert(_) => Err(Error::InvalidArgument(format!(
             "{} is an encoder-only model: it cannot generate",
             engine.info.architecture

@@ -1,7 +1,7 @@
 //! GGUF weights addressed by Hugging Face names.
 //!
 //! llama.cpp renames tensors (`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`);
-//! [`hf_to_gguf_name`] holds that map for the LLaMA-style families. Quantized matrices become
+//! [`hf_to_gguf_name`] holds that map for the LLaMA-style families, GPT-2 and BLOOM. Quantized matrices become
 //! [`Param::Quant`] over the memory map (no copy, no dequantization at load); F32/F16/BF16 tensors
 //! become dense f32 tensors. GGUF dims are reversed (dims[0] is the number of columns).
 
@@ -36,6 +36,9 @@ pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
     if let Some(f) = fixed {
         return Some(f.to_string());
     }
+    if let Some(rest) = hf.strip_prefix("transformer.") {
+        return transformer_to_gguf_name(rest);
+    }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.rsplit_once('.')?;
@@ -49,6 +52,37 @@ pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{name}.{kind}"))
+}
+
+/// GPT-2 and BLOOM (`transformer.` stripped; their module names do not overlap): llama.cpp's
+/// `gpt2` and `bloom` names. Layouts differ from the safetensors ones, and the model files say
+/// how: GPT-2's Conv1D weights are stored transposed, `(out, in)`, and BLOOM's fused q/k/v rows
+/// regrouped from per-head to q | k | v (both by convert_hf_to_gguf.py).
+fn transformer_to_gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "wte.weight" | "word_embeddings.weight" => Some("token_embd.weight"),
+        "wpe.weight" => Some("position_embd.weight"),
+        "word_embeddings_layernorm.weight" => Some("token_embd_norm.weight"),
+        "word_embeddings_layernorm.bias" => Some("token_embd_norm.bias"),
+        "ln_f.weight" => Some("output_norm.weight"),
+        "ln_f.bias" => Some("output_norm.bias"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let (layer, rest) = hf.strip_prefix("h.")?.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let name = match module {
+        "ln_1" | "input_layernorm" => "attn_norm",
+        "attn.c_attn" | "self_attention.query_key_value" => "attn_qkv",
+        "attn.c_proj" | "self_attention.dense" => "attn_output",
+        "ln_2" | "post_attention_layernorm" => "ffn_norm",
+        "mlp.c_fc" | "mlp.dense_h_to_4h" => "ffn_up",
+        "mlp.c_proj" | "mlp.dense_4h_to_h" => "ffn_down",
         _ => return None,
     };
     Some(format!("blk.{layer}.{name}.{kind}"))
