@@ -12,7 +12,10 @@ use serde_json::json;
 use crate::{model_arg, Common};
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     #[command(flatten)]
     common: Common,
     /// Prompt length in tokens.
@@ -29,6 +32,12 @@ pub struct Args {
     json: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Load-test a running server (like `vllm bench serve`).
+    Serve(crate::bench_serve::Args),
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -40,6 +49,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(BenchCommand::Serve(s)) = a.command {
+        return crate::bench_serve::run(s);
+    }
     let (engine, path, threads) = model_arg::load(&a.common)?;
     let (np, ng) = (a.prompt_tokens as usize, a.gen_tokens as usize);
     if np + ng > engine.info.max_context {

@@ -4,11 +4,13 @@
 //! clap with exit code 2 (the usual convention for usage errors).
 
 mod bench;
+mod bench_serve;
 mod classify;
 mod embed;
 mod generate;
 mod model_arg;
 mod score;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -52,6 +54,8 @@ enum Command {
     Similarity(embed::SimilarityArgs),
     /// Sequence or token classification (NER) with an encoder's task head.
     Classify(classify::Args),
+    /// OpenAI-compatible HTTP server (completions, chat, embeddings, metrics).
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Similarity(a) => embed::similarity(a),
         Command::Classify(a) => classify::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
