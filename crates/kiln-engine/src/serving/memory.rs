@@ -27,6 +27,12 @@ pub(crate) fn kv_layout(engine: &Engine) -> Result<(usize, usize, usize)> {
             "{} is an encoder-only model: it cannot generate",
             engine.info.architecture
         ))),
+        // The step loop schedules decoder-only models; encoder-decoders generate through
+        // `Engine::generate` (encoder and cross K/V once per request).
+        Model::Seq2Seq(_) => Err(Error::InvalidArgument(format!(
+            "{} is an encoder-decoder model: the serving engine runs decoder-only models",
+            engine.info.architecture
+        ))),
     }
 }
 
