@@ -110,6 +110,9 @@ pub struct PagedKv<'a> {
     pool: &'a mut PagedKvPool,
     tables: Vec<&'a [u32]>,
     cached: Vec<usize>,
+    /// Per sequence: its rows are prompt rows that take the blocked attention path however few
+    /// they are (see [`PagedKv::prompt_rows`]).
+    blocked: Vec<bool>,
 }
 
 impl<'a> PagedKv<'a> {
@@ -156,11 +159,23 @@ impl<'a> PagedKv<'a> {
                 );
             }
         }
+        let blocked = vec![false; tables.len()];
         Ok(PagedKv {
             pool,
             tables,
             cached,
+            blocked,
         })
+    }
+
+    /// Marks which sequences' rows are a chunk of a prompt longer than the decode kernel's
+    /// query limit: their attention takes the blocked path even for a chunk of a few rows, as a
+    /// one-shot prefill of the whole prompt does, so a prompt gives the same bits however the
+    /// scheduler cuts it into chunks (batch invariance). Other rows keep the kernel's choice.
+    pub fn prompt_rows(mut self, blocked: Vec<bool>) -> PagedKv<'a> {
+        assert_eq!(blocked.len(), self.tables.len(), "one flag per sequence");
+        self.blocked = blocked;
+        self
     }
 }
 
@@ -176,10 +191,11 @@ impl KvStore for PagedKv<'_> {
         out: &mut [f32],
     ) {
         let (table, cached) = (self.tables[seq], self.cached[seq]);
+        let blocked = self.blocked.get(seq).copied().unwrap_or(false);
         let n_new = k.len() / (params.n_kv_heads * params.head_dim);
         let l = &mut self.pool.layers[layer];
         l.write(table, cached, k, v);
-        l.attend(q, table, cached + n_new, cached, params, out);
+        l.attend_with(q, table, cached + n_new, cached, params, blocked, out);
     }
 
     /// Counts the step's rows as cached, so the view could serve a following step if its tables

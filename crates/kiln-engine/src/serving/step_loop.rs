@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use kiln_nn::{Batch, PagedKv, PagedKvPool, SeqSpan};
 use kiln_sched::{BlockPool, Scheduler, SchedulerConfig, StepPlan};
+use kiln_tensor::cpu::attention::DECODE_MAX_QUERIES;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{Pending, Shared};
@@ -216,6 +217,7 @@ impl<'e> Loop<'e> {
         let mut rows = Vec::new();
         let mut tables = Vec::with_capacity(plan.seqs.len());
         let mut cached = Vec::with_capacity(plan.seqs.len());
+        let mut prompt_rows = Vec::with_capacity(plan.seqs.len());
         for p in &plan.seqs {
             let tokens = self
                 .sched
@@ -238,10 +240,15 @@ impl<'e> Loop<'e> {
                     .blocks(),
             );
             cached.push(p.start);
+            // A chunk of a prompt that a one-shot prefill would run through the blocked
+            // attention path runs through it too, however short the chunk (batch invariance).
+            let prompt_len = self.seqs.get(&p.id).map_or(0, |s| s.state.prompt().len());
+            prompt_rows.push(prompt_len > DECODE_MAX_QUERIES && p.start + p.len <= prompt_len);
         }
         let batch = Batch { positions, seqs };
-        let mut kv =
-            PagedKv::new(&mut self.kv, tables, cached, &batch).map_err(kiln_models::Error::from)?;
+        let mut kv = PagedKv::new(&mut self.kv, tables, cached, &batch)
+            .map_err(kiln_models::Error::from)?
+            .prompt_rows(prompt_rows);
         let logits = self.engine.forward_rows(&ids, &batch, &mut kv, &rows)?;
         Ok(logits.into_f32_vec())
     }

@@ -75,7 +75,7 @@ const BLOCK_Q: usize = 64;
 
 /// Up to this many queries take the decode path (per-query dot products); more take the blocked
 /// gemm path.
-pub(crate) const DECODE_MAX_QUERIES: usize = 4;
+pub const DECODE_MAX_QUERIES: usize = 4;
 
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, out: &mut [f32]) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
@@ -97,6 +97,32 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams
     } else {
         prefill(q, k, v, q_start, p, n_q, n_kv, out);
     }
+}
+
+/// [`attention`] through the blocked (prompt) path whatever the number of queries.
+///
+/// Each query row of the blocked path gets the same bits however the queries are split into
+/// calls (a row's scores, softmax and weighted sum do not depend on the other rows); the decode
+/// path's rows differ from them in the last bits. A serving engine that prefills a prompt in
+/// chunks uses this for short chunks, so every prompt row is computed as in a one-shot prefill
+/// and a request's output does not depend on how the scheduler cut its prompt.
+pub fn attention_blocked(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_start: usize,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let n_q = q.len() / (nh * hd);
+    let n_kv = k.len() / (nkv * hd);
+    assert!(
+        nh % nkv == 0,
+        "attention: n_heads must be a multiple of n_kv_heads"
+    );
+    assert_eq!(out.len(), q.len(), "attention: output size");
+    prefill(q, k, v, q_start, p, n_q, n_kv, out);
 }
 
 /// Keys per decode task: a GQA group's visible keys are split into chunks of this size so two

@@ -29,7 +29,7 @@ use std::str::FromStr;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::attention::{attention, decode, AttnParams, KvRows, Run, DECODE_MAX_QUERIES};
+use super::attention::{attention_blocked, decode, AttnParams, KvRows, Run, DECODE_MAX_QUERIES};
 
 /// Table entry of a block released out of the window (same sentinel as `kiln_kv::NO_BLOCK`).
 pub const NO_BLOCK: u32 = u32::MAX;
@@ -336,6 +336,22 @@ impl PagedLayerKv {
         p: &AttnParams,
         out: &mut [f32],
     ) {
+        self.attend_with(q, table, n_kv, q_start, p, false, out)
+    }
+
+    /// [`attend`](Self::attend); with `blocked`, few queries take the blocked (prompt) path too
+    /// (see `attention_blocked`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_with(
+        &self,
+        q: &[f32],
+        table: &[u32],
+        n_kv: usize,
+        q_start: usize,
+        p: &AttnParams,
+        blocked: bool,
+        out: &mut [f32],
+    ) {
         let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
         assert!(
             nkv == self.n_kv_heads && hd == self.head_dim && nh % nkv == 0,
@@ -350,14 +366,14 @@ impl PagedLayerKv {
         if n_q == 0 {
             return;
         }
-        if n_q <= DECODE_MAX_QUERIES {
+        if n_q <= DECODE_MAX_QUERIES && !blocked {
             decode(q, &PagedRows { layer: self, table }, n_kv, q_start, p, out);
         } else {
             // Positions any query can see start at the first query's window; the shift by `lo`
             // changes nothing (causal and window masks and ALiBi depend on j - p only).
             let lo = p.visible(q_start, n_kv).0;
             let (k, v) = self.gather(table, lo, n_kv);
-            attention(q, &k, &v, q_start - lo, p, out);
+            attention_blocked(q, &k, &v, q_start - lo, p, out);
         }
     }
 }
