@@ -3,7 +3,7 @@
 # tests/server/requirements.txt into the git-ignored .venv-server/ (pip, PyPI only), and runs
 # pytest on tests/server/, which starts `kiln serve` on loopback ports of its own choosing.
 # Real-model cases use models/ (scripts/fetch-models.sh) and are skipped when a model is absent.
-# Usage: scripts/test-server.sh [pytest args...]     Honours CARGO_TARGET_DIR.
+# Usage: scripts/test-server.sh [pytest args...]     Honours CARGO_TARGET_DIR and KILN_BIN.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +12,10 @@ venv="$repo_root/.venv-server"
 req="$repo_root/tests/server/requirements.txt"
 
 if [[ ! -x "$venv/bin/python" ]]; then
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" || {
+    echo "test-server: python3 -m venv failed (Debian: apt install python3-venv)" >&2
+    exit 1
+  }
 fi
 # Reinstall only when the pins changed.
 stamp="$venv/.requirements.sha"
@@ -22,8 +25,11 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
-cargo build -p kiln-cli
-target="${CARGO_TARGET_DIR:-$repo_root/target}"
-export KILN_BIN="$target/debug/kiln"
+# KILN_BIN: a kiln binary already built (scripts/test.sh passes the one `cargo test` built).
+if [[ -z "${KILN_BIN:-}" ]]; then
+  cargo build -p kiln-cli
+  target="${CARGO_TARGET_DIR:-$repo_root/target}"
+  export KILN_BIN="$target/debug/kiln"
+fi
 
 exec "$venv/bin/python" -m pytest -q tests/server "$@"
