@@ -78,25 +78,7 @@ const BLOCK_Q: usize = 64;
 pub const DECODE_MAX_QUERIES: usize = 4;
 
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], q_start: usize, p: &AttnParams, out: &mut [f32]) {
-    let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
-    let n_q = q.len() / (nh * hd);
-    let n_kv = k.len() / (nkv * hd);
-    assert!(
-        nh % nkv == 0,
-        "attention: n_heads must be a multiple of n_kv_heads"
-    );
-    assert_eq!(out.len(), q.len(), "attention: output size");
-    if n_q <= DECODE_MAX_QUERIES {
-        let src = Contiguous {
-            k,
-            v,
-            kv_stride: nkv * hd,
-            head_dim: hd,
-        };
-        decode(q, &src, n_kv, q_start, p, out);
-    } else {
-        prefill(q, k, v, q_start, p, n_q, n_kv, out);
-    }
+    attention_path(q, k, v, q_start, p, false, out)
 }
 
 /// [`attention`] through the blocked (prompt) path whatever the number of queries.
@@ -114,6 +96,18 @@ pub fn attention_blocked(
     p: &AttnParams,
     out: &mut [f32],
 ) {
+    attention_path(q, k, v, q_start, p, true, out)
+}
+
+fn attention_path(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_start: usize,
+    p: &AttnParams,
+    blocked: bool,
+    out: &mut [f32],
+) {
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let n_q = q.len() / (nh * hd);
     let n_kv = k.len() / (nkv * hd);
@@ -122,7 +116,17 @@ pub fn attention_blocked(
         "attention: n_heads must be a multiple of n_kv_heads"
     );
     assert_eq!(out.len(), q.len(), "attention: output size");
-    prefill(q, k, v, q_start, p, n_q, n_kv, out);
+    if n_q <= DECODE_MAX_QUERIES && !blocked {
+        let src = Contiguous {
+            k,
+            v,
+            kv_stride: nkv * hd,
+            head_dim: hd,
+        };
+        decode(q, &src, n_kv, q_start, p, out);
+    } else {
+        prefill(q, k, v, q_start, p, n_q, n_kv, out);
+    }
 }
 
 /// Keys per decode task: a GQA group's visible keys are split into chunks of this size so two
