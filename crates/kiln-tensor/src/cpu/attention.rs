@@ -72,6 +72,8 @@ impl AttnParams<'_> {
 }
 
 const BLOCK_Q: usize = 64;
+/// The blocked path's smallest key count (see `prefill`).
+const MIN_KEYS: usize = 16;
 
 /// Up to this many queries take the decode path (per-query dot products); more take the blocked
 /// gemm path.
@@ -495,50 +497,70 @@ fn prefill(
             let lo = p.visible(q_start + i0, n_kv).0;
             let hi = p.visible(q_start + i0 + rows - 1, n_kv).1.max(lo);
             let nk = hi - lo;
-            let mut s = vec![0.0f32; rows * nk];
-            // S (rows, nk) = Q_blk (rows, hd) · K_hᵀ (hd, nk)
+            // A short block is padded to BLOCK_Q rows of zeros: gemm picks its kernels by the
+            // row count, and a row must get the same bits in a short block (a chunk of a
+            // prompt) as in a full one (the same prompt in one pass) — batch invariance.
+            let padded: Vec<f32>;
+            let (q_blk, q_ld) = if rows < BLOCK_Q {
+                let mut buf = vec![0.0f32; BLOCK_Q * hd];
+                for r in 0..rows {
+                    let src = (i0 + r) * q_stride + h * hd;
+                    buf[r * hd..(r + 1) * hd].copy_from_slice(&q[src..src + hd]);
+                }
+                padded = buf;
+                (&padded[..], hd)
+            } else {
+                (&q[i0 * q_stride + h * hd..], q_stride)
+            };
+            // Likewise fewer than MIN_KEYS keys are padded with zero rows (the first rows of a
+            // prompt chunk; gemm takes other kernels for tiny dimensions).
+            let kv_pad: Vec<f32>;
+            let (k_blk, v_blk, kv_ld, nk) = if nk < MIN_KEYS {
+                let mut buf = vec![0.0f32; 2 * MIN_KEYS * hd];
+                for j in 0..nk {
+                    let src = (lo + j) * kv_stride + kh * hd;
+                    buf[j * hd..(j + 1) * hd].copy_from_slice(&k[src..src + hd]);
+                    let dst = (MIN_KEYS + j) * hd;
+                    buf[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                }
+                kv_pad = buf;
+                let (kb, vb) = kv_pad.split_at(MIN_KEYS * hd);
+                (kb, vb, hd, MIN_KEYS)
+            } else {
+                (
+                    &k[lo * kv_stride + kh * hd..],
+                    &v[lo * kv_stride + kh * hd..],
+                    kv_stride,
+                    nk,
+                )
+            };
+            let mut s = vec![0.0f32; BLOCK_Q * nk];
+            // S (BLOCK_Q, nk) = Q_blk (BLOCK_Q, hd) · K_hᵀ (hd, nk); rows past `rows` unused.
             gemm_f32(
-                rows,
-                nk,
-                hd,
-                &q[i0 * q_stride + h * hd..],
-                q_stride,
-                1,
-                &k[lo * kv_stride + kh * hd..],
-                1,
-                kv_stride,
-                &mut s,
-                false,
+                BLOCK_Q, nk, hd, q_blk, q_ld, 1, k_blk, 1, kv_ld, &mut s, false,
             );
+            // Padding rows of P are zero (their outputs are dropped).
+            s[rows * nk..].fill(0.0);
             for r in 0..rows {
                 let pos = q_start + i0 + r;
                 let (vlo, vhi) = p.visible(pos, n_kv);
                 let row = &mut s[r * nk..(r + 1) * nk];
-                for (jj, x) in row.iter_mut().enumerate() {
-                    let j = lo + jj;
-                    *x = if j < vlo || j >= vhi {
-                        f32::NEG_INFINITY
-                    } else {
-                        *x * p.scale + p.bias(h, pos, j)
-                    };
+                // Softmax over exactly the visible keys, the rest zero: the sums then run over the
+                // same values in the same order whatever other rows widened the block's key range.
+                let (a, b) = (vlo.max(lo) - lo, vhi.max(vlo.max(lo)) - lo);
+                for (jj, x) in row[a..b].iter_mut().enumerate() {
+                    *x = *x * p.scale + p.bias(h, pos, lo + a + jj);
                 }
-                softmax_in_place(row);
+                row[..a].fill(0.0);
+                row[b..].fill(0.0);
+                if b > a {
+                    softmax_in_place(&mut row[a..b]);
+                }
             }
-            // O_blk (rows, hd) = P (rows, nk) · V_h (nk, hd)
-            let mut o = vec![0.0f32; rows * hd];
-            gemm_f32(
-                rows,
-                hd,
-                nk,
-                &s,
-                nk,
-                1,
-                &v[lo * kv_stride + kh * hd..],
-                kv_stride,
-                1,
-                &mut o,
-                false,
-            );
+            // O_blk (BLOCK_Q, hd) = P (BLOCK_Q, nk) · V_h (nk, hd)
+            let mut o = vec![0.0f32; BLOCK_Q * hd];
+            gemm_f32(BLOCK_Q, hd, nk, &s, nk, 1, v_blk, kv_ld, 1, &mut o, false);
+            o.truncate(rows * hd);
             o
         })
         .collect();
