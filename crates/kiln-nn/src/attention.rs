@@ -149,20 +149,9 @@ impl Attention {
             alibi_slopes: s.alibi.as_ref().map(|a| a.slopes()),
             rel_bias: bias.map(|b| b.as_kernel()),
         };
-        let (q_row, kv_row) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let q_row = s.n_heads * s.head_dim;
         let mut out = vec![0.0f32; n * q_row];
-        for (i, span) in batch.seqs.iter().enumerate() {
-            let rows = span.start..span.start + span.len;
-            kv.append_attend(
-                layer,
-                i,
-                &q[rows.start * q_row..rows.end * q_row],
-                &k[rows.start * kv_row..rows.end * kv_row],
-                &v[rows.start * kv_row..rows.end * kv_row],
-                &params,
-                &mut out[rows.start * q_row..rows.end * q_row],
-            );
-        }
+        kv.append_attend_all(layer, batch, &q, &k, &v, &params, &mut out);
         self.o_proj.forward(&Tensor::from_vec(out, [n, q_row])?)
     }
 

@@ -26,6 +26,38 @@ pub trait KvStore {
         out: &mut [f32],
     );
 
+    /// [`append_attend`](Self::append_attend) for every sequence of `batch`: `q`, `k`, `v` and
+    /// `out` hold the whole step's rows. A store may run the sequences in parallel (the paged
+    /// pool does); each sequence's result is the same as alone.
+    #[allow(clippy::too_many_arguments)]
+    fn append_attend_all(
+        &mut self,
+        layer: usize,
+        batch: &Batch,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        params: &AttnParams,
+        out: &mut [f32],
+    ) {
+        let (q_row, kv_row) = (
+            params.n_heads * params.head_dim,
+            params.n_kv_heads * params.head_dim,
+        );
+        for (i, span) in batch.seqs.iter().enumerate() {
+            let rows = span.start..span.start + span.len;
+            self.append_attend(
+                layer,
+                i,
+                &q[rows.start * q_row..rows.end * q_row],
+                &k[rows.start * kv_row..rows.end * kv_row],
+                &v[rows.start * kv_row..rows.end * kv_row],
+                params,
+                &mut out[rows.start * q_row..rows.end * q_row],
+            );
+        }
+    }
+
     /// Called once after the last layer of a step: every sequence now holds its new rows.
     fn advance(&mut self, batch: &Batch);
 }

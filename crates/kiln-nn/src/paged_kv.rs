@@ -15,6 +15,7 @@
 use kiln_tensor::cpu::attention::AttnParams;
 use kiln_tensor::cpu::paged_attention::PagedLayerKv;
 pub use kiln_tensor::cpu::paged_attention::{KvCacheDtype, NO_BLOCK};
+use rayon::prelude::*;
 
 use crate::{Batch, Error, KvStore, Result};
 
@@ -196,6 +197,63 @@ impl KvStore for PagedKv<'_> {
         let l = &mut self.pool.layers[layer];
         l.write(table, cached, k, v);
         l.attend_with(q, table, cached + n_new, cached, params, blocked, out);
+    }
+
+    /// Writes every sequence's rows, then attends for the sequences in parallel (rayon): a step
+    /// of many short decodes would otherwise run its attention on one thread.
+    fn append_attend_all(
+        &mut self,
+        layer: usize,
+        batch: &Batch,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        params: &AttnParams,
+        out: &mut [f32],
+    ) {
+        let (q_row, kv_row) = (
+            params.n_heads * params.head_dim,
+            params.n_kv_heads * params.head_dim,
+        );
+        let l = &mut self.pool.layers[layer];
+        for (i, span) in batch.seqs.iter().enumerate() {
+            let rows = span.start..span.start + span.len;
+            l.write(
+                self.tables[i],
+                self.cached[i],
+                &k[rows.start * kv_row..rows.end * kv_row],
+                &v[rows.start * kv_row..rows.end * kv_row],
+            );
+        }
+        // Each sequence's output rows, split off in batch order (spans are packed back to back).
+        let mut outs: Vec<&mut [f32]> = Vec::with_capacity(batch.seqs.len());
+        let mut rest = out;
+        let mut at = 0;
+        for span in &batch.seqs {
+            assert_eq!(span.start, at, "PagedKv: spans must be packed in order");
+            let (head, tail) = rest.split_at_mut(span.len * q_row);
+            outs.push(head);
+            rest = tail;
+            at += span.len;
+        }
+        let l = &self.pool.layers[layer];
+        let (tables, cached, blocked) = (&self.tables, &self.cached, &self.blocked);
+        outs.into_par_iter()
+            .zip(batch.seqs.par_iter())
+            .enumerate()
+            .for_each(|(i, (o, span))| {
+                let qs = &q[span.start * q_row..(span.start + span.len) * q_row];
+                let blocked = blocked.get(i).copied().unwrap_or(false);
+                l.attend_with(
+                    qs,
+                    tables[i],
+                    cached[i] + span.len,
+                    cached[i],
+                    params,
+                    blocked,
+                    o,
+                );
+            });
     }
 
     /// Counts the step's rows as cached, so the view could serve a following step if its tables
