@@ -25,9 +25,10 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
-# KILN_BIN: a kiln binary already built (scripts/test.sh passes the one `cargo test` built).
+# KILN_BIN: a kiln binary to test instead of building one. The build uses the test profile
+# (optimised, like `cargo test`), so after `cargo test --workspace` only kiln-cli recompiles.
 if [[ -z "${KILN_BIN:-}" ]]; then
-  cargo build -p kiln-cli
+  cargo build -p kiln-cli --profile test
   target="${CARGO_TARGET_DIR:-$repo_root/target}"
   export KILN_BIN="$target/debug/kiln"
 fi
