@@ -36,6 +36,13 @@ pub struct SeqSpan {
     pub len: usize,
 }
 
+impl SeqSpan {
+    /// The span's elements in a packed buffer of `width` values per row.
+    pub fn elems(&self, width: usize) -> std::ops::Range<usize> {
+        self.start * width..(self.start + self.len) * width
+    }
+}
+
 /// The layout of one forward step: per-token positions and per-sequence row spans.
 #[derive(Debug, Clone)]
 pub struct Batch {

@@ -45,15 +45,15 @@ pub trait KvStore {
             params.n_kv_heads * params.head_dim,
         );
         for (i, span) in batch.seqs.iter().enumerate() {
-            let rows = span.start..span.start + span.len;
+            let (qr, kvr) = (span.elems(q_row), span.elems(kv_row));
             self.append_attend(
                 layer,
                 i,
-                &q[rows.start * q_row..rows.end * q_row],
-                &k[rows.start * kv_row..rows.end * kv_row],
-                &v[rows.start * kv_row..rows.end * kv_row],
+                &q[qr.clone()],
+                &k[kvr.clone()],
+                &v[kvr],
                 params,
-                &mut out[rows.start * q_row..rows.end * q_row],
+                &mut out[qr],
             );
         }
     }

@@ -192,7 +192,7 @@ impl KvStore for PagedKv<'_> {
         out: &mut [f32],
     ) {
         let (table, cached) = (self.tables[seq], self.cached[seq]);
-        let blocked = self.blocked.get(seq).copied().unwrap_or(false);
+        let blocked = self.blocked[seq];
         let n_new = k.len() / (params.n_kv_heads * params.head_dim);
         let l = &mut self.pool.layers[layer];
         l.write(table, cached, k, v);
@@ -217,13 +217,8 @@ impl KvStore for PagedKv<'_> {
         );
         let l = &mut self.pool.layers[layer];
         for (i, span) in batch.seqs.iter().enumerate() {
-            let rows = span.start..span.start + span.len;
-            l.write(
-                self.tables[i],
-                self.cached[i],
-                &k[rows.start * kv_row..rows.end * kv_row],
-                &v[rows.start * kv_row..rows.end * kv_row],
-            );
+            let kvr = span.elems(kv_row);
+            l.write(self.tables[i], self.cached[i], &k[kvr.clone()], &v[kvr]);
         }
         // Each sequence's output rows, split off in batch order (spans are packed back to back).
         let mut outs: Vec<&mut [f32]> = Vec::with_capacity(batch.seqs.len());
@@ -242,15 +237,13 @@ impl KvStore for PagedKv<'_> {
             .zip(batch.seqs.par_iter())
             .enumerate()
             .for_each(|(i, (o, span))| {
-                let qs = &q[span.start * q_row..(span.start + span.len) * q_row];
-                let blocked = blocked.get(i).copied().unwrap_or(false);
                 l.attend_with(
-                    qs,
+                    &q[span.elems(q_row)],
                     tables[i],
                     cached[i] + span.len,
                     cached[i],
                     params,
-                    blocked,
+                    blocked[i],
                     o,
                 );
             });
