@@ -121,20 +121,21 @@ fn run() {
         (best - best_out) * 1e3,
         (bytes - out_m.data().len()) as f64 / (best - best_out) / 1e9
     );
-    for (n_logits, what) in [
-        (1, "logits for the last token only, as llama-bench"),
-        (512, "logits for all"),
+    for (n, n_logits, what) in [
+        (512, 1, "prefill 512, logits for the last token only, as llama-bench"),
+        (512, 512, "prefill 512, logits for all"),
+        (64, 64, "a decode step of 64 sequences"),
     ] {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
-            forward(&layers, &out_m, 512, n_logits);
+            forward(&layers, &out_m, n, n_logits);
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!(
-            "prefill 512 ({what}): {:.1} ms = {:.0} tokens/s",
+            "{what}: {:.1} ms = {:.0} tokens/s",
             best * 1e3,
-            512.0 / best
+            n as f64 / best
         );
     }
 }
