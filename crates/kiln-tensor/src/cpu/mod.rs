@@ -5,6 +5,9 @@
 
 pub mod activation;
 pub mod attention;
+mod decode;
+#[cfg(target_arch = "x86_64")]
+mod decode_x86;
 pub mod elementwise;
 pub mod encoder;
 pub mod matmul;

@@ -5,8 +5,8 @@
 //! `p` lives in block `table[p / block_size]` at offset `p % block_size`. Head-major within a
 //! block (vLLM's value-cache layout) so that one kv head's rows of a block are one contiguous
 //! `block_size × head_dim` run: decode reads each block in place through the shared chunked
-//! decode kernel (`attention::decode` with a paged `KvRows` source: one run per block piece, no
-//! gather). The position-major layout `(n_blocks, block_size, n_kv_heads, head_dim)` was measured
+//! decode kernel (`decode::decode` with a paged `KvRows` source pointing at the rows in place,
+//! no gather). The position-major layout `(n_blocks, block_size, n_kv_heads, head_dim)` was measured
 //! first: its per-head rows are strided, and with blocks scattered over the pool decode ran 10–15%
 //! slower than the contiguous cache at 1024 positions; head-major runs within ~5%.
 //! Prefill (more than `DECODE_MAX_QUERIES` queries) gathers the visible rows into a scratch
@@ -29,7 +29,8 @@ use std::str::FromStr;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::attention::{attention_blocked, decode, AttnParams, KvRows, Run, DECODE_MAX_QUERIES};
+use super::attention::{attention_blocked, AttnParams, DECODE_MAX_QUERIES};
+use super::decode::{decode, KvRows};
 
 /// Table entry of a block released out of the window (same sentinel as `kiln_kv::NO_BLOCK`).
 pub const NO_BLOCK: u32 = u32::MAX;
@@ -379,37 +380,34 @@ impl PagedLayerKv {
 }
 
 /// A sequence's rows read in place through its block table.
-struct PagedRows<'a> {
-    layer: &'a PagedLayerKv,
-    table: &'a [u32],
+pub(crate) struct PagedRows<'a> {
+    pub layer: &'a PagedLayerKv,
+    pub table: &'a [u32],
 }
 
 impl KvRows for PagedRows<'_> {
-    fn runs<'s>(
+    fn rows<'s>(
         &'s self,
         kh: usize,
         c0: usize,
-        c1: usize,
         values: bool,
         scratch: &'s mut Vec<f32>,
-        out: &mut Vec<Run<'s>>,
+        out: &mut [&'s [f32]],
     ) {
         let l = self.layer;
-        let (bs, hd) = (l.block_size, l.head_dim);
+        let (bs, hd, c1) = (l.block_size, l.head_dim, c0 + out.len());
         match &l.data {
             Data::F32 { k, v } => {
                 let src = if values { v } else { k };
                 let mut p = c0;
                 while p < c1 {
+                    // The rows of one block piece are consecutive.
                     let end = ((p / bs + 1) * bs).min(c1);
-                    let s = l.slot(self.table, p);
-                    let start = l.row(s, kh) * hd;
-                    out.push(Run {
-                        off: p - c0,
-                        n: end - p,
-                        rows: &src[start..start + (end - p) * hd],
-                        stride: hd,
-                    });
+                    let start = l.row(l.slot(self.table, p), kh) * hd;
+                    let piece = &src[start..start + (end - p) * hd];
+                    for (o, r) in out[p - c0..end - c0].iter_mut().zip(piece.chunks_exact(hd)) {
+                        *o = r;
+                    }
                     p = end;
                 }
             }
@@ -428,12 +426,10 @@ impl KvRows for PagedRows<'_> {
                     l.load_rows(values, r, end - p, dst);
                     p = end;
                 }
-                out.push(Run {
-                    off: 0,
-                    n: c1 - c0,
-                    rows: &scratch[..need],
-                    stride: hd,
-                });
+                let rows: &'s [f32] = &scratch[..need];
+                for (o, r) in out.iter_mut().zip(rows.chunks_exact(hd)) {
+                    *o = r;
+                }
             }
         }
     }

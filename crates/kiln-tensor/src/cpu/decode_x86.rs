@@ -1,0 +1,417 @@
+//! x86-64 decode chunk kernels (see `decode.rs` for the task split and the partials they fill):
+//! AVX-512F for head_dim a multiple of 16, AVX2+FMA for a multiple of 8, chosen at run time
+//! (the crate is built for baseline x86-64). The portable `decode::decode_chunk` is their
+//! reference in tests.
+//!
+//! AVX-512 kernel, per chunk of up to 128 keys of one kv head:
+//! - Scores: keys in blocks of 16, every query head of the GQA group per block, so a block's K
+//!   rows are read from memory once and from L1 for the other heads. Four keys at a time keep
+//!   one 16-lane accumulator each; a shuffle tree (`reduce4`, `reduce16`) then sums 16 keys'
+//!   accumulators into one vector of 16 scores — about 3 shuffles/adds per score instead of the
+//!   ~8 of a horizontal sum per key.
+//! - Softmax: vectorised scale, max, and a polynomial exp (`exp512`: Cephes' expf, max relative
+//!   error ~2 ulp, exactly 0 below -104 and at -inf), instead of one libm `expf` call per score.
+//! - Weighted sum of V: up to 4 heads × 64 dims of accumulators live in registers (const
+//!   generic tiles) while each V row is read once for all of them; the AVX2 kernel this replaces
+//!   kept its accumulators in a stack array, so every FMA waited on the previous row's store.
+//! - Prefetch: the next block's K rows and this block's V rows are requested while a block's
+//!   scores are computed. Once the arithmetic is this cheap the kernel waits on memory: a
+//!   serving step's cache (~0.5 GB for 64 × 200 keys of SmolLM2) is streamed from DRAM in
+//!   4 KB block pieces, which this machine reads at ~6–9 GB/s per core.
+//!
+//! The AVX2 kernel (CPUs without AVX-512): four keys per horizontal reduction per head, and the
+//! V sum per head in registers (slabs of up to 64 dims), scalar softmax.
+
+use std::arch::x86_64::*;
+
+use super::decode::{decode_chunk, Buffers, Chunk, KvRows, DECODE_CHUNK};
+use super::vec::dot_portable;
+
+/// Fills `rows` with the chunk's K (or V) rows and checks each holds `head_dim` values: the
+/// kernels' raw reads rely on it.
+fn fetch_rows<'s, S: KvRows>(
+    c: &'s Chunk<S>,
+    values: bool,
+    scratch: &'s mut Vec<f32>,
+    rows: &mut [&'s [f32]],
+) {
+    c.src.rows(c.kh, c.c0, values, scratch, rows);
+    let hd = c.p.head_dim;
+    assert!(rows.iter().all(|r| r.len() == hd), "decode: row length");
+}
+
+/// `exp(x)` per lane: Cephes' `expf` (x = n·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial in r,
+/// times 2ⁿ by `scalef`, which also gives the subnormal results right), exactly 0 for
+/// x < -104 and -inf, +inf past 88.7.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn exp512(x: __m512) -> __m512 {
+    let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-104.0));
+    let x = _mm512_max_ps(
+        _mm512_min_ps(x, _mm512_set1_ps(88.72)),
+        _mm512_set1_ps(-104.0),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    // ln2 split in two so that n·ln2_hi is exact: r keeps its bits for n up to ±150.
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm512_set1_ps(1.987_569_1e-4);
+    for coef in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(coef));
+    }
+    let y = _mm512_fmadd_ps(
+        y,
+        _mm512_mul_ps(r, r),
+        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+    );
+    _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n))
+}
+
+/// `v_tile512::<H, W>` for the H and W of a tile (picked at run time).
+type Tile512 = unsafe fn(&[&[f32]], &[f32], &mut [f32], usize, usize);
+/// `v_slab256::<W>`.
+type Slab256 = unsafe fn(&[&[f32]], &[f32], &mut [f32], usize);
+
+/// Prefetches the cache lines of one row into the cache level `HINT` names.
+#[inline]
+fn prefetch_row<const HINT: i32>(row: &[f32]) {
+    for x in row.iter().step_by(16) {
+        // SAFETY: prefetching is a hint, the address is in bounds anyway.
+        unsafe { _mm_prefetch::<HINT>((x as *const f32).cast()) };
+    }
+}
+
+/// Lanes `0..n` of 16 (`n <= 16`).
+#[inline]
+fn lanes(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// Four vectors to one whose 128-bit quarter `u` holds four values summing to all of `a[u]`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn reduce4(a: [__m512; 4]) -> __m512 {
+    // [a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3] for the pairs (a0, a1), (a2, a3).
+    let t0 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(a[0], a[1]),
+        _mm512_shuffle_f32x4::<0xEE>(a[0], a[1]),
+    );
+    let t1 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(a[2], a[3]),
+        _mm512_shuffle_f32x4::<0xEE>(a[2], a[3]),
+    );
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(t0, t1),
+        _mm512_shuffle_f32x4::<0xDD>(t0, t1),
+    )
+}
+
+/// Four `reduce4` results (keys `4j..4j + 4` in `u[j]`) to the 16 sums in key order.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn reduce16(u: [__m512; 4]) -> __m512 {
+    // Within each quarter: pairwise sums, twice; quarter i then holds keys i, 4+i, 8+i, 12+i.
+    let v0 = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(u[0], u[1]),
+        _mm512_shuffle_ps::<0xDD>(u[0], u[1]),
+    );
+    let v1 = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(u[2], u[3]),
+        _mm512_shuffle_ps::<0xDD>(u[2], u[3]),
+    );
+    let w = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(v0, v1),
+        _mm512_shuffle_ps::<0xDD>(v0, v1),
+    );
+    // Lane 4i + j holds key 4j + i: transpose the 4×4.
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(idx, w)
+}
+
+/// AVX-512 chunk kernel, same contract as `decode::decode_chunk`.
+///
+/// # Safety
+/// Requires AVX-512F and `head_dim % 16 == 0`.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn decode_chunk_avx512<S: KvRows>(
+    c: &Chunk<S>,
+    b: &mut Buffers,
+    part: &mut [f32],
+) {
+    let (group, hd, n) = (c.group(), c.p.head_dim, c.c1 - c.c0);
+    assert!(hd.is_multiple_of(16) && n <= DECODE_CHUNK && part.len() == group * (hd + 2));
+    let Buffers {
+        scratch_k,
+        scratch_v,
+        scores,
+    } = b;
+    if scores.len() < group * n {
+        scores.resize(group * n, 0.0);
+    }
+    let scores = &mut scores[..group * n];
+    let (mut krows, mut vrows) = ([&[][..]; DECODE_CHUNK], [&[][..]; DECODE_CHUNK]);
+    let (krows, vrows) = (&mut krows[..n], &mut vrows[..n]);
+    fetch_rows(c, false, scratch_k, krows);
+    fetch_rows(c, true, scratch_v, vrows);
+    let mut t0 = 0;
+    while t0 < n {
+        let nb = (n - t0).min(16);
+        // The cache does not fit in the CPU caches and its rows lie in block-sized pieces, too
+        // short for the hardware prefetcher to ramp up: ask for the next block's K rows and
+        // this block's V rows (used after the softmax) ahead.
+        for r in krows[(t0 + 16).min(n)..(t0 + 32).min(n)].iter() {
+            prefetch_row::<_MM_HINT_T0>(r);
+        }
+        for r in vrows[t0..t0 + nb].iter() {
+            prefetch_row::<_MM_HINT_T1>(r);
+        }
+        // Keys past the chunk's end repeat its last row; their scores are not stored.
+        let ptrs: [*const f32; 16] = std::array::from_fn(|u| krows[t0 + u.min(nb - 1)].as_ptr());
+        for g in 0..group {
+            let q = c.q_row(g).as_ptr();
+            let mut u = [_mm512_setzero_ps(); 4];
+            for (j, uj) in u.iter_mut().enumerate() {
+                if 4 * j >= nb {
+                    break;
+                }
+                let mut a = [_mm512_setzero_ps(); 4];
+                for d in (0..hd).step_by(16) {
+                    // SAFETY: q_row and every row hold hd values (fetch_rows checked),
+                    // d + 16 <= hd.
+                    let qv = _mm512_loadu_ps(q.add(d));
+                    for (k, ak) in a.iter_mut().enumerate() {
+                        *ak = _mm512_fmadd_ps(qv, _mm512_loadu_ps(ptrs[4 * j + k].add(d)), *ak);
+                    }
+                }
+                *uj = reduce4(a);
+            }
+            // SAFETY: lanes < nb of row g start at g·n + t0 with t0 + nb <= n.
+            let out = scores.as_mut_ptr().add(g * n + t0);
+            _mm512_mask_storeu_ps(out, lanes(nb), reduce16(u));
+        }
+        t0 += 16;
+    }
+    let (stats, acc) = part.split_at_mut(2 * group);
+    for g in 0..group {
+        let row = &mut scores[g * n..(g + 1) * n];
+        let (m, s) = softmax_row512(c, g, row);
+        stats[g] = m;
+        stats[group + g] = s;
+    }
+    let rows = &*vrows;
+    for g0 in (0..group).step_by(4) {
+        let h = (group - g0).min(4);
+        for d0 in (0..hd).step_by(64) {
+            let w = ((hd - d0) / 16).min(4);
+            let tile: Tile512 = match (h, w) {
+                (1, 1) => v_tile512::<1, 1>,
+                (1, 2) => v_tile512::<1, 2>,
+                (1, 3) => v_tile512::<1, 3>,
+                (1, _) => v_tile512::<1, 4>,
+                (2, 1) => v_tile512::<2, 1>,
+                (2, 2) => v_tile512::<2, 2>,
+                (2, 3) => v_tile512::<2, 3>,
+                (2, _) => v_tile512::<2, 4>,
+                (3, 1) => v_tile512::<3, 1>,
+                (3, 2) => v_tile512::<3, 2>,
+                (3, 3) => v_tile512::<3, 3>,
+                (3, _) => v_tile512::<3, 4>,
+                (_, 1) => v_tile512::<4, 1>,
+                (_, 2) => v_tile512::<4, 2>,
+                (_, 3) => v_tile512::<4, 3>,
+                (_, _) => v_tile512::<4, 4>,
+            };
+            // SAFETY: AVX-512F is available (this function's contract); the tile's bounds are
+            // checked inside.
+            tile(rows, &scores[g0 * n..], &mut acc[g0 * hd + d0..], hd, d0);
+        }
+    }
+}
+
+/// Scales row `g`'s scores, adds the bias, and replaces them with `exp(x - max)`; returns
+/// (max, sum).
+#[target_feature(enable = "avx512f")]
+fn softmax_row512<S>(c: &Chunk<S>, g: usize, row: &mut [f32]) -> (f32, f32) {
+    let n = row.len();
+    let scale = _mm512_set1_ps(c.p.scale);
+    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+    for t in (0..n).step_by(16) {
+        let m = lanes((n - t).min(16));
+        // SAFETY: masked lanes stay below n.
+        let p = unsafe { row.as_mut_ptr().add(t) };
+        let x = _mm512_mul_ps(unsafe { _mm512_maskz_loadu_ps(m, p) }, scale);
+        unsafe { _mm512_mask_storeu_ps(p, m, x) };
+        mx = _mm512_mask_max_ps(mx, m, mx, x);
+    }
+    if c.has_bias() {
+        c.add_bias(g, row);
+        mx = _mm512_set1_ps(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    }
+    let max = _mm512_reduce_max_ps(mx);
+    let vmax = _mm512_set1_ps(max);
+    let mut sum = _mm512_setzero_ps();
+    for t in (0..n).step_by(16) {
+        let m = lanes((n - t).min(16));
+        // SAFETY: masked lanes stay below n.
+        let p = unsafe { row.as_mut_ptr().add(t) };
+        let e = exp512(_mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(m, p) }, vmax));
+        unsafe { _mm512_mask_storeu_ps(p, m, e) };
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    (max, _mm512_reduce_add_ps(sum))
+}
+
+/// `out[h·hd + d] = Σ_t probs[h·n + t] · rows[t][d0 + d]` for `H` heads and `d < 16·W`: the
+/// accumulators stay in registers while each row is read once for all `H` heads.
+///
+/// # Safety
+/// Requires AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn v_tile512<const H: usize, const W: usize>(
+    rows: &[&[f32]],
+    probs: &[f32],
+    out: &mut [f32],
+    hd: usize,
+    d0: usize,
+) {
+    let n = rows.len();
+    // What the raw reads and writes below rely on.
+    assert!(probs.len() >= H * n && out.len() >= (H - 1) * hd + 16 * W);
+    assert!(rows.iter().all(|r| r.len() >= d0 + 16 * W));
+    let mut acc = [[_mm512_setzero_ps(); W]; H];
+    for (t, r) in rows.iter().enumerate() {
+        let r = r.as_ptr().add(d0);
+        let mut v = [_mm512_setzero_ps(); W];
+        for (l, vl) in v.iter_mut().enumerate() {
+            // SAFETY: d0 + 16·W <= row length (asserted above).
+            *vl = _mm512_loadu_ps(r.add(16 * l));
+        }
+        for (h, ah) in acc.iter_mut().enumerate() {
+            // SAFETY: h·n + t < H·n <= probs.len() (asserted above).
+            let w = _mm512_set1_ps(*probs.get_unchecked(h * n + t));
+            for (a, vl) in ah.iter_mut().zip(&v) {
+                *a = _mm512_fmadd_ps(w, *vl, *a);
+            }
+        }
+    }
+    for (h, ah) in acc.iter().enumerate() {
+        for (l, a) in ah.iter().enumerate() {
+            // SAFETY: h·hd + 16·l + 16 <= (H - 1)·hd + 16·W <= out.len() (asserted above).
+            _mm512_storeu_ps(out.as_mut_ptr().add(h * hd + 16 * l), *a);
+        }
+    }
+}
+
+/// AVX2+FMA chunk kernel, same contract as `decode::decode_chunk`: scores for four keys at a
+/// time per head (four FMA chains, one horizontal reduction for all four), scalar softmax, and
+/// the V sum of each head in registers, 64 dims at a time.
+///
+/// # Safety
+/// Requires AVX2, FMA and `head_dim % 8 == 0`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>, b: &mut Buffers, part: &mut [f32]) {
+    let (group, hd, n) = (c.group(), c.p.head_dim, c.c1 - c.c0);
+    if !hd.is_multiple_of(8) {
+        return decode_chunk(c, b, part);
+    }
+    assert!(n <= DECODE_CHUNK && part.len() == group * (hd + 2));
+    let Buffers {
+        scratch_k,
+        scratch_v,
+        scores,
+    } = b;
+    if scores.len() < group * n {
+        scores.resize(group * n, 0.0);
+    }
+    let scores = &mut scores[..group * n];
+    {
+        let mut rows = [&[][..]; DECODE_CHUNK];
+        fetch_rows(c, false, scratch_k, &mut rows[..n]);
+        for g in 0..group {
+            let q = c.q_row(g).as_ptr();
+            let out = &mut scores[g * n..(g + 1) * n];
+            let mut t = 0;
+            while t + 4 <= n {
+                let r: [*const f32; 4] = std::array::from_fn(|u| rows[t + u].as_ptr());
+                let (mut a0, mut a1, mut a2, mut a3) = (
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                );
+                for d in (0..hd).step_by(8) {
+                    // SAFETY: q_row and every row hold hd values (fetch_rows checked).
+                    let qv = _mm256_loadu_ps(q.add(d));
+                    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[0].add(d)), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[1].add(d)), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[2].add(d)), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[3].add(d)), a3);
+                }
+                let s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                let sums = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                // SAFETY: t + 4 <= n = out.len().
+                _mm_storeu_ps(out.as_mut_ptr().add(t), sums);
+                t += 4;
+            }
+            for (o, r) in out[t..].iter_mut().zip(&rows[t..n]) {
+                *o = dot_portable(c.q_row(g), r);
+            }
+        }
+    }
+    let (stats, acc) = part.split_at_mut(2 * group);
+    c.softmax_parts(scores, stats);
+    let mut rows = [&[][..]; DECODE_CHUNK];
+    fetch_rows(c, true, scratch_v, &mut rows[..n]);
+    for g in 0..group {
+        for d0 in (0..hd).step_by(64) {
+            let tile: Slab256 = match (hd - d0) / 8 {
+                1 => v_slab256::<1>,
+                2 => v_slab256::<2>,
+                3 => v_slab256::<3>,
+                4 => v_slab256::<4>,
+                5 => v_slab256::<5>,
+                6 => v_slab256::<6>,
+                7 => v_slab256::<7>,
+                _ => v_slab256::<8>,
+            };
+            // SAFETY: AVX2 and FMA are available (this function's contract).
+            tile(
+                &rows[..n],
+                &scores[g * n..(g + 1) * n],
+                &mut acc[g * hd + d0..],
+                d0,
+            );
+        }
+    }
+}
+
+/// `out[d] = Σ_t probs[t] · rows[t][d0 + d]` for `d < 8·W`, the accumulators in registers.
+///
+/// # Safety
+/// Requires AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn v_slab256<const W: usize>(rows: &[&[f32]], probs: &[f32], out: &mut [f32], d0: usize) {
+    // What the raw reads and writes below rely on.
+    assert!(probs.len() >= rows.len() && out.len() >= 8 * W);
+    assert!(rows.iter().all(|r| r.len() >= d0 + 8 * W));
+    let mut acc = [_mm256_setzero_ps(); W];
+    for (r, &p) in rows.iter().zip(probs) {
+        let (r, w) = (r.as_ptr().add(d0), _mm256_set1_ps(p));
+        for (l, a) in acc.iter_mut().enumerate() {
+            // SAFETY: d0 + 8·W <= row length (asserted above).
+            *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(8 * l)), *a);
+        }
+    }
+    for (l, a) in acc.iter().enumerate() {
+        // SAFETY: 8·W <= out.len() (asserted above).
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * l), *a);
+    }
+}
