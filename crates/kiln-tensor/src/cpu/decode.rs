@@ -64,15 +64,36 @@ impl KvRows for Contiguous<'_> {
     }
 }
 
+/// Kv heads the AVX-512 kernel reads together: their rows of a block are adjacent in the paged
+/// pool, so reading them in one sweep streams one longer run of memory.
+pub(crate) const KV_TILE: usize = 4;
+
 /// Per-thread buffers of the chunk kernels, reused across chunks and calls so that nothing is
-/// allocated per task: `scratch_k`, `scratch_v` for rows a `KvRows` source converts (f16,
-/// int8; two, so that a kernel can hold the K and V rows of a chunk at once), `scores` for a
-/// chunk's `(group, n)` scores and probabilities.
-#[derive(Default)]
+/// allocated per task: `scratch` for rows a `KvRows` source converts (f16, int8): K and V of up
+/// to `KV_TILE` kv heads (`2 * KV_TILE` buffers), so that a kernel can hold them all at once;
+/// `scores` for a task's `(kv heads, group, n)` scores and probabilities.
 pub(crate) struct Buffers {
-    pub scratch_k: Vec<f32>,
-    pub scratch_v: Vec<f32>,
+    pub scratch: Vec<Vec<f32>>,
     pub scores: Vec<f32>,
+}
+
+impl Default for Buffers {
+    fn default() -> Buffers {
+        Buffers {
+            scratch: vec![Vec::new(); 2 * KV_TILE],
+            scores: Vec::new(),
+        }
+    }
+}
+
+impl Buffers {
+    /// The scratch buffers and the first `n` scores (grown if needed; stale contents).
+    pub fn split(&mut self, n: usize) -> (&mut [Vec<f32>], &mut [f32]) {
+        if self.scores.len() < n {
+            self.scores.resize(n, 0.0);
+        }
+        (&mut self.scratch, &mut self.scores[..n])
+    }
 }
 
 thread_local! {
@@ -87,7 +108,8 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     })
 }
 
-/// One decode task: query `i`, kv head `kh`, keys `c0..c1` (`c1 - c0 <= DECODE_CHUNK`).
+/// One kv head's part of a decode task: query `i`, kv head `kh`, keys `c0..c1` (`c1 - c0 <=
+/// DECODE_CHUNK`).
 pub(crate) struct Chunk<'a, S> {
     pub q: &'a [f32],
     pub src: &'a S,
@@ -99,7 +121,8 @@ pub(crate) struct Chunk<'a, S> {
     pub c1: usize,
 }
 
-/// Floats of one task's partial: `max (group) | sum (group) | acc (group, head_dim)`.
+/// Floats of one kv head's partial: `max (group) | sum (group) | acc (group, head_dim)`; a
+/// task's partial is those of all kv heads in order.
 pub(crate) fn partial_len(p: &AttnParams) -> usize {
     (p.n_heads / p.n_kv_heads) * (p.head_dim + 2)
 }
@@ -156,19 +179,12 @@ impl<S> Chunk<'_, S> {
 /// (see [`partial_len`]) into `part`.
 pub(crate) fn decode_chunk<S: KvRows>(c: &Chunk<S>, b: &mut Buffers, part: &mut [f32]) {
     let (group, hd, n) = (c.group(), c.p.head_dim, c.c1 - c.c0);
-    let Buffers {
-        scratch_k,
-        scratch_v,
-        scores,
-    } = b;
-    if scores.len() < group * n {
-        scores.resize(group * n, 0.0);
-    }
-    let scores = &mut scores[..group * n];
+    let (scratch, scores) = b.split(group * n);
     let (stats, acc) = part.split_at_mut(2 * group);
     {
         let mut rows = [&[][..]; DECODE_CHUNK];
-        c.src.rows(c.kh, c.c0, false, scratch_k, &mut rows[..n]);
+        c.src
+            .rows(c.kh, c.c0, false, &mut scratch[0], &mut rows[..n]);
         for (t, krow) in rows[..n].iter().enumerate() {
             for g in 0..group {
                 scores[g * n + t] = dot_portable(c.q_row(g), krow);
@@ -177,7 +193,8 @@ pub(crate) fn decode_chunk<S: KvRows>(c: &Chunk<S>, b: &mut Buffers, part: &mut 
     }
     c.softmax_parts(scores, stats);
     let mut rows = [&[][..]; DECODE_CHUNK];
-    c.src.rows(c.kh, c.c0, true, scratch_v, &mut rows[..n]);
+    c.src
+        .rows(c.kh, c.c0, true, &mut scratch[1], &mut rows[..n]);
     acc.fill(0.0);
     for (t, vrow) in rows[..n].iter().enumerate() {
         for g in 0..group {
@@ -221,20 +238,51 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// Runs the kernel on one task, writing its partial into `part`.
+    /// Runs the kernel on one task (query `i`, keys `c0..c1`, every kv head), writing its
+    /// partial into `part`.
     ///
     /// # Safety
-    /// `self.available(c.p.head_dim)`.
-    unsafe fn run<S: KvRows>(self, c: &Chunk<S>, b: &mut Buffers, part: &mut [f32]) {
-        match self {
-            Kernel::Portable => decode_chunk(c, b, part),
-            // SAFETY: available (the caller's contract): the CPU has the features and the
-            // kernel takes this head_dim.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { super::decode_x86::decode_chunk_avx2(c, b, part) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { super::decode_x86::decode_chunk_avx512(c, b, part) },
+    /// `self.available(p.head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run<S: KvRows>(
+        self,
+        (q, src, q_start, p): (&[f32], &S, usize, &AttnParams),
+        (i, c0, c1): (usize, usize, usize),
+        b: &mut Buffers,
+        part: &mut [f32],
+    ) {
+        let plen = partial_len(p);
+        let chunk = |kh| Chunk {
+            q,
+            src,
+            q_start,
+            p,
+            i,
+            kh,
+            c0,
+            c1,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            for (t, part) in part.chunks_mut(KV_TILE * plen).enumerate() {
+                let m = part.len() / plen;
+                let cs: [Chunk<S>; KV_TILE] =
+                    std::array::from_fn(|j| chunk(t * KV_TILE + j.min(m - 1)));
+                // SAFETY: available (the caller's contract): the CPU has AVX-512F and
+                // head_dim % 16 == 0.
+                unsafe { super::decode_x86::decode_heads_avx512(&cs[..m], b, part) };
+            }
+            return;
+        }
+        for (kh, part) in part.chunks_mut(plen).enumerate() {
+            let c = chunk(kh);
+            match self {
+                // SAFETY: available (the caller's contract): the CPU has AVX2 and FMA and
+                // head_dim % 8 == 0.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { super::decode_x86::decode_chunk_avx2(&c, b, part) },
+                _ => decode_chunk(&c, b, part),
+            }
         }
     }
 }
@@ -270,76 +318,72 @@ pub(crate) fn decode_with<S: KvRows>(
     let (nh, nkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let n_q = q.len() / (nh * hd);
     let group = nh / nkv;
+    // Tasks: (query, chunk of visible keys), every kv head of the query in one task.
     let mut tasks = Vec::new();
     for i in 0..n_q {
         let (lo, hi) = p.visible(q_start + i, n_kv);
-        for kh in 0..nkv {
-            let mut c = lo;
-            while c < hi {
-                let e = (c + DECODE_CHUNK).min(hi);
-                tasks.push((i, kh, c, e));
-                c = e;
-            }
+        let mut c = lo;
+        while c < hi {
+            let e = (c + DECODE_CHUNK).min(hi);
+            tasks.push((i, c, e));
+            c = e;
         }
     }
     let plen = partial_len(p);
-    let mut parts = vec![0.0f32; tasks.len() * plen];
-    let run = |(&(i, kh, c0, c1), part): (&(usize, usize, usize, usize), &mut [f32])| {
-        let chunk = Chunk {
-            q,
-            src,
-            q_start,
-            p,
-            i,
-            kh,
-            c0,
-            c1,
-        };
+    let tlen = nkv * plen;
+    let mut parts = vec![0.0f32; tasks.len() * tlen];
+    let run = |(&task, part): (&(usize, usize, usize), &mut [f32])| {
         // SAFETY: the kernel is available (asserted above).
-        with_buffers(|b| unsafe { kernel.run(&chunk, b, part) });
+        with_buffers(|b| unsafe { kernel.run((q, src, q_start, p), task, b, part) });
     };
     if n_kv * nh * n_q >= 4096 {
         tasks
             .par_iter()
-            .zip(parts.par_chunks_mut(plen))
+            .zip(parts.par_chunks_mut(tlen))
             .for_each(run);
     } else {
-        tasks.iter().zip(parts.chunks_mut(plen)).for_each(run);
+        tasks.iter().zip(parts.chunks_mut(tlen)).for_each(run);
     }
     // Merge the chunks of each (query, kv head): rescale by exp(max_c - max) and normalise.
     out.iter_mut().for_each(|x| *x = 0.0);
     let mut t = 0;
     while t < tasks.len() {
-        let (i, kh, _, _) = tasks[t];
+        let i = tasks[t].0;
         let mut e = t;
-        while e < tasks.len() && tasks[e].0 == i && tasks[e].1 == kh {
+        while e < tasks.len() && tasks[e].0 == i {
             e += 1;
         }
-        let mine = &parts[t * plen..e * plen];
-        for g in 0..group {
-            let h = kh * group + g;
-            let o = &mut out[(i * nh + h) * hd..(i * nh + h + 1) * hd];
-            let acc = 2 * group + g * hd..2 * group + (g + 1) * hd;
-            let denom = if e == t + 1 {
-                // One chunk: exp(max - max) = 1, so this is the general case's result, cheaper.
-                o.copy_from_slice(&mine[acc]);
-                mine[group + g]
-            } else {
-                let m = mine
-                    .chunks_exact(plen)
-                    .map(|pt| pt[g])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut denom = 0.0;
-                for pt in mine.chunks_exact(plen) {
-                    let w = (pt[g] - m).exp();
-                    denom += w * pt[group + g];
-                    axpy(w, &pt[acc.clone()], o);
-                }
-                denom
+        for kh in 0..nkv {
+            // This kv head's partial in each of the query's tasks.
+            let chunks = || {
+                parts[t * tlen..e * tlen]
+                    .chunks_exact(tlen)
+                    .map(|pt| &pt[kh * plen..(kh + 1) * plen])
             };
-            if denom > 0.0 {
-                let inv = 1.0 / denom;
-                o.iter_mut().for_each(|x| *x *= inv);
+            for g in 0..group {
+                let h = kh * group + g;
+                let o = &mut out[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+                let acc = 2 * group + g * hd..2 * group + (g + 1) * hd;
+                let denom = if e == t + 1 {
+                    // One chunk: exp(max - max) = 1, so this is the general case's result,
+                    // cheaper.
+                    let pt = chunks().next().expect("one chunk");
+                    o.copy_from_slice(&pt[acc]);
+                    pt[group + g]
+                } else {
+                    let m = chunks().map(|pt| pt[g]).fold(f32::NEG_INFINITY, f32::max);
+                    let mut denom = 0.0;
+                    for pt in chunks() {
+                        let w = (pt[g] - m).exp();
+                        denom += w * pt[group + g];
+                        axpy(w, &pt[acc.clone()], o);
+                    }
+                    denom
+                };
+                if denom > 0.0 {
+                    let inv = 1.0 / denom;
+                    o.iter_mut().for_each(|x| *x *= inv);
+                }
             }
         }
         t = e;

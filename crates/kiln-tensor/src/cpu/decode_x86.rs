@@ -24,7 +24,7 @@
 
 use std::arch::x86_64::*;
 
-use super::decode::{decode_chunk, Buffers, Chunk, KvRows, DECODE_CHUNK};
+use super::decode::{decode_chunk, Buffers, Chunk, KvRows, DECODE_CHUNK, KV_TILE};
 use super::vec::dot_portable;
 
 /// Fills `rows` with the chunk's K (or V) rows and checks each holds `head_dim` values: the
@@ -136,77 +136,105 @@ fn reduce16(u: [__m512; 4]) -> __m512 {
     _mm512_permutexvar_ps(idx, w)
 }
 
-/// AVX-512 chunk kernel, same contract as `decode::decode_chunk`.
+/// AVX-512 kernel for the chunks `cs` of one task: the same query and keys, kv heads
+/// `cs[0].kh..` (at most `KV_TILE`, consecutive). Writes each kv head's partial (the contract of
+/// `decode::decode_chunk`) into `part`, one after the other.
 ///
 /// # Safety
 /// Requires AVX-512F and `head_dim % 16 == 0`.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn decode_chunk_avx512<S: KvRows>(
-    c: &Chunk<S>,
+pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
+    cs: &[Chunk<S>],
     b: &mut Buffers,
     part: &mut [f32],
 ) {
+    let (m, c) = (cs.len(), &cs[0]);
     let (group, hd, n) = (c.group(), c.p.head_dim, c.c1 - c.c0);
-    assert!(hd.is_multiple_of(16) && n <= DECODE_CHUNK && part.len() == group * (hd + 2));
-    let Buffers {
-        scratch_k,
-        scratch_v,
-        scores,
-    } = b;
-    if scores.len() < group * n {
-        scores.resize(group * n, 0.0);
+    let plen = group * (hd + 2);
+    assert!(hd.is_multiple_of(16) && n <= DECODE_CHUNK && (1..=KV_TILE).contains(&m));
+    assert!(part.len() == m * plen);
+    let (scratch, scores) = b.split(m * group * n);
+    let mut krows = [[&[][..]; DECODE_CHUNK]; KV_TILE];
+    let mut vrows = [[&[][..]; DECODE_CHUNK]; KV_TILE];
+    let mut scratch = scratch.iter_mut();
+    for ((c, kr), vr) in cs.iter().zip(&mut krows).zip(&mut vrows) {
+        let (sk, sv) = (scratch.next(), scratch.next());
+        fetch_rows(
+            c,
+            false,
+            sk.expect("2·KV_TILE scratch buffers"),
+            &mut kr[..n],
+        );
+        fetch_rows(
+            c,
+            true,
+            sv.expect("2·KV_TILE scratch buffers"),
+            &mut vr[..n],
+        );
     }
-    let scores = &mut scores[..group * n];
-    let (mut krows, mut vrows) = ([&[][..]; DECODE_CHUNK], [&[][..]; DECODE_CHUNK]);
-    let (krows, vrows) = (&mut krows[..n], &mut vrows[..n]);
-    fetch_rows(c, false, scratch_k, krows);
-    fetch_rows(c, true, scratch_v, vrows);
     let mut t0 = 0;
     while t0 < n {
         let nb = (n - t0).min(16);
         // The cache does not fit in the CPU caches and its rows lie in block-sized pieces, too
         // short for the hardware prefetcher to ramp up: ask for the next block's K rows and
-        // this block's V rows (used after the softmax) ahead.
-        for r in krows[(t0 + 16).min(n)..(t0 + 32).min(n)].iter() {
-            prefetch_row::<_MM_HINT_T0>(r);
-        }
-        for r in vrows[t0..t0 + nb].iter() {
-            prefetch_row::<_MM_HINT_T1>(r);
-        }
-        // Keys past the chunk's end repeat its last row; their scores are not stored.
-        let ptrs: [*const f32; 16] = std::array::from_fn(|u| krows[t0 + u.min(nb - 1)].as_ptr());
-        for g in 0..group {
-            let q = c.q_row(g).as_ptr();
-            let mut u = [_mm512_setzero_ps(); 4];
-            for (j, uj) in u.iter_mut().enumerate() {
-                if 4 * j >= nb {
-                    break;
-                }
-                let mut a = [_mm512_setzero_ps(); 4];
-                for d in (0..hd).step_by(16) {
-                    // SAFETY: q_row and every row hold hd values (fetch_rows checked),
-                    // d + 16 <= hd.
-                    let qv = _mm512_loadu_ps(q.add(d));
-                    for (k, ak) in a.iter_mut().enumerate() {
-                        *ak = _mm512_fmadd_ps(qv, _mm512_loadu_ps(ptrs[4 * j + k].add(d)), *ak);
-                    }
-                }
-                *uj = reduce4(a);
+        // this block's V rows (used after the softmax) ahead. Kv heads innermost: a block's
+        // rows of consecutive kv heads are adjacent in the pool.
+        for (kr, vr) in krows[..m].iter().zip(&vrows[..m]) {
+            for r in kr[(t0 + 16).min(n)..(t0 + 32).min(n)].iter() {
+                prefetch_row::<_MM_HINT_T0>(r);
             }
-            // SAFETY: lanes < nb of row g start at g·n + t0 with t0 + nb <= n.
-            let out = scores.as_mut_ptr().add(g * n + t0);
-            _mm512_mask_storeu_ps(out, lanes(nb), reduce16(u));
+            for r in vr[t0..t0 + nb].iter() {
+                prefetch_row::<_MM_HINT_T1>(r);
+            }
+        }
+        for (kj, (c, kr)) in cs.iter().zip(&krows).enumerate() {
+            // Keys past the chunk's end repeat its last row; their scores are not stored.
+            let ptrs: [*const f32; 16] = std::array::from_fn(|u| kr[t0 + u.min(nb - 1)].as_ptr());
+            for g in 0..group {
+                let q = c.q_row(g).as_ptr();
+                let mut u = [_mm512_setzero_ps(); 4];
+                for (j, uj) in u.iter_mut().enumerate() {
+                    if 4 * j >= nb {
+                        break;
+                    }
+                    let mut a = [_mm512_setzero_ps(); 4];
+                    for d in (0..hd).step_by(16) {
+                        // SAFETY: q_row and every row hold hd values (fetch_rows checked),
+                        // d + 16 <= hd.
+                        let qv = _mm512_loadu_ps(q.add(d));
+                        for (k, ak) in a.iter_mut().enumerate() {
+                            let kv = _mm512_loadu_ps(ptrs[4 * j + k].add(d));
+                            *ak = _mm512_fmadd_ps(qv, kv, *ak);
+                        }
+                    }
+                    *uj = reduce4(a);
+                }
+                // SAFETY: lanes < nb of score row (kj, g) start at (kj·group + g)·n + t0, and
+                // t0 + nb <= n, kj < m: inside the m·group·n scores.
+                let out = scores.as_mut_ptr().add((kj * group + g) * n + t0);
+                _mm512_mask_storeu_ps(out, lanes(nb), reduce16(u));
+            }
         }
         t0 += 16;
     }
-    let (stats, acc) = part.split_at_mut(2 * group);
-    for g in 0..group {
-        let row = &mut scores[g * n..(g + 1) * n];
-        let (m, s) = softmax_row512(c, g, row);
-        stats[g] = m;
-        stats[group + g] = s;
+    for (j, c) in cs.iter().enumerate() {
+        let scores = &mut scores[j * group * n..(j + 1) * group * n];
+        let (stats, acc) = part[j * plen..(j + 1) * plen].split_at_mut(2 * group);
+        for g in 0..group {
+            let row = &mut scores[g * n..(g + 1) * n];
+            let (m, s) = softmax_row512(c, g, row);
+            stats[g] = m;
+            stats[group + g] = s;
+        }
+        v_sum512(&vrows[j][..n], scores, acc, group, hd);
     }
-    let rows = &*vrows;
+}
+
+/// `acc[g·hd + d] = Σ_t probs[g·n + t] · rows[t][d]` for every head `g` of the group, in tiles
+/// of up to 4 heads × 64 dims whose accumulators stay in registers.
+#[target_feature(enable = "avx512f")]
+fn v_sum512(rows: &[&[f32]], probs: &[f32], acc: &mut [f32], group: usize, hd: usize) {
+    let n = rows.len();
     for g0 in (0..group).step_by(4) {
         let h = (group - g0).min(4);
         for d0 in (0..hd).step_by(64) {
@@ -229,9 +257,9 @@ pub(crate) unsafe fn decode_chunk_avx512<S: KvRows>(
                 (_, 3) => v_tile512::<4, 3>,
                 (_, _) => v_tile512::<4, 4>,
             };
-            // SAFETY: AVX-512F is available (this function's contract); the tile's bounds are
-            // checked inside.
-            tile(rows, &scores[g0 * n..], &mut acc[g0 * hd + d0..], hd, d0);
+            // SAFETY: AVX-512F is available (this function's target feature, its callers'
+            // contract); the tile checks its bounds.
+            unsafe { tile(rows, &probs[g0 * n..], &mut acc[g0 * hd + d0..], hd, d0) };
         }
     }
 }
@@ -323,18 +351,10 @@ pub(crate) unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>, b: &mut Buffers,
         return decode_chunk(c, b, part);
     }
     assert!(n <= DECODE_CHUNK && part.len() == group * (hd + 2));
-    let Buffers {
-        scratch_k,
-        scratch_v,
-        scores,
-    } = b;
-    if scores.len() < group * n {
-        scores.resize(group * n, 0.0);
-    }
-    let scores = &mut scores[..group * n];
+    let (scratch, scores) = b.split(group * n);
     {
         let mut rows = [&[][..]; DECODE_CHUNK];
-        fetch_rows(c, false, scratch_k, &mut rows[..n]);
+        fetch_rows(c, false, &mut scratch[0], &mut rows[..n]);
         for g in 0..group {
             let q = c.q_row(g).as_ptr();
             let out = &mut scores[g * n..(g + 1) * n];
@@ -369,7 +389,7 @@ pub(crate) unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>, b: &mut Buffers,
     let (stats, acc) = part.split_at_mut(2 * group);
     c.softmax_parts(scores, stats);
     let mut rows = [&[][..]; DECODE_CHUNK];
-    fetch_rows(c, true, scratch_v, &mut rows[..n]);
+    fetch_rows(c, true, &mut scratch[1], &mut rows[..n]);
     for g in 0..group {
         for d0 in (0..hd).step_by(64) {
             let tile: Slab256 = match (hd - d0) / 8 {
