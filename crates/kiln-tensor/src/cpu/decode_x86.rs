@@ -172,13 +172,20 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
             &mut vr[..n],
         );
     }
+    // The cache does not fit in the CPU caches and its rows lie in block-sized pieces, too short
+    // for the hardware prefetcher to ramp up: ask for all of the chunk's K rows into L2 now,
+    // then per block for the next block's K rows into L1 and this block's V rows (used after the
+    // softmax) into L2. Kv heads innermost: a block's rows of consecutive kv heads are adjacent
+    // in the pool. Measured (decode_step_bench, 1 thread): each of the three requests saves
+    // time; all V rows up front as well cost time (too many requests in flight at once).
+    for kr in &krows[..m] {
+        for r in kr[..n].iter() {
+            prefetch_row::<_MM_HINT_T1>(r);
+        }
+    }
     let mut t0 = 0;
     while t0 < n {
         let nb = (n - t0).min(16);
-        // The cache does not fit in the CPU caches and its rows lie in block-sized pieces, too
-        // short for the hardware prefetcher to ramp up: ask for the next block's K rows and
-        // this block's V rows (used after the softmax) ahead. Kv heads innermost: a block's
-        // rows of consecutive kv heads are adjacent in the pool.
         for (kr, vr) in krows[..m].iter().zip(&vrows[..m]) {
             for r in kr[(t0 + 16).min(n)..(t0 + 32).min(n)].iter() {
                 prefetch_row::<_MM_HINT_T0>(r);
