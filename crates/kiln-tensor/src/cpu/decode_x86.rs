@@ -83,9 +83,12 @@ type Slab256 = unsafe fn(&[&[f32]], &[f32], &mut [f32], usize);
 /// Prefetches the cache lines of one row into the cache level `HINT` names.
 #[inline]
 fn prefetch_row<const HINT: i32>(row: &[f32]) {
-    for x in row.iter().step_by(16) {
-        // SAFETY: prefetching is a hint, the address is in bounds anyway.
-        unsafe { _mm_prefetch::<HINT>((x as *const f32).cast()) };
+    let p = row.as_ptr();
+    let mut d = 0;
+    while d < row.len() {
+        // SAFETY: d < row.len(): the address is in bounds (a prefetch would not fault anyway).
+        unsafe { _mm_prefetch::<HINT>(p.add(d).cast()) };
+        d += 16;
     }
 }
 
