@@ -1,7 +1,7 @@
 //! Decode attention of a serving step: 64 sequences, one query each, SmolLM2-135M heads (9 query
-//! heads, 3 kv heads, head_dim 64), contexts 160 and 320, f32 paged pool (block size 16, blocks
-//! interleaved over the sequences as a pool that grew them together hands them out) and the
-//! contiguous cache. Sequences run in parallel with rayon as `PagedKv::append_attend_all` does.
+//! heads, 3 kv heads, head_dim 64), contexts 160 and 320, paged pools (f32, f16, int8; block
+//! size 16, blocks interleaved over the sequences as a pool that grew them together hands them
+//! out) and the contiguous cache. Sequences run in parallel with rayon as `PagedKv::append_attend_all` does.
 //!
 //! Each call runs `BENCH_LAYERS` (default 30) layers, each with its own pool, so that the cache
 //! does not sit in the CPU caches between layers any more than it does in a real step (SmolLM2
@@ -70,41 +70,62 @@ fn main() {
             .map(|s| (0..per_seq).map(|b| (b * N_SEQS + s) as u32).collect())
             .collect();
         let q: Vec<f32> = (0..N_SEQS * nh * hd).map(|i| f(i + 3)).collect();
-        let mut pools = Vec::new();
+        let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+        let mut pools: Vec<(&str, KvCacheDtype, Vec<PagedLayerKv>)> = [
+            ("paged f32", KvCacheDtype::F32),
+            ("paged f16", KvCacheDtype::F16),
+            ("paged int8", KvCacheDtype::Int8),
+        ]
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .map(|(name, dtype)| (name, dtype, Vec::new()))
+        .collect();
         let mut contiguous = Vec::new();
         for l in 0..n_layers {
-            let mut pool = PagedLayerKv::new(KvCacheDtype::F32, per_seq * N_SEQS, bs, nkv, hd);
+            let mut layer: Vec<PagedLayerKv> = pools
+                .iter()
+                .map(|&(_, dtype, _)| PagedLayerKv::new(dtype, per_seq * N_SEQS, bs, nkv, hd))
+                .collect();
             let mut seqs = Vec::new();
             for (s, table) in tables.iter().enumerate() {
                 let base = (l * N_SEQS + s) * ctx * row;
                 let k: Vec<f32> = (0..ctx * row).map(|i| f(base + i)).collect();
                 let v: Vec<f32> = (0..ctx * row).map(|i| f(base + i + 7)).collect();
-                pool.write(table, 0, &k, &v);
-                seqs.push((k, v));
+                for pool in &mut layer {
+                    pool.write(table, 0, &k, &v);
+                }
+                if wanted("contiguous") {
+                    seqs.push((k, v));
+                }
             }
-            pools.push(pool);
+            for ((_, _, layers), pool) in pools.iter_mut().zip(layer) {
+                layers.push(pool);
+            }
             contiguous.push(seqs);
         }
-        let mut out = vec![0.0f32; N_SEQS * nh * hd];
-        let (q, p, tables, pools, contiguous) = (&q, &p, &tables, &pools, &contiguous);
-        let mut o2 = out.clone();
-        let mut variants: Vec<Variant> = vec![
-            (
-                "paged f32".to_string(),
+        let (q, p, tables, contiguous) = (&q, &p, &tables, &contiguous);
+        let mut variants: Vec<Variant> = Vec::new();
+        for (name, _, layers) in &pools {
+            let mut out = vec![0.0f32; N_SEQS * nh * hd];
+            variants.push((
+                name.to_string(),
                 Box::new(move || {
-                    for pool in pools {
+                    for pool in layers {
                         out.par_chunks_mut(nh * hd).enumerate().for_each(|(s, o)| {
                             let qs = &q[s * nh * hd..][..nh * hd];
                             pool.attend(qs, &tables[s], ctx, ctx - 1, p, o);
                         });
                     }
                 }),
-            ),
-            (
+            ));
+        }
+        if wanted("contiguous") {
+            let mut out = vec![0.0f32; N_SEQS * nh * hd];
+            variants.push((
                 "contiguous".to_string(),
                 Box::new(move || {
                     for seqs in contiguous {
-                        o2.par_chunks_mut(nh * hd)
+                        out.par_chunks_mut(nh * hd)
                             .zip(seqs.par_iter())
                             .enumerate()
                             .for_each(|(s, (o, (k, v)))| {
@@ -113,10 +134,7 @@ fn main() {
                             });
                     }
                 }),
-            ),
-        ];
-        if let Some(name) = &only {
-            variants.retain(|(n, _)| n == name);
+            ));
         }
         let mut times = vec![Vec::new(); variants.len()];
         let mut cpu = vec![0.0; variants.len()];

@@ -3,9 +3,10 @@
 //! (the crate is built for baseline x86-64). The portable `decode::decode_chunk` is their
 //! reference in tests.
 //!
-//! AVX-512 kernel, per chunk of up to 128 keys of one kv head:
-//! - Scores: keys in blocks of 16, every query head of the GQA group per block, so a block's K
-//!   rows are read from memory once and from L1 for the other heads. Four keys at a time keep
+//! AVX-512 kernel, per task (one query, a chunk of up to 128 keys, up to `KV_TILE` kv heads):
+//! - Scores: keys in blocks of 16; per block every kv head and every query head of its GQA
+//!   group, so a block's K rows are read from memory once (the kv heads' rows of a pool block
+//!   are adjacent: one sweep) and from L1 for the other query heads. Four keys at a time keep
 //!   one 16-lane accumulator each; a shuffle tree (`reduce4`, `reduce16`) then sums 16 keys'
 //!   accumulators into one vector of 16 scores — about 3 shuffles/adds per score instead of the
 //!   ~8 of a horizontal sum per key.
@@ -14,10 +15,14 @@
 //! - Weighted sum of V: up to 4 heads × 64 dims of accumulators live in registers (const
 //!   generic tiles) while each V row is read once for all of them; the AVX2 kernel this replaces
 //!   kept its accumulators in a stack array, so every FMA waited on the previous row's store.
-//! - Prefetch: the next block's K rows and this block's V rows are requested while a block's
-//!   scores are computed. Once the arithmetic is this cheap the kernel waits on memory: a
-//!   serving step's cache (~0.5 GB for 64 × 200 keys of SmolLM2) is streamed from DRAM in
-//!   4 KB block pieces, which this machine reads at ~6–9 GB/s per core.
+//! - Prefetch: the chunk's K rows into L2 up front, then per block the next block's K rows into
+//!   L1 and this block's V rows into L2. Once the arithmetic is this cheap the kernel waits on
+//!   memory: a serving step's cache (~0.5 GB for 64 × 200 keys of SmolLM2) is streamed from
+//!   DRAM in 4 KB block pieces, which this machine reads at ~6–9 GB/s per core (13 with huge
+//!   pages and 12 KB pieces; see `paged_attention.rs` for the huge pages).
+//!
+//! The kernels differ from each other in the last bits (summation order); each is deterministic
+//! and a process uses one of them for every decode (`Kernel::best`), so batch invariance holds.
 //!
 //! The AVX2 kernel (CPUs without AVX-512): four keys per horizontal reduction per head, and the
 //! V sum per head in registers (slabs of up to 64 dims), scalar softmax.

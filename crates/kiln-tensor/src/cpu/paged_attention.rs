@@ -28,6 +28,7 @@ use std::str::FromStr;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::vec::HalfBitsVecExt;
 
 use super::attention::{attention_blocked, AttnParams, DECODE_MAX_QUERIES};
 use super::decode::{decode, KvRows};
@@ -143,8 +144,8 @@ unsafe fn dequantize_row_avx2(src: &[i8], scale: f32, dst: &mut [f32]) {
 /// whole cache from DRAM every step in block pieces (4 KB for SmolLM2's f32 rows) scattered over
 /// the pool: with 4 KB pages nearly every piece misses the TLB. Measured with the
 /// `decode_step_bench` example: ~10% less time per layer. Only the whole 2 MB pages inside the
-/// buffer are advised; f32 and int8 pools come zeroed from `calloc` untouched, so they get huge
-/// pages as they fault in (f16 ones were filled already: only khugepaged can collapse them).
+/// buffer are advised; the pools come zeroed from `calloc`, untouched, so they get huge pages as
+/// they fault in.
 /// Best effort: `None` where the kernel refused (THP off), which changes nothing else.
 fn advise_huge_pages<T>(buf: &[T]) -> Option<()> {
     #[cfg(target_os = "linux")]
@@ -209,8 +210,10 @@ impl PagedLayerKv {
                 v: vec![0.0; n],
             },
             KvCacheDtype::F16 => Data::F16 {
-                k: vec![f16::ZERO; n],
-                v: vec![f16::ZERO; n],
+                // Zero bits from `calloc`, untouched until written (huge pages apply, see
+                // `advise_huge_pages`); `vec![f16::ZERO; n]` would write every element.
+                k: vec![0u16; n].reinterpret_into(),
+                v: vec![0u16; n].reinterpret_into(),
             },
             KvCacheDtype::Int8 => Data::Int8 {
                 k: vec![0; n],
