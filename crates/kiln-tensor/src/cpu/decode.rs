@@ -15,6 +15,7 @@
 //! at run time. No heap allocation per task: scores and scratch are per-thread buffers reused
 //! across calls, the partials of a call are one flat buffer.
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::attention::AttnParams;
@@ -40,6 +41,16 @@ pub(crate) trait KvRows: Sync {
         scratch: &'s mut Vec<f32>,
         out: &mut [&'s [f32]],
     );
+
+    /// Whether [`rows_f16`](Self::rows_f16) gives the rows (the source stores f16).
+    fn has_f16_rows(&self) -> bool {
+        false
+    }
+
+    /// For a source storing f16 (`has_f16_rows`): sets `out[t]` to the f16 row of key `c0 + t`
+    /// in place, so a kernel that widens as it loads reads half the bytes of f32 and writes no
+    /// scratch. Other sources leave `out` alone.
+    fn rows_f16<'s>(&'s self, _kh: usize, _c0: usize, _values: bool, _out: &mut [&'s [f16]]) {}
 }
 
 pub(crate) struct Contiguous<'a> {
@@ -272,7 +283,13 @@ impl Kernel {
                     std::array::from_fn(|j| chunk(t * KV_TILE + j.min(m - 1)));
                 // SAFETY: available (the caller's contract): the CPU has AVX-512F and
                 // head_dim % 16 == 0.
-                unsafe { super::decode_x86::decode_heads_avx512(&cs[..m], b, part) };
+                unsafe {
+                    if src.has_f16_rows() {
+                        super::decode_x86::decode_heads_avx512::<S, f16>(&cs[..m], b, part)
+                    } else {
+                        super::decode_x86::decode_heads_avx512::<S, f32>(&cs[..m], b, part)
+                    }
+                };
             }
             return;
         }

@@ -21,6 +21,8 @@
 //!   DRAM in 4 KB block pieces, which this machine reads at ~6–9 GB/s per core (13 with huge
 //!   pages and 12 KB pieces; see `paged_attention.rs` for the huge pages).
 //!
+//! It reads f32 rows, or f16 rows in place (`Elem`), widening them as it loads.
+//!
 //! The kernels differ from each other in the last bits (summation order); each is deterministic
 //! and a process uses one of them for every decode (`Kernel::best`), so batch invariance holds.
 //!
@@ -28,6 +30,8 @@
 //! V sum per head in registers (slabs of up to 64 dims), scalar softmax.
 
 use std::arch::x86_64::*;
+
+use half::f16;
 
 use super::decode::{decode_chunk, Buffers, Chunk, KvRows, DECODE_CHUNK, KV_TILE};
 use super::vec::dot_portable;
@@ -43,6 +47,62 @@ fn fetch_rows<'s, S: KvRows>(
     c.src.rows(c.kh, c.c0, values, scratch, rows);
     let hd = c.p.head_dim;
     assert!(rows.iter().all(|r| r.len() == hd), "decode: row length");
+}
+
+/// A cache element type the AVX-512 kernel reads directly: f32, or f16 widened as it loads
+/// (half the bytes from memory, no scratch; `vcvtph2ps` is exact).
+pub(crate) trait Elem: Copy + Sync {
+    /// Fetches the chunk's K (or V) rows of this type into `rows`, each `head_dim` long.
+    fn fetch<'s, S: KvRows>(
+        c: &'s Chunk<S>,
+        values: bool,
+        scratch: &'s mut Vec<f32>,
+        rows: &mut [&'s [Self]],
+    );
+
+    /// 16 values from `p`, as f32.
+    ///
+    /// # Safety
+    /// Requires AVX-512F; 16 elements readable at `p`.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Elem for f32 {
+    fn fetch<'s, S: KvRows>(
+        c: &'s Chunk<S>,
+        values: bool,
+        scratch: &'s mut Vec<f32>,
+        rows: &mut [&'s [f32]],
+    ) {
+        fetch_rows(c, values, scratch, rows)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: 16 floats readable at p (the caller's contract).
+        unsafe { _mm512_loadu_ps(p) }
+    }
+}
+
+impl Elem for f16 {
+    fn fetch<'s, S: KvRows>(
+        c: &'s Chunk<S>,
+        values: bool,
+        _scratch: &'s mut Vec<f32>,
+        rows: &mut [&'s [f16]],
+    ) {
+        c.src.rows_f16(c.kh, c.c0, values, rows);
+        let hd = c.p.head_dim;
+        assert!(rows.iter().all(|r| r.len() == hd), "decode: f16 row length");
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        // SAFETY: 16 halves (32 bytes) readable at p (the caller's contract).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
 }
 
 /// `exp(x)` per lane: Cephes' `expf` (x = n·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial in r,
@@ -80,20 +140,20 @@ pub(crate) fn exp512(x: __m512) -> __m512 {
     _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n))
 }
 
-/// `v_tile512::<H, W>` for the H and W of a tile (picked at run time).
-type Tile512 = unsafe fn(&[&[f32]], &[f32], &mut [f32], usize, usize);
+/// `v_tile512::<E, H, W>` for the H and W of a tile (picked at run time).
+type Tile512<E> = unsafe fn(&[&[E]], &[f32], &mut [f32], usize, usize);
 /// `v_slab256::<W>`.
 type Slab256 = unsafe fn(&[&[f32]], &[f32], &mut [f32], usize);
 
 /// Prefetches the cache lines of one row into the cache level `HINT` names.
 #[inline]
-fn prefetch_row<const HINT: i32>(row: &[f32]) {
+fn prefetch_row<const HINT: i32, E>(row: &[E]) {
     let p = row.as_ptr();
     let mut d = 0;
     while d < row.len() {
         // SAFETY: d < row.len(): the address is in bounds (a prefetch would not fault anyway).
         unsafe { _mm_prefetch::<HINT>(p.add(d).cast()) };
-        d += 16;
+        d += 64 / std::mem::size_of::<E>();
     }
 }
 
@@ -151,7 +211,7 @@ fn reduce16(u: [__m512; 4]) -> __m512 {
 /// # Safety
 /// Requires AVX-512F and `head_dim % 16 == 0`.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
+pub(crate) unsafe fn decode_heads_avx512<S: KvRows, E: Elem>(
     cs: &[Chunk<S>],
     b: &mut Buffers,
     part: &mut [f32],
@@ -162,23 +222,13 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
     assert!(hd.is_multiple_of(16) && n <= DECODE_CHUNK && (1..=KV_TILE).contains(&m));
     assert!(part.len() == m * plen);
     let (scratch, scores) = b.split(m * group * n);
-    let mut krows = [[&[][..]; DECODE_CHUNK]; KV_TILE];
-    let mut vrows = [[&[][..]; DECODE_CHUNK]; KV_TILE];
+    let mut krows: [[&[E]; DECODE_CHUNK]; KV_TILE] = [[&[]; DECODE_CHUNK]; KV_TILE];
+    let mut vrows: [[&[E]; DECODE_CHUNK]; KV_TILE] = [[&[]; DECODE_CHUNK]; KV_TILE];
     let mut scratch = scratch.iter_mut();
     for ((c, kr), vr) in cs.iter().zip(&mut krows).zip(&mut vrows) {
         let (sk, sv) = (scratch.next(), scratch.next());
-        fetch_rows(
-            c,
-            false,
-            sk.expect("2·KV_TILE scratch buffers"),
-            &mut kr[..n],
-        );
-        fetch_rows(
-            c,
-            true,
-            sv.expect("2·KV_TILE scratch buffers"),
-            &mut vr[..n],
-        );
+        E::fetch(c, false, sk.expect("2·KV_TILE buffers"), &mut kr[..n]);
+        E::fetch(c, true, sv.expect("2·KV_TILE buffers"), &mut vr[..n]);
     }
     // The cache does not fit in the CPU caches and its rows lie in block-sized pieces, too short
     // for the hardware prefetcher to ramp up: ask for all of the chunk's K rows into L2 now,
@@ -188,7 +238,7 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
     // time; all V rows up front as well cost time (too many requests in flight at once).
     for kr in &krows[..m] {
         for r in kr[..n].iter() {
-            prefetch_row::<_MM_HINT_T1>(r);
+            prefetch_row::<_MM_HINT_T1, E>(r);
         }
     }
     let mut t0 = 0;
@@ -196,15 +246,15 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
         let nb = (n - t0).min(16);
         for (kr, vr) in krows[..m].iter().zip(&vrows[..m]) {
             for r in kr[(t0 + 16).min(n)..(t0 + 32).min(n)].iter() {
-                prefetch_row::<_MM_HINT_T0>(r);
+                prefetch_row::<_MM_HINT_T0, E>(r);
             }
             for r in vr[t0..t0 + nb].iter() {
-                prefetch_row::<_MM_HINT_T1>(r);
+                prefetch_row::<_MM_HINT_T1, E>(r);
             }
         }
         for (kj, (c, kr)) in cs.iter().zip(&krows).enumerate() {
             // Keys past the chunk's end repeat its last row; their scores are not stored.
-            let ptrs: [*const f32; 16] = std::array::from_fn(|u| kr[t0 + u.min(nb - 1)].as_ptr());
+            let ptrs: [*const E; 16] = std::array::from_fn(|u| kr[t0 + u.min(nb - 1)].as_ptr());
             for g in 0..group {
                 let q = c.q_row(g).as_ptr();
                 let mut u = [_mm512_setzero_ps(); 4];
@@ -218,7 +268,7 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
                         // d + 16 <= hd.
                         let qv = _mm512_loadu_ps(q.add(d));
                         for (k, ak) in a.iter_mut().enumerate() {
-                            let kv = _mm512_loadu_ps(ptrs[4 * j + k].add(d));
+                            let kv = E::load16(ptrs[4 * j + k].add(d));
                             *ak = _mm512_fmadd_ps(qv, kv, *ak);
                         }
                     }
@@ -248,29 +298,29 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows>(
 /// `acc[g·hd + d] = Σ_t probs[g·n + t] · rows[t][d]` for every head `g` of the group, in tiles
 /// of up to 4 heads × 64 dims whose accumulators stay in registers.
 #[target_feature(enable = "avx512f")]
-fn v_sum512(rows: &[&[f32]], probs: &[f32], acc: &mut [f32], group: usize, hd: usize) {
+fn v_sum512<E: Elem>(rows: &[&[E]], probs: &[f32], acc: &mut [f32], group: usize, hd: usize) {
     let n = rows.len();
     for g0 in (0..group).step_by(4) {
         let h = (group - g0).min(4);
         for d0 in (0..hd).step_by(64) {
             let w = ((hd - d0) / 16).min(4);
-            let tile: Tile512 = match (h, w) {
-                (1, 1) => v_tile512::<1, 1>,
-                (1, 2) => v_tile512::<1, 2>,
-                (1, 3) => v_tile512::<1, 3>,
-                (1, _) => v_tile512::<1, 4>,
-                (2, 1) => v_tile512::<2, 1>,
-                (2, 2) => v_tile512::<2, 2>,
-                (2, 3) => v_tile512::<2, 3>,
-                (2, _) => v_tile512::<2, 4>,
-                (3, 1) => v_tile512::<3, 1>,
-                (3, 2) => v_tile512::<3, 2>,
-                (3, 3) => v_tile512::<3, 3>,
-                (3, _) => v_tile512::<3, 4>,
-                (_, 1) => v_tile512::<4, 1>,
-                (_, 2) => v_tile512::<4, 2>,
-                (_, 3) => v_tile512::<4, 3>,
-                (_, _) => v_tile512::<4, 4>,
+            let tile: Tile512<E> = match (h, w) {
+                (1, 1) => v_tile512::<E, 1, 1>,
+                (1, 2) => v_tile512::<E, 1, 2>,
+                (1, 3) => v_tile512::<E, 1, 3>,
+                (1, _) => v_tile512::<E, 1, 4>,
+                (2, 1) => v_tile512::<E, 2, 1>,
+                (2, 2) => v_tile512::<E, 2, 2>,
+                (2, 3) => v_tile512::<E, 2, 3>,
+                (2, _) => v_tile512::<E, 2, 4>,
+                (3, 1) => v_tile512::<E, 3, 1>,
+                (3, 2) => v_tile512::<E, 3, 2>,
+                (3, 3) => v_tile512::<E, 3, 3>,
+                (3, _) => v_tile512::<E, 3, 4>,
+                (_, 1) => v_tile512::<E, 4, 1>,
+                (_, 2) => v_tile512::<E, 4, 2>,
+                (_, 3) => v_tile512::<E, 4, 3>,
+                (_, _) => v_tile512::<E, 4, 4>,
             };
             // SAFETY: AVX-512F is available (this function's target feature, its callers'
             // contract); the tile checks its bounds.
@@ -318,8 +368,8 @@ fn softmax_row512<S>(c: &Chunk<S>, g: usize, row: &mut [f32]) -> (f32, f32) {
 /// # Safety
 /// Requires AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn v_tile512<const H: usize, const W: usize>(
-    rows: &[&[f32]],
+unsafe fn v_tile512<E: Elem, const H: usize, const W: usize>(
+    rows: &[&[E]],
     probs: &[f32],
     out: &mut [f32],
     hd: usize,
@@ -335,7 +385,7 @@ unsafe fn v_tile512<const H: usize, const W: usize>(
         let mut v = [_mm512_setzero_ps(); W];
         for (l, vl) in v.iter_mut().enumerate() {
             // SAFETY: d0 + 16·W <= row length (asserted above).
-            *vl = _mm512_loadu_ps(r.add(16 * l));
+            *vl = E::load16(r.add(16 * l));
         }
         for (h, ah) in acc.iter_mut().enumerate() {
             // SAFETY: h·n + t < H·n <= probs.len() (asserted above).

@@ -19,7 +19,10 @@
 //! (≤ 128 rows of one head) at a time into a per-thread scratch reused across chunks; the cache
 //! is never dequantized whole. (vLLM's fp8 cache uses per-tensor scales; per-row scales cost 4 bytes a row and keep
 //! outlier tokens from spoiling their neighbours.) F16 storage ([`KvCacheDtype::F16`]) converts
-//! the same way (F16C where the CPU has it).
+//! the same way (F16C where the CPU has it), except for the AVX-512 decode kernel, which reads
+//! the f16 rows in place and widens them as it loads (`KvRows::rows_f16`): half the bytes of
+//! f32 from memory, and decode is memory-bound (`decode_step_bench`, 64 sequences × 160 keys:
+//! ~0.75 ms per layer against ~0.9–1.1 for f32).
 //!
 //! Invariants: positions a query can see (causal, window) must have a real block in the table;
 //! entries for positions before every query's window may be `NO_BLOCK` and are never read.
@@ -420,6 +423,19 @@ pub(crate) struct PagedRows<'a> {
 }
 
 impl KvRows for PagedRows<'_> {
+    fn has_f16_rows(&self) -> bool {
+        matches!(self.layer.data, Data::F16 { .. })
+    }
+
+    fn rows_f16<'s>(&'s self, kh: usize, c0: usize, values: bool, out: &mut [&'s [f16]]) {
+        let l = self.layer;
+        let Data::F16 { k, v } = &l.data else {
+            return;
+        };
+        let src = if values { v } else { k };
+        for_each_piece(l, self.table, kh, c0, out, src);
+    }
+
     fn rows<'s>(
         &'s self,
         kh: usize,
@@ -432,18 +448,7 @@ impl KvRows for PagedRows<'_> {
         let (bs, hd, c1) = (l.block_size, l.head_dim, c0 + out.len());
         match &l.data {
             Data::F32 { k, v } => {
-                let src = if values { v } else { k };
-                let mut p = c0;
-                while p < c1 {
-                    // The rows of one block piece are consecutive.
-                    let end = ((p / bs + 1) * bs).min(c1);
-                    let start = l.row(l.slot(self.table, p), kh) * hd;
-                    let piece = &src[start..start + (end - p) * hd];
-                    for (o, r) in out[p - c0..end - c0].iter_mut().zip(piece.chunks_exact(hd)) {
-                        *o = r;
-                    }
-                    p = end;
-                }
+                for_each_piece(l, self.table, kh, c0, out, if values { v } else { k })
             }
             // Other formats: dequantize the chunk's rows of this head into the scratch.
             Data::F16 { .. } | Data::Int8 { .. } => {
@@ -466,5 +471,28 @@ impl KvRows for PagedRows<'_> {
                 }
             }
         }
+    }
+}
+
+/// Points `out[t]` at the row of key `c0 + t` of kv head `kh` in `src` (a pool buffer of `l`),
+/// one block piece (consecutive rows) at a time.
+fn for_each_piece<'s, T>(
+    l: &PagedLayerKv,
+    table: &[u32],
+    kh: usize,
+    c0: usize,
+    out: &mut [&'s [T]],
+    src: &'s [T],
+) {
+    let (bs, hd, c1) = (l.block_size, l.head_dim, c0 + out.len());
+    let mut p = c0;
+    while p < c1 {
+        let end = ((p / bs + 1) * bs).min(c1);
+        let start = l.row(l.slot(table, p), kh) * hd;
+        let piece = &src[start..start + (end - p) * hd];
+        for (o, r) in out[p - c0..end - c0].iter_mut().zip(piece.chunks_exact(hd)) {
+            *o = r;
+        }
+        p = end;
     }
 }
