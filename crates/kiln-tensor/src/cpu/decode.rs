@@ -42,15 +42,37 @@ pub(crate) trait KvRows: Sync {
         out: &mut [&'s [f32]],
     );
 
-    /// Whether [`rows_f16`](Self::rows_f16) gives the rows (the source stores f16).
-    fn has_f16_rows(&self) -> bool {
-        false
+    /// The format the source stores, which kernels may read in place through `rows_f16` /
+    /// `rows_i8` instead of converting through `rows`.
+    fn stored(&self) -> Stored {
+        Stored::F32
     }
 
-    /// For a source storing f16 (`has_f16_rows`): sets `out[t]` to the f16 row of key `c0 + t`
-    /// in place, so a kernel that widens as it loads reads half the bytes of f32 and writes no
-    /// scratch. Other sources leave `out` alone.
+    /// For a source storing f16: sets `out[t]` to the f16 row of key `c0 + t` in place, so a
+    /// kernel that widens as it loads reads half the bytes of f32 and writes no scratch. Other
+    /// sources leave `out` alone.
     fn rows_f16<'s>(&'s self, _kh: usize, _c0: usize, _values: bool, _out: &mut [&'s [f16]]) {}
+
+    /// For a source storing int8 rows with one scale each: sets `out[t]` to key `c0 + t`'s int8
+    /// row in place and `scales[t]` to its scale (the row is `scales[t] · out[t]`). Other
+    /// sources leave both alone.
+    fn rows_i8<'s>(
+        &'s self,
+        _kh: usize,
+        _c0: usize,
+        _values: bool,
+        _out: &mut [&'s [i8]],
+        _scales: &mut [f32],
+    ) {
+    }
+}
+
+/// What a [`KvRows`] source stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    F32,
+    F16,
+    Int8,
 }
 
 pub(crate) struct Contiguous<'a> {
@@ -284,10 +306,11 @@ impl Kernel {
                 // SAFETY: available (the caller's contract): the CPU has AVX-512F and
                 // head_dim % 16 == 0.
                 unsafe {
-                    if src.has_f16_rows() {
-                        super::decode_x86::decode_heads_avx512::<S, f16>(&cs[..m], b, part)
-                    } else {
-                        super::decode_x86::decode_heads_avx512::<S, f32>(&cs[..m], b, part)
+                    use super::decode_x86::decode_heads_avx512 as heads;
+                    match src.stored() {
+                        Stored::F32 => heads::<S, f32>(&cs[..m], b, part),
+                        Stored::F16 => heads::<S, f16>(&cs[..m], b, part),
+                        Stored::Int8 => heads::<S, i8>(&cs[..m], b, part),
                     }
                 };
             }

@@ -21,7 +21,8 @@
 //!   DRAM in 4 KB block pieces, which this machine reads at ~6–9 GB/s per core (13 with huge
 //!   pages and 12 KB pieces; see `paged_attention.rs` for the huge pages).
 //!
-//! It reads f32 rows, or f16 rows in place (`Elem`), widening them as it loads.
+//! It reads f32 rows, or f16 / int8 rows in place (`Elem`), widening them as it loads (int8:
+//! a K row's scale multiplies its score, a V row's its weight).
 //!
 //! The kernels differ from each other in the last bits (summation order); each is deterministic
 //! and a process uses one of them for every decode (`Kernel::best`), so batch invariance holds.
@@ -52,12 +53,17 @@ fn fetch_rows<'s, S: KvRows>(
 /// A cache element type the AVX-512 kernel reads directly: f32, or f16 widened as it loads
 /// (half the bytes from memory, no scratch; `vcvtph2ps` is exact).
 pub(crate) trait Elem: Copy + Sync {
-    /// Fetches the chunk's K (or V) rows of this type into `rows`, each `head_dim` long.
+    /// Whether rows come with a scale each (int8): the row is `scale · row`.
+    const SCALED: bool = false;
+
+    /// Fetches the chunk's K (or V) rows of this type into `rows`, each `head_dim` long, and
+    /// for `SCALED` types their scales into `scales`.
     fn fetch<'s, S: KvRows>(
         c: &'s Chunk<S>,
         values: bool,
         scratch: &'s mut Vec<f32>,
         rows: &mut [&'s [Self]],
+        scales: &mut [f32],
     );
 
     /// 16 values from `p`, as f32.
@@ -73,6 +79,7 @@ impl Elem for f32 {
         values: bool,
         scratch: &'s mut Vec<f32>,
         rows: &mut [&'s [f32]],
+        _scales: &mut [f32],
     ) {
         fetch_rows(c, values, scratch, rows)
     }
@@ -91,6 +98,7 @@ impl Elem for f16 {
         values: bool,
         _scratch: &'s mut Vec<f32>,
         rows: &mut [&'s [f16]],
+        _scales: &mut [f32],
     ) {
         c.src.rows_f16(c.kh, c.c0, values, rows);
         let hd = c.p.head_dim;
@@ -102,6 +110,32 @@ impl Elem for f16 {
     unsafe fn load16(p: *const f16) -> __m512 {
         // SAFETY: 16 halves (32 bytes) readable at p (the caller's contract).
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
+impl Elem for i8 {
+    const SCALED: bool = true;
+
+    fn fetch<'s, S: KvRows>(
+        c: &'s Chunk<S>,
+        values: bool,
+        _scratch: &'s mut Vec<f32>,
+        rows: &mut [&'s [i8]],
+        scales: &mut [f32],
+    ) {
+        c.src.rows_i8(c.kh, c.c0, values, rows, scales);
+        let hd = c.p.head_dim;
+        assert!(
+            rows.iter().all(|r| r.len() == hd),
+            "decode: int8 row length"
+        );
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load16(p: *const i8) -> __m512 {
+        // SAFETY: 16 bytes readable at p (the caller's contract).
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
     }
 }
 
@@ -224,11 +258,16 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows, E: Elem>(
     let (scratch, scores) = b.split(m * group * n);
     let mut krows: [[&[E]; DECODE_CHUNK]; KV_TILE] = [[&[]; DECODE_CHUNK]; KV_TILE];
     let mut vrows: [[&[E]; DECODE_CHUNK]; KV_TILE] = [[&[]; DECODE_CHUNK]; KV_TILE];
+    // Row scales (int8 only).
+    let mut kscales = [[0.0f32; DECODE_CHUNK]; KV_TILE];
+    let mut vscales = [[0.0f32; DECODE_CHUNK]; KV_TILE];
     let mut scratch = scratch.iter_mut();
-    for ((c, kr), vr) in cs.iter().zip(&mut krows).zip(&mut vrows) {
+    for (j, c) in cs.iter().enumerate() {
         let (sk, sv) = (scratch.next(), scratch.next());
-        E::fetch(c, false, sk.expect("2·KV_TILE buffers"), &mut kr[..n]);
-        E::fetch(c, true, sv.expect("2·KV_TILE buffers"), &mut vr[..n]);
+        let (kr, ks) = (&mut krows[j][..n], &mut kscales[j][..n]);
+        E::fetch(c, false, sk.expect("2·KV_TILE buffers"), kr, ks);
+        let (vr, vs) = (&mut vrows[j][..n], &mut vscales[j][..n]);
+        E::fetch(c, true, sv.expect("2·KV_TILE buffers"), vr, vs);
     }
     // The cache does not fit in the CPU caches and its rows lie in block-sized pieces, too short
     // for the hardware prefetcher to ramp up: ask for all of the chunk's K rows into L2 now,
@@ -277,7 +316,13 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows, E: Elem>(
                 // SAFETY: lanes < nb of score row (kj, g) start at (kj·group + g)·n + t0, and
                 // t0 + nb <= n, kj < m: inside the m·group·n scores.
                 let out = scores.as_mut_ptr().add((kj * group + g) * n + t0);
-                _mm512_mask_storeu_ps(out, lanes(nb), reduce16(u));
+                let mut s = reduce16(u);
+                if E::SCALED {
+                    // q · (scale · row) = scale · (q · row). SAFETY: t0 + nb <= n <= 128.
+                    let sc = _mm512_maskz_loadu_ps(lanes(nb), kscales[kj].as_ptr().add(t0));
+                    s = _mm512_mul_ps(s, sc);
+                }
+                _mm512_mask_storeu_ps(out, lanes(nb), s);
             }
         }
         t0 += 16;
@@ -290,6 +335,12 @@ pub(crate) unsafe fn decode_heads_avx512<S: KvRows, E: Elem>(
             let (m, s) = softmax_row512(c, g, row);
             stats[g] = m;
             stats[group + g] = s;
+            if E::SCALED {
+                // p · (scale · row) = (p · scale) · row; the sum above stays unscaled.
+                for (x, sc) in row.iter_mut().zip(&vscales[j][..n]) {
+                    *x *= sc;
+                }
+            }
         }
         v_sum512(&vrows[j][..n], scores, acc, group, hd);
     }

@@ -22,7 +22,8 @@
 //! the same way (F16C where the CPU has it), except for the AVX-512 decode kernel, which reads
 //! the f16 rows in place and widens them as it loads (`KvRows::rows_f16`): half the bytes of
 //! f32 from memory, and decode is memory-bound (`decode_step_bench`, 64 sequences × 160 keys:
-//! ~0.75 ms per layer against ~0.9–1.1 for f32).
+//! ~0.75 ms per layer against ~0.9–1.1 for f32). It reads int8 rows in place the same way
+//! (`KvRows::rows_i8`), applying a K row's scale to its score and a V row's to its weight.
 //!
 //! Invariants: positions a query can see (causal, window) must have a real block in the table;
 //! entries for positions before every query's window may be `NO_BLOCK` and are never read.
@@ -34,7 +35,7 @@ use half::slice::HalfFloatSliceExt;
 use half::vec::HalfBitsVecExt;
 
 use super::attention::{attention_blocked, AttnParams, DECODE_MAX_QUERIES};
-use super::decode::{decode, KvRows};
+use super::decode::{decode, KvRows, Stored};
 
 /// Table entry of a block released out of the window (same sentinel as `kiln_kv::NO_BLOCK`).
 pub const NO_BLOCK: u32 = u32::MAX;
@@ -423,8 +424,43 @@ pub(crate) struct PagedRows<'a> {
 }
 
 impl KvRows for PagedRows<'_> {
-    fn has_f16_rows(&self) -> bool {
-        matches!(self.layer.data, Data::F16 { .. })
+    fn stored(&self) -> Stored {
+        match self.layer.data {
+            Data::F32 { .. } => Stored::F32,
+            Data::F16 { .. } => Stored::F16,
+            Data::Int8 { .. } => Stored::Int8,
+        }
+    }
+
+    fn rows_i8<'s>(
+        &'s self,
+        kh: usize,
+        c0: usize,
+        values: bool,
+        out: &mut [&'s [i8]],
+        scales: &mut [f32],
+    ) {
+        let l = self.layer;
+        let Data::Int8 {
+            k,
+            v,
+            k_scale,
+            v_scale,
+        } = &l.data
+        else {
+            return;
+        };
+        let (src, scale) = if values { (v, v_scale) } else { (k, k_scale) };
+        for_each_piece(l, self.table, kh, c0, out, src);
+        // The scales of a block piece's rows are consecutive too (one per row).
+        let (bs, c1) = (l.block_size, c0 + out.len());
+        let mut p = c0;
+        while p < c1 {
+            let end = ((p / bs + 1) * bs).min(c1);
+            let r = l.row(l.slot(self.table, p), kh);
+            scales[p - c0..end - c0].copy_from_slice(&scale[r..r + (end - p)]);
+            p = end;
+        }
     }
 
     fn rows_f16<'s>(&'s self, kh: usize, c0: usize, values: bool, out: &mut [&'s [f16]]) {
