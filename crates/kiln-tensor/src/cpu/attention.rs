@@ -7,7 +7,8 @@
 //! Two paths: a direct loop for a few queries (decode), and for prompts a blocked path that per
 //! (head, block of 64 queries) computes `S = Q Kᵀ` and `O = P V` with gemm over only the keys that
 //! block can see — memory is O(block × n_kv), never O(n_q × n_kv) for the whole prompt.
-//! The decode path's kernels live in `decode.rs` (portable) and `decode_x86.rs` (AVX2, AVX-512).
+//! The decode path lives in `decode.rs` (with its portable kernel), `decode_avx2.rs` and
+//! `decode_avx512.rs`.
 //! `reference_attention` is the naive definition the tests hold both paths to.
 
 use rayon::prelude::*;

@@ -11,7 +11,7 @@
 //!
 //! Rows come through [`KvRows`], so one kernel serves the contiguous cache and the paged pool
 //! (read in place, or dequantized into a per-thread scratch). Kernels: the portable one here
-//! (the reference of the SIMD ones in tests) and AVX2 / AVX-512 ones in `decode_x86.rs`, picked
+//! (the reference of the SIMD ones in tests) and AVX2 / AVX-512 ones in `decode_avx2.rs` / `decode_avx512.rs`, picked
 //! at run time. No heap allocation per task: scores and scratch are per-thread buffers reused
 //! across calls, the partials of a call are one flat buffer.
 
@@ -210,6 +210,19 @@ impl<S> Chunk<'_, S> {
     }
 }
 
+/// Fills `rows` with the chunk's K (or V) rows and checks each holds `head_dim` values: the
+/// kernels' raw reads rely on it.
+pub(crate) fn fetch_rows<'s, S: KvRows>(
+    c: &'s Chunk<S>,
+    values: bool,
+    scratch: &'s mut Vec<f32>,
+    rows: &mut [&'s [f32]],
+) {
+    c.src.rows(c.kh, c.c0, values, scratch, rows);
+    let hd = c.p.head_dim;
+    assert!(rows.iter().all(|r| r.len() == hd), "decode: row length");
+}
+
 /// Portable chunk kernel (also the SIMD ones' reference in tests): writes the task's partial
 /// (see [`partial_len`]) into `part`.
 pub(crate) fn decode_chunk<S: KvRows>(c: &Chunk<S>, b: &mut Buffers, part: &mut [f32]) {
@@ -306,7 +319,7 @@ impl Kernel {
                 // SAFETY: available (the caller's contract): the CPU has AVX-512F and
                 // head_dim % 16 == 0.
                 unsafe {
-                    use super::decode_x86::decode_heads_avx512 as heads;
+                    use super::decode_avx512::decode_heads_avx512 as heads;
                     match src.stored() {
                         Stored::F32 => heads::<S, f32>(&cs[..m], b, part),
                         Stored::F16 => heads::<S, f16>(&cs[..m], b, part),
@@ -322,7 +335,7 @@ impl Kernel {
                 // SAFETY: available (the caller's contract): the CPU has AVX2 and FMA and
                 // head_dim % 8 == 0.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => unsafe { super::decode_x86::decode_chunk_avx2(&c, b, part) },
+                Kernel::Avx2 => unsafe { super::decode_avx2::decode_chunk_avx2(&c, b, part) },
                 _ => decode_chunk(&c, b, part),
             }
         }

@@ -1,4 +1,4 @@
-//! Unit tests of the decode kernels (private to decode.rs / decode_x86.rs): every kernel this CPU
+//! Unit tests of the decode kernels (private to decode.rs, decode_avx2.rs, decode_avx512.rs): every kernel this CPU
 //! runs (portable, AVX2, AVX-512) against `reference_attention` (f64) and against the portable
 //! one, over contiguous and paged (f32, f16, int8) sources, odd key counts, chunks and windows
 //! that start inside a block, ALiBi and relative bias; the vectorised exp against f64.
@@ -223,7 +223,7 @@ fn decode_same_bits_on_any_thread_count() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn exp512_matches_f64_exp() {
-    use super::super::decode_x86::exp512;
+    use super::super::decode_avx512::exp512;
     use std::arch::x86_64::*;
     if !crate::cpu::vec::has_avx512() {
         eprintln!("no AVX-512 here: exp512 not tested");
