@@ -1,8 +1,9 @@
 //! The AVX2+FMA decode kernel, for CPUs without AVX-512 (see `decode.rs` for the task split and
 //! the partials it fills; `decode_avx512.rs` for the faster kernel), head_dim a multiple of 8:
 //! scores for four keys at a time per head (four FMA chains, one horizontal reduction for all
-//! four), scalar softmax, and the V sum of each head in registers, 64 dims at a time. The
-//! portable `decode::decode_chunk` is its reference in tests.
+//! four), the softmax's exp as a polynomial (`exp256`, as the AVX-512 kernel's `exp512`), and
+//! the V sum of each head in registers, 64 dims at a time. The portable `decode::decode_chunk`
+//! is its reference in tests.
 
 use std::arch::x86_64::*;
 
@@ -13,8 +14,8 @@ use super::vec::dot_portable;
 type Slab256 = unsafe fn(&[&[f32]], &[f32], &mut [f32], usize);
 
 /// AVX2+FMA chunk kernel, same contract as `decode::decode_chunk`: scores for four keys at a
-/// time per head (four FMA chains, one horizontal reduction for all four), scalar softmax, and
-/// the V sum of each head in registers, 64 dims at a time.
+/// time per head (four FMA chains, one horizontal reduction for all four), vectorised softmax,
+/// and the V sum of each head in registers, 64 dims at a time.
 ///
 /// # Safety
 /// Requires AVX2, FMA and `head_dim % 8 == 0`.
@@ -61,7 +62,16 @@ pub(crate) unsafe fn decode_chunk_avx2<S: KvRows>(c: &Chunk<S>, b: &mut Buffers,
         }
     }
     let (stats, acc) = part.split_at_mut(2 * group);
-    c.softmax_parts(scores, stats);
+    for g in 0..group {
+        let row = &mut scores[g * n..(g + 1) * n];
+        row.iter_mut().for_each(|x| *x *= c.p.scale);
+        if c.has_bias() {
+            c.add_bias(g, row);
+        }
+        let (m, s) = exp_shifted256(row);
+        stats[g] = m;
+        stats[group + g] = s;
+    }
     let mut rows = [&[][..]; DECODE_CHUNK];
     fetch_rows(c, true, &mut scratch[1], &mut rows[..n]);
     for g in 0..group {
@@ -108,4 +118,69 @@ unsafe fn v_slab256<const W: usize>(rows: &[&[f32]], probs: &[f32], out: &mut [f
         // SAFETY: 8·W <= out.len() (asserted above).
         _mm256_storeu_ps(out.as_mut_ptr().add(8 * l), *a);
     }
+}
+
+/// `exp(x)` per lane, Cephes' `expf` as `decode_avx512::exp512` but with 2ⁿ built in the
+/// exponent bits (AVX2 has no `scalef`): exact to ~2 ulp for -87.3 <= x <= 88, 0 below (where
+/// the result would be subnormal, < 1.2e-38: nothing a softmax sum notices) and at -inf;
+/// x > 88 is clamped to 88.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) fn exp256(x: __m256) -> __m256 {
+    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-87.33));
+    let x = _mm256_max_ps(
+        _mm256_min_ps(x, _mm256_set1_ps(88.0)),
+        _mm256_set1_ps(-87.33),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for coef in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(coef));
+    }
+    let y = _mm256_fmadd_ps(
+        y,
+        _mm256_mul_ps(r, r),
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    // 2ⁿ for -126 <= n <= 127: the biased exponent n + 127 in bits 23..31.
+    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_and_ps(keep, _mm256_mul_ps(y, _mm256_castsi256_ps(pow2)))
+}
+
+/// Replaces `row` by `exp(x - max)`; returns (max, sum). Eight lanes at a time, the tail
+/// through a padded copy (lanes past the end are -inf, so exp gives 0).
+#[target_feature(enable = "avx2,fma")]
+fn exp_shifted256(row: &mut [f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let vmax = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    for piece in row.chunks_mut(8) {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        lanes[..piece.len()].copy_from_slice(piece);
+        // SAFETY: `lanes` holds 8 floats.
+        let x = unsafe { _mm256_loadu_ps(lanes.as_ptr()) };
+        let e = exp256(_mm256_sub_ps(x, vmax));
+        sum = _mm256_add_ps(sum, e);
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), e) };
+        piece.copy_from_slice(&lanes[..piece.len()]);
+    }
+    let s = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    (max, _mm_cvtss_f32(s))
 }

@@ -283,3 +283,41 @@ fn exp512_matches_f64_exp() {
         special[15]
     );
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn exp256_matches_f64_exp() {
+    use super::super::decode_avx2::exp256;
+    use std::arch::x86_64::*;
+    if !crate::cpu::vec::has_avx2_fma() {
+        eprintln!("no AVX2 here: exp256 not tested");
+        return;
+    }
+    let exp8 = |x: &[f32]| -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        // SAFETY: AVX2 and FMA are available (checked above); 8 floats read and written.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp256(_mm256_loadu_ps(x.as_ptr()))) };
+        out
+    };
+    let xs: Vec<f32> = (0..=2_000_000)
+        .map(|i| -110.0 + i as f32 * (198.0 / 2_000_000.0))
+        .collect();
+    let mut worst = 0f64;
+    for x in xs.chunks_exact(8) {
+        for (&xi, yi) in x.iter().zip(exp8(x)) {
+            let want = (xi as f64).exp();
+            if xi < -87.33 {
+                assert!(yi == 0.0 || (yi as f64) < 1.2e-38, "exp({xi}) = {yi}");
+            } else if xi <= 88.0 {
+                worst = worst.max((yi as f64 - want).abs() / want);
+            }
+        }
+    }
+    assert!(worst < 2.5e-7, "max relative error {worst}");
+    let special = exp8(&[f32::NEG_INFINITY, -1e30, -200.0, 0.0, -0.0, 1.0, 88.0, 1e30]);
+    assert_eq!(&special[..5], &[0.0, 0.0, 0.0, 1.0, 1.0]);
+    assert!(
+        special[7].is_finite() && special[7] == special[6],
+        "clamped at 88"
+    );
+}
