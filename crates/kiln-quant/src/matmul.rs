@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::act::{self, BlockQ8, BlockQ8K};
 use crate::legacy::{self, Legacy};
-use crate::q8_0x8::PackedQ8x8;
+use crate::packed8::{self, Packed8};
 use crate::{plain, q4_0::Q4_0, q4_1::Q4_1, q4_k, q6_k, q8_0::Q8_0};
 use crate::{Error, GgmlType, Isa, Result, SharedBytes};
 
@@ -29,9 +29,9 @@ pub struct QMatrix {
     cols: usize,
     row_bytes: usize,
     data: SharedBytes,
-    /// Q8_0 weights regrouped for the x86 kernels (see [`crate::q8_0x8`]); the scalar path
-    /// and `dequantize_row` read `data`.
-    packed: Option<Arc<PackedQ8x8>>,
+    /// Q4_0/Q4_1/Q8_0 weights regrouped for the x86 kernels (see [`crate::packed8`]); the
+    /// scalar path and `dequantize_row` read `data`.
+    packed: Option<Arc<Packed8>>,
 }
 
 impl QMatrix {
@@ -52,8 +52,9 @@ impl QMatrix {
                 got: data.len(),
             });
         }
-        let packed = (ty == GgmlType::Q8_0 && repack_q8_0())
-            .then(|| Arc::new(PackedQ8x8::pack(data.as_slice(), rows, cols / 32)));
+        let packed = packed8::Kind::of(ty)
+            .filter(|_| repack())
+            .map(|kind| Arc::new(Packed8::pack(kind, data.as_slice(), rows, cols / 32)));
         Ok(Self {
             ty,
             rows,
@@ -180,13 +181,17 @@ impl QMatrix {
             return Ok(());
         }
         match self.ty {
+            #[cfg(target_arch = "x86_64")]
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0
+                if self.packed.is_some() && isa > Isa::Scalar =>
+            {
+                if let Some(p) = &self.packed {
+                    self.run_packed(p, isa, x, n_tokens, out)
+                }
+            }
             GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
             GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
-            GgmlType::Q8_0 => match (&self.packed, isa) {
-                #[cfg(target_arch = "x86_64")]
-                (Some(p), Isa::Avx2 | Isa::Avx512Vnni) => self.run_packed(p, isa, x, n_tokens, out),
-                _ => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
-            },
+            GgmlType::Q8_0 => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
             GgmlType::Q4_K => self.run_kquant(
                 isa,
                 x,
@@ -242,29 +247,31 @@ impl QMatrix {
         });
     }
 
-    /// Q8_0 through the grouped layout (x86 only; `isa` is AVX2 or better).
+    /// Q4_0/Q4_1/Q8_0 through the packed layout (x86 only; `isa` is AVX2 or better).
     #[cfg(target_arch = "x86_64")]
-    fn run_packed(&self, p: &PackedQ8x8, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+    fn run_packed(&self, p: &Packed8, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         let nb = self.cols / 32;
+        let bias = p.kind.bias();
+        let n_bias = if bias != 0 { n_tokens * nb } else { 0 };
         with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
-            with_scratch(&SCRATCH_YSUM, n_tokens * nb, |ysum128| {
+            with_scratch(&SCRATCH_YSUM, n_bias, |ybias| {
                 quantize_acts(x, self.cols, acts, nb, |x, a| {
                     act::quantize_row_q8_isa(isa, x, a)
                 });
-                for (s, a) in ysum128.iter_mut().zip(acts.iter()) {
-                    *s = 128 * a.qs.iter().map(|&q| q as i32).sum::<i32>();
+                for (s, a) in ybias.iter_mut().zip(acts.iter()) {
+                    *s = bias * a.qs.iter().map(|&q| q as i32).sum::<i32>();
                 }
-                let kernel: unsafe fn(&PackedQ8x8, &Job<BlockQ8>, &[i32], usize, usize) = match isa
-                {
-                    Isa::Avx512Vnni => crate::x86::q8_0x8::groups_vnni,
-                    _ => crate::x86::q8_0x8::groups_avx2,
+                let kernel: unsafe fn(&Packed8, &Job<BlockQ8>, &[i32], usize, usize) = match isa {
+                    Isa::Avx512Vnni => crate::x86::packed8::groups_vnni,
+                    _ => crate::x86::packed8::groups_avx2,
                 };
                 let job = self.job(acts, nb, n_tokens, out);
-                let ysum128 = &*ysum128;
+                let ybias = &*ybias;
                 // SAFETY: `split` hands out disjoint group ranges within `0..p.groups`; `isa` is
-                // available (checked by the callers of `run`); `job` is this matrix's.
+                // available (checked by the callers of `run`); `job` is this matrix's; `ybias`
+                // has `n_tokens * nb` entries whenever the bias is not 0.
                 split(p.groups, p.group_bytes(), 1, 2, n_tokens, |g0, g1| unsafe {
-                    kernel(p, &job, ysum128, g0, g1)
+                    kernel(p, &job, ybias, g0, g1)
                 });
             })
         });
@@ -344,12 +351,12 @@ impl QMatrix {
     }
 }
 
-/// Whether Q8_0 matrices are regrouped at load: on x86 with SIMD kernels, unless
-/// `KILN_Q8_REPACK=0` (for benchmarks against the GGUF-layout kernels).
-fn repack_q8_0() -> bool {
+/// Whether Q4_0/Q4_1/Q8_0 matrices are repacked at load: on x86 with SIMD kernels, unless
+/// `KILN_REPACK=0` (for benchmarks against the GGUF-layout kernels in `x86::legacy`).
+fn repack() -> bool {
     cfg!(target_arch = "x86_64")
         && Isa::detect() > Isa::Scalar
-        && std::env::var("KILN_Q8_REPACK").as_deref() != Ok("0")
+        && std::env::var("KILN_REPACK").as_deref() != Ok("0")
 }
 
 /// Runs `f(u0, u1)` over chunks of `n` units (rows, or row groups) of `unit_bytes` weight bytes
