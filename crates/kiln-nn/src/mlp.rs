@@ -77,9 +77,8 @@ impl GatedMlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.act.apply(&self.gate_proj.forward(x)?);
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&gate.mul(&up)?)
+        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
+        self.down_proj.forward(&self.act.apply(&gate).mul(&up)?)
     }
 }
 

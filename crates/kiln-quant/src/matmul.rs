@@ -152,7 +152,49 @@ impl QMatrix {
         self.run(isa, x, n_tokens, out)
     }
 
-    fn run(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+    /// `outs[i] = x · mats[i]ᵀ` for matrices taking the same input: with the packed kernels
+    /// (Q4_0/Q4_1/Q8_0 on x86) and equal `cols`, the input is quantized once and all products
+    /// run in one parallel region (a layer's q/k/v or gate/up projections: fewer fork/joins and
+    /// better load balance than one call each); otherwise one [`matmul`](Self::matmul) each.
+    /// The results are bit-identical to separate calls.
+    pub fn matmul_many(
+        mats: &[&QMatrix],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        if mats.len() != outs.len() {
+            return Err(Error::SizeMismatch {
+                what: "matmul_many outputs",
+                expected: mats.len(),
+                got: outs.len(),
+            });
+        }
+        let isa = Isa::detect();
+        let fused = cfg!(target_arch = "x86_64")
+            && isa > Isa::Scalar
+            && mats.len() > 1
+            && mats
+                .iter()
+                .all(|m| m.packed.is_some() && m.cols == mats[0].cols && m.cols > 0);
+        if !fused {
+            for (m, out) in mats.iter().zip(outs.iter_mut()) {
+                m.matmul(x, n_tokens, out)?;
+            }
+            return Ok(());
+        }
+        for (m, out) in mats.iter().zip(outs.iter()) {
+            m.check_sizes(x, n_tokens, out)?;
+        }
+        if n_tokens > 0 {
+            #[cfg(target_arch = "x86_64")]
+            run_packed(isa, mats, x, n_tokens, outs);
+        }
+        Ok(())
+    }
+
+    /// `x` is `n_tokens × cols` and `out` `n_tokens × rows`.
+    fn check_sizes(&self, x: &[f32], n_tokens: usize, out: &[f32]) -> Result<()> {
         let n_x = n_tokens.checked_mul(self.cols).ok_or(Error::Overflow {
             what: "matmul input",
         })?;
@@ -173,7 +215,12 @@ impl QMatrix {
                 got: out.len(),
             });
         }
-        if n_out == 0 {
+        Ok(())
+    }
+
+    fn run(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+        self.check_sizes(x, n_tokens, out)?;
+        if out.is_empty() {
             return Ok(());
         }
         if self.cols == 0 {
@@ -185,9 +232,7 @@ impl QMatrix {
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0
                 if self.packed.is_some() && isa > Isa::Scalar =>
             {
-                if let Some(p) = &self.packed {
-                    self.run_packed(p, isa, x, n_tokens, out)
-                }
+                run_packed(isa, &[self], x, n_tokens, &mut [out])
             }
             GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
             GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
@@ -243,36 +288,6 @@ impl QMatrix {
                 // SAFETY: `for_each_chunk` hands out disjoint row ranges within `0..rows`; `isa` is
                 // available (checked by the callers of `run`).
                 self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk(&job, r0, r1) });
-            })
-        });
-    }
-
-    /// Q4_0/Q4_1/Q8_0 through the packed layout (x86 only; `isa` is AVX2 or better).
-    #[cfg(target_arch = "x86_64")]
-    fn run_packed(&self, p: &Packed8, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-        let nb = self.cols / 32;
-        let bias = p.kind.bias();
-        let n_bias = if bias != 0 { n_tokens * nb } else { 0 };
-        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
-            with_scratch(&SCRATCH_YSUM, n_bias, |ybias| {
-                quantize_acts(x, self.cols, acts, nb, |x, a| {
-                    act::quantize_row_q8_isa(isa, x, a)
-                });
-                for (s, a) in ybias.iter_mut().zip(acts.iter()) {
-                    *s = bias * a.qs.iter().map(|&q| q as i32).sum::<i32>();
-                }
-                let kernel: unsafe fn(&Packed8, &Job<BlockQ8>, &[i32], usize, usize) = match isa {
-                    Isa::Avx512Vnni => crate::x86::packed8::groups_vnni,
-                    _ => crate::x86::packed8::groups_avx2,
-                };
-                let job = self.job(acts, nb, n_tokens, out);
-                let ybias = &*ybias;
-                // SAFETY: `split` hands out disjoint group ranges within `0..p.groups`; `isa` is
-                // available (checked by the callers of `run`); `job` is this matrix's; `ybias`
-                // has `n_tokens * nb` entries whenever the bias is not 0.
-                split(p.groups, p.group_bytes(), 1, 2, n_tokens, |g0, g1| unsafe {
-                    kernel(p, &job, ybias, g0, g1)
-                });
             })
         });
     }
@@ -349,6 +364,56 @@ impl QMatrix {
     fn for_each_chunk(&self, n_tokens: usize, f: impl Fn(usize, usize) + Sync) {
         split(self.rows, self.row_bytes, 4, 16, n_tokens, f)
     }
+}
+
+/// Q4_0/Q4_1/Q8_0 products through the packed layout (x86 only; `isa` is AVX2 or better), for
+/// one or several matrices with the same `cols` (`mats[i].packed` is set; `outs[i]` and `x` have
+/// the sizes `run` checks): the activations are quantized once and every matrix's row groups
+/// are the units of one parallel split.
+#[cfg(target_arch = "x86_64")]
+fn run_packed(isa: Isa, mats: &[&QMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+    let cols = mats[0].cols;
+    let nb = cols / 32;
+    with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
+        with_scratch(&SCRATCH_YSUM, n_tokens * nb, |ysum| {
+            quantize_acts(x, cols, acts, nb, |x, a| {
+                act::quantize_row_q8_isa(isa, x, a)
+            });
+            for (s, a) in ysum.iter_mut().zip(acts.iter()) {
+                *s = a.qs.iter().map(|&q| q as i32).sum::<i32>();
+            }
+            let kernel: unsafe fn(&Packed8, &Job<BlockQ8>, &[i32], usize, usize) = match isa {
+                Isa::Avx512Vnni => crate::x86::packed8::groups_vnni,
+                _ => crate::x86::packed8::groups_avx2,
+            };
+            let parts: Vec<(&Packed8, Job<BlockQ8>)> = mats
+                .iter()
+                .zip(outs.iter_mut())
+                .filter_map(|(m, out)| Some((m.packed.as_deref()?, m.job(acts, nb, n_tokens, out))))
+                .collect();
+            let total: usize = parts.iter().map(|(p, _)| p.groups).sum();
+            let unit_bytes = parts
+                .iter()
+                .map(|(p, _)| p.group_bytes())
+                .max()
+                .unwrap_or(1);
+            let ysum = &*ysum;
+            split(total, unit_bytes, 1, 2, n_tokens, |u0, u1| {
+                let mut base = 0;
+                for (p, job) in &parts {
+                    let (lo, hi) = (u0.max(base), u1.min(base + p.groups));
+                    if lo < hi {
+                        // SAFETY: `split` hands out disjoint unit ranges within `0..total`, so
+                        // `lo - base .. hi - base` are disjoint group ranges within `p.groups`;
+                        // `isa` is available (checked by the callers); `job` is this matrix's
+                        // with `n_tokens * nb` activations and sums.
+                        unsafe { kernel(p, job, ysum, lo - base, hi - base) };
+                    }
+                    base += p.groups;
+                }
+            });
+        })
+    });
 }
 
 /// Whether Q4_0/Q4_1/Q8_0 matrices are repacked at load: on x86 with SIMD kernels, unless

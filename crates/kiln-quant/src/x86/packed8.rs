@@ -89,16 +89,17 @@ unsafe fn dot<const Q8: bool, const VNNI: bool>(w: &[__m256i; 8], y: *const i8) 
 unsafe fn tile<const N: usize, const Q8: bool, const MIN: bool, const VNNI: bool>(
     p: &Packed8,
     job: &Job<BlockQ8>,
-    ybias: &[i32],
+    ysum: &[i32],
     g: usize,
     t: usize,
 ) {
     let (nb, nv) = (p.nb, p.kind.vectors());
     // Q8_0 on AVX2 computes the signed dot directly; every other case subtracts `bias Σ y`.
-    let correct = p.kind.bias() != 0 && (VNNI || !Q8);
+    let bias = p.kind.bias();
+    let correct = bias != 0 && (VNNI || !Q8);
     // SAFETY: `g < p.groups` and `t + N <= n_tokens` (caller), so every quant/scale index below
     // is inside the planes (`groups * nb * vectors` and `groups * nb * 8` entries) and every
-    // activation index inside `acts` and `ybias` (`n_tokens * nb` entries when `correct`).
+    // activation index inside `acts` and `ysum` (`n_tokens * nb` entries each).
     unsafe {
         let q = p.qs.as_ptr().add(g * nb * nv) as *const __m256i;
         let d = p.d.as_ptr().add(g * nb * GROUP);
@@ -121,10 +122,8 @@ unsafe fn tile<const N: usize, const Q8: bool, const MIN: bool, const VNNI: bool
                 let a = &*job.acts.as_ptr().add((t + k) * nb + b);
                 let mut s = dot::<Q8, VNNI>(&w, a.qs.as_ptr());
                 if correct {
-                    s = _mm256_sub_epi32(
-                        s,
-                        _mm256_set1_epi32(*ybias.get_unchecked((t + k) * nb + b)),
-                    );
+                    let y = *ysum.get_unchecked((t + k) * nb + b);
+                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(bias * y));
                 }
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
                 acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
@@ -156,7 +155,7 @@ unsafe fn tile<const N: usize, const Q8: bool, const MIN: bool, const VNNI: bool
 unsafe fn groups<const Q8: bool, const MIN: bool, const VNNI: bool>(
     p: &Packed8,
     job: &Job<BlockQ8>,
-    ybias: &[i32],
+    ysum: &[i32],
     g0: usize,
     g1: usize,
 ) {
@@ -165,13 +164,13 @@ unsafe fn groups<const Q8: bool, const MIN: bool, const VNNI: bool>(
         let mut t = 0;
         while t + KT <= job.n_tokens {
             for g in g0..g1 {
-                tile::<KT, Q8, MIN, VNNI>(p, job, ybias, g, t);
+                tile::<KT, Q8, MIN, VNNI>(p, job, ysum, g, t);
             }
             t += KT;
         }
         while t < job.n_tokens {
             for g in g0..g1 {
-                tile::<1, Q8, MIN, VNNI>(p, job, ybias, g, t);
+                tile::<1, Q8, MIN, VNNI>(p, job, ysum, g, t);
             }
             t += 1;
         }
@@ -182,37 +181,37 @@ unsafe fn groups<const Q8: bool, const MIN: bool, const VNNI: bool>(
 unsafe fn dispatch<const VNNI: bool>(
     p: &Packed8,
     job: &Job<BlockQ8>,
-    ybias: &[i32],
+    ysum: &[i32],
     g0: usize,
     g1: usize,
 ) {
     // SAFETY: forwarded from the callers' contracts.
     unsafe {
         match p.kind {
-            Kind::Q8_0 => groups::<true, false, VNNI>(p, job, ybias, g0, g1),
-            Kind::Q4_0 => groups::<false, false, VNNI>(p, job, ybias, g0, g1),
-            Kind::Q4_1 => groups::<false, true, VNNI>(p, job, ybias, g0, g1),
+            Kind::Q8_0 => groups::<true, false, VNNI>(p, job, ysum, g0, g1),
+            Kind::Q4_0 => groups::<false, false, VNNI>(p, job, ysum, g0, g1),
+            Kind::Q4_1 => groups::<false, true, VNNI>(p, job, ysum, g0, g1),
         }
     }
 }
 
-/// AVX2 kernel: groups `g0..g1` for every token; `ybias[t * nb + b] = bias Σ qs` of token
-/// `t`'s block `b` (see [`Kind::bias`]).
+/// AVX2 kernel: groups `g0..g1` for every token; `ysum[t * nb + b] = Σ qs` of token `t`'s
+/// block `b` (the kernels subtract `bias Σ qs`, see [`Kind::bias`]).
 ///
 /// # Safety
 /// AVX2, FMA and F16C are available; `g1 <= p.groups`; `job` describes `p`'s matrix (its `rows`,
-/// `nb`, `n_tokens` activations), `ybias` has `n_tokens * nb` entries unless the bias is 0, and,
+/// `nb`, `n_tokens` activations), `ysum` has `n_tokens * nb` entries, and,
 /// as [`Job::set`], no other thread writes these groups' rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn groups_avx2(
     p: &Packed8,
     job: &Job<BlockQ8>,
-    ybias: &[i32],
+    ysum: &[i32],
     g0: usize,
     g1: usize,
 ) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { dispatch::<false>(p, job, ybias, g0, g1) }
+    unsafe { dispatch::<false>(p, job, ysum, g0, g1) }
 }
 
 /// AVX-512 VNNI kernel (256-bit `vpdpbusd`, 32 registers): as [`groups_avx2`].
@@ -223,10 +222,10 @@ pub(crate) unsafe fn groups_avx2(
 pub(crate) unsafe fn groups_vnni(
     p: &Packed8,
     job: &Job<BlockQ8>,
-    ybias: &[i32],
+    ysum: &[i32],
     g0: usize,
     g1: usize,
 ) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { dispatch::<true>(p, job, ybias, g0, g1) }
+    unsafe { dispatch::<true>(p, job, ysum, g0, g1) }
 }
