@@ -107,8 +107,10 @@ impl Linear {
             Some(mats) => {
                 let (n, _) = x.dims2("linear")?;
                 let x = x.to_f32();
-                let mut outs: Vec<Vec<f32>> =
-                    ls.iter().map(|l| vec![0.0f32; n * l.out_features]).collect();
+                let mut outs: Vec<Vec<f32>> = ls
+                    .iter()
+                    .map(|l| vec![0.0f32; n * l.out_features])
+                    .collect();
                 let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
                 QMatrix::matmul_many(&mats, x.as_f32_slice()?, n, &mut slices)?;
                 ls.iter()
