@@ -77,6 +77,7 @@ pub(super) fn run(engine: &Engine, cfg: &EngineConfig, n_blocks: usize, shared: 
         let sched_cfg = SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
+            window: engine.model.kv_window(),
         };
         Ok(Loop {
             engine,
