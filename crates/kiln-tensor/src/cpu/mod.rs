@@ -5,6 +5,11 @@
 
 pub mod activation;
 pub mod attention;
+mod decode;
+#[cfg(target_arch = "x86_64")]
+mod decode_avx2;
+#[cfg(target_arch = "x86_64")]
+mod decode_avx512;
 pub mod elementwise;
 pub mod encoder;
 pub mod matmul;

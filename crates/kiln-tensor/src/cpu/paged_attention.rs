@@ -5,8 +5,8 @@
 //! `p` lives in block `table[p / block_size]` at offset `p % block_size`. Head-major within a
 //! block (vLLM's value-cache layout) so that one kv head's rows of a block are one contiguous
 //! `block_size × head_dim` run: decode reads each block in place through the shared chunked
-//! decode kernel (`attention::decode` with a paged `KvRows` source: one run per block piece, no
-//! gather). The position-major layout `(n_blocks, block_size, n_kv_heads, head_dim)` was measured
+//! decode kernel (`decode::decode` with a paged `KvRows` source pointing at the rows in place,
+//! no gather). The position-major layout `(n_blocks, block_size, n_kv_heads, head_dim)` was measured
 //! first: its per-head rows are strided, and with blocks scattered over the pool decode ran 10–15%
 //! slower than the contiguous cache at 1024 positions; head-major runs within ~5%.
 //! Prefill (more than `DECODE_MAX_QUERIES` queries) gathers the visible rows into a scratch
@@ -19,7 +19,11 @@
 //! (≤ 128 rows of one head) at a time into a per-thread scratch reused across chunks; the cache
 //! is never dequantized whole. (vLLM's fp8 cache uses per-tensor scales; per-row scales cost 4 bytes a row and keep
 //! outlier tokens from spoiling their neighbours.) F16 storage ([`KvCacheDtype::F16`]) converts
-//! the same way (F16C where the CPU has it).
+//! the same way (F16C where the CPU has it), except for the AVX-512 decode kernel, which reads
+//! the f16 rows in place and widens them as it loads (`KvRows::rows_f16`): half the bytes of
+//! f32 from memory, and decode is memory-bound (`decode_step_bench`, 64 sequences × 160 keys:
+//! ~0.75 ms per layer against ~0.9–1.1 for f32). It reads int8 rows in place the same way
+//! (`KvRows::rows_i8`), applying a K row's scale to its score and a V row's to its weight.
 //!
 //! Invariants: positions a query can see (causal, window) must have a real block in the table;
 //! entries for positions before every query's window may be `NO_BLOCK` and are never read.
@@ -28,8 +32,10 @@ use std::str::FromStr;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::vec::HalfBitsVecExt;
 
-use super::attention::{attention_blocked, decode, AttnParams, KvRows, Run, DECODE_MAX_QUERIES};
+use super::attention::{attention_blocked, AttnParams, DECODE_MAX_QUERIES};
+use super::decode::{decode, KvRows, Stored};
 
 /// Table entry of a block released out of the window (same sentinel as `kiln_kv::NO_BLOCK`).
 pub const NO_BLOCK: u32 = u32::MAX;
@@ -137,6 +143,32 @@ unsafe fn dequantize_row_avx2(src: &[i8], scale: f32, dst: &mut [f32]) {
     }
 }
 
+/// Asks Linux to back a pool buffer with transparent huge pages (`madvise(MADV_HUGEPAGE)`; THP
+/// is often in `madvise` mode, where only memory asking for it gets them). Decode streams the
+/// whole cache from DRAM every step in block pieces (4 KB for SmolLM2's f32 rows) scattered over
+/// the pool: with 4 KB pages nearly every piece misses the TLB. Measured with the
+/// `decode_step_bench` example: ~10% less time per layer. Only the whole 2 MB pages inside the
+/// buffer are advised; the pools come zeroed from `calloc`, untouched, so they get huge pages as
+/// they fault in.
+/// Best effort: `None` where the kernel refused (THP off), which changes nothing else.
+fn advise_huge_pages<T>(buf: &[T]) -> Option<()> {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let (start, len) = (buf.as_ptr() as usize, std::mem::size_of_val(buf));
+        let (a, e) = (start.next_multiple_of(HUGE), (start + len) / HUGE * HUGE);
+        if e > a {
+            // SAFETY: [a, e) lies inside `buf`'s allocation, owned by this process for at least
+            // as long as the call; MADV_HUGEPAGE only tells the kernel how to back the pages and
+            // changes no contents.
+            let r = unsafe { libc::madvise(a as *mut libc::c_void, e - a, libc::MADV_HUGEPAGE) };
+            return (r == 0).then_some(());
+        }
+    }
+    let _ = buf;
+    None
+}
+
 /// f16 to f32. F16C when the CPU has it: `half`'s slice conversion detects it per call and
 /// converts through helper calls, which measured ~40% slower on decode than this loop.
 fn widen_row(src: &[f16], dst: &mut [f32]) {
@@ -182,8 +214,10 @@ impl PagedLayerKv {
                 v: vec![0.0; n],
             },
             KvCacheDtype::F16 => Data::F16 {
-                k: vec![f16::ZERO; n],
-                v: vec![f16::ZERO; n],
+                // Zero bits from `calloc`, untouched until written (huge pages apply, see
+                // `advise_huge_pages`); `vec![f16::ZERO; n]` would write every element.
+                k: vec![0u16; n].reinterpret_into(),
+                v: vec![0u16; n].reinterpret_into(),
             },
             KvCacheDtype::Int8 => Data::Int8 {
                 k: vec![0; n],
@@ -191,6 +225,11 @@ impl PagedLayerKv {
                 k_scale: vec![0.0; rows],
                 v_scale: vec![0.0; rows],
             },
+        };
+        match &data {
+            Data::F32 { k, v } => advise_huge_pages(k).and(advise_huge_pages(v)),
+            Data::F16 { k, v } => advise_huge_pages(k).and(advise_huge_pages(v)),
+            Data::Int8 { k, v, .. } => advise_huge_pages(k).and(advise_huge_pages(v)),
         };
         PagedLayerKv {
             block_size,
@@ -379,39 +418,73 @@ impl PagedLayerKv {
 }
 
 /// A sequence's rows read in place through its block table.
-struct PagedRows<'a> {
-    layer: &'a PagedLayerKv,
-    table: &'a [u32],
+pub(crate) struct PagedRows<'a> {
+    pub layer: &'a PagedLayerKv,
+    pub table: &'a [u32],
 }
 
 impl KvRows for PagedRows<'_> {
-    fn runs<'s>(
+    fn stored(&self) -> Stored {
+        match self.layer.data {
+            Data::F32 { .. } => Stored::F32,
+            Data::F16 { .. } => Stored::F16,
+            Data::Int8 { .. } => Stored::Int8,
+        }
+    }
+
+    fn rows_i8<'s>(
         &'s self,
         kh: usize,
         c0: usize,
-        c1: usize,
         values: bool,
-        scratch: &'s mut Vec<f32>,
-        out: &mut Vec<Run<'s>>,
+        out: &mut [&'s [i8]],
+        scales: &mut [f32],
     ) {
         let l = self.layer;
-        let (bs, hd) = (l.block_size, l.head_dim);
+        let Data::Int8 {
+            k,
+            v,
+            k_scale,
+            v_scale,
+        } = &l.data
+        else {
+            return;
+        };
+        let (src, scale) = if values { (v, v_scale) } else { (k, k_scale) };
+        for_each_piece(l, self.table, kh, c0, out, src);
+        // The scales of a block piece's rows are consecutive too (one per row).
+        let (bs, c1) = (l.block_size, c0 + out.len());
+        let mut p = c0;
+        while p < c1 {
+            let end = ((p / bs + 1) * bs).min(c1);
+            let r = l.row(l.slot(self.table, p), kh);
+            scales[p - c0..end - c0].copy_from_slice(&scale[r..r + (end - p)]);
+            p = end;
+        }
+    }
+
+    fn rows_f16<'s>(&'s self, kh: usize, c0: usize, values: bool, out: &mut [&'s [f16]]) {
+        let l = self.layer;
+        let Data::F16 { k, v } = &l.data else {
+            return;
+        };
+        let src = if values { v } else { k };
+        for_each_piece(l, self.table, kh, c0, out, src);
+    }
+
+    fn rows<'s>(
+        &'s self,
+        kh: usize,
+        c0: usize,
+        values: bool,
+        scratch: &'s mut Vec<f32>,
+        out: &mut [&'s [f32]],
+    ) {
+        let l = self.layer;
+        let (bs, hd, c1) = (l.block_size, l.head_dim, c0 + out.len());
         match &l.data {
             Data::F32 { k, v } => {
-                let src = if values { v } else { k };
-                let mut p = c0;
-                while p < c1 {
-                    let end = ((p / bs + 1) * bs).min(c1);
-                    let s = l.slot(self.table, p);
-                    let start = l.row(s, kh) * hd;
-                    out.push(Run {
-                        off: p - c0,
-                        n: end - p,
-                        rows: &src[start..start + (end - p) * hd],
-                        stride: hd,
-                    });
-                    p = end;
-                }
+                for_each_piece(l, self.table, kh, c0, out, if values { v } else { k })
             }
             // Other formats: dequantize the chunk's rows of this head into the scratch.
             Data::F16 { .. } | Data::Int8 { .. } => {
@@ -428,13 +501,34 @@ impl KvRows for PagedRows<'_> {
                     l.load_rows(values, r, end - p, dst);
                     p = end;
                 }
-                out.push(Run {
-                    off: 0,
-                    n: c1 - c0,
-                    rows: &scratch[..need],
-                    stride: hd,
-                });
+                let rows: &'s [f32] = &scratch[..need];
+                for (o, r) in out.iter_mut().zip(rows.chunks_exact(hd)) {
+                    *o = r;
+                }
             }
         }
+    }
+}
+
+/// Points `out[t]` at the row of key `c0 + t` of kv head `kh` in `src` (a pool buffer of `l`),
+/// one block piece (consecutive rows) at a time.
+fn for_each_piece<'s, T>(
+    l: &PagedLayerKv,
+    table: &[u32],
+    kh: usize,
+    c0: usize,
+    out: &mut [&'s [T]],
+    src: &'s [T],
+) {
+    let (bs, hd, c1) = (l.block_size, l.head_dim, c0 + out.len());
+    let mut p = c0;
+    while p < c1 {
+        let end = ((p / bs + 1) * bs).min(c1);
+        let start = l.row(l.slot(table, p), kh) * hd;
+        let piece = &src[start..start + (end - p) * hd];
+        for (o, r) in out[p - c0..end - c0].iter_mut().zip(piece.chunks_exact(hd)) {
+            *o = r;
+        }
+        p = end;
     }
 }

@@ -12,6 +12,14 @@ pub(crate) fn has_avx2_fma() -> bool {
     *DETECTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// AVX-512F (the decode attention kernel's 512-bit path).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
 /// `sum_i a[i] * b[i]` over the common length.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
