@@ -167,6 +167,21 @@ impl Model {
         }
     }
 
+    /// How many most recent positions every self-attention layer can see, when all have a
+    /// sliding window (the largest of them); `None` if any layer sees the whole context. Serving
+    /// frees the KV blocks before it.
+    pub fn kv_window(&self) -> Option<usize> {
+        match self {
+            Model::Llama(m) => m
+                .cfg
+                .windows
+                .iter()
+                .try_fold(0, |w, l| l.map(|l| w.max(l)))
+                .filter(|&w| w > 0),
+            Model::Gpt2(_) | Model::Bloom(_) | Model::Bert(_) | Model::Seq2Seq(_) => None,
+        }
+    }
+
     pub fn info(&self) -> ModelInfo {
         match self {
             Model::Llama(m) => ModelInfo {

@@ -139,9 +139,10 @@ impl Attention {
     ) -> Result<Tensor> {
         let s = &self.spec;
         let n = batch.n_tokens();
-        let mut q = self.q_proj.forward(x)?.into_f32_vec(); // (n_tokens, n_heads, head_dim)
-        let mut k = self.k_proj.forward(x)?.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
-        let v = self.v_proj.forward(x)?.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let mut q = q.into_f32_vec(); // (n_tokens, n_heads, head_dim)
+        let mut k = k.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
+        let v = v.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
         if let Some(rope) = &s.rope {
             rope.apply(&mut q, s.n_heads, s.head_dim, &batch.positions);
             rope.apply(&mut k, s.n_kv_heads, s.head_dim, &batch.positions);

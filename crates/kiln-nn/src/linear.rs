@@ -1,6 +1,7 @@
 //! `Linear`: `y = x · Wᵀ + b`, with W dense (gemm) or quantized (kiln-quant kernels).
 //! This is the only place a model's matmuls meet a storage format.
 
+use kiln_quant::QMatrix;
 use kiln_tensor::Tensor;
 
 use crate::weights::{Param, Weights};
@@ -88,6 +89,41 @@ impl Linear {
             }
         };
         debug_assert_eq!(x.dims()[1], self.in_features);
+        self.add_bias(y)
+    }
+
+    /// Several projections of one input (a layer's q/k/v, gate/up). Quantized weights run as
+    /// one kiln-quant call (`QMatrix::matmul_many`: the input is quantized once, one parallel
+    /// region); results are the same as [`forward`](Self::forward) each.
+    pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let quant: Option<Vec<&QMatrix>> = ls
+            .iter()
+            .map(|l| match &l.weight {
+                Param::Quant(q) => Some(q),
+                Param::Dense(_) => None,
+            })
+            .collect();
+        let ys: Vec<Tensor> = match quant {
+            Some(mats) => {
+                let (n, _) = x.dims2("linear")?;
+                let x = x.to_f32();
+                let mut outs: Vec<Vec<f32>> = ls
+                    .iter()
+                    .map(|l| vec![0.0f32; n * l.out_features])
+                    .collect();
+                let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                QMatrix::matmul_many(&mats, x.as_f32_slice()?, n, &mut slices)?;
+                ls.iter()
+                    .zip(outs)
+                    .map(|(l, y)| l.add_bias(Tensor::from_vec(y, [n, l.out_features])?))
+                    .collect::<Result<_>>()?
+            }
+            None => ls.iter().map(|l| l.forward(x)).collect::<Result<_>>()?,
+        };
+        Ok(ys.try_into().expect("one output per projection"))
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => Ok(y.add(b)?),
             None => Ok(y),

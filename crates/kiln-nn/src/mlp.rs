@@ -27,6 +27,19 @@ impl Activation {
         }
     }
 
+    /// `gate[i] = act(gate[i]) * up[i]` in place (each arm monomorphises the kernel, so the
+    /// activation inlines).
+    pub fn apply_gated(self, gate: &mut [f32], up: &[f32]) {
+        use kiln_tensor::cpu::activation as a;
+        use kiln_tensor::cpu::elementwise::gated_in_place;
+        match self {
+            Activation::Silu => gated_in_place(gate, up, a::silu),
+            Activation::Gelu => gated_in_place(gate, up, a::gelu_erf),
+            Activation::GeluTanh => gated_in_place(gate, up, a::gelu_tanh),
+            Activation::Relu => gated_in_place(gate, up, |x| x.max(0.0)),
+        }
+    }
+
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Activation::Silu => x.silu(),
@@ -77,9 +90,12 @@ impl GatedMlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.act.apply(&self.gate_proj.forward(x)?);
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&gate.mul(&up)?)
+        let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
+        let shape = gate.dims().to_vec();
+        let mut h = gate.into_f32_vec();
+        let up = up.to_f32();
+        self.act.apply_gated(&mut h, up.as_f32_slice()?);
+        self.down_proj.forward(&Tensor::from_vec(h, shape)?)
     }
 }
 

@@ -122,7 +122,11 @@ fn run() {
         (bytes - out_m.data().len()) as f64 / (best - best_out) / 1e9
     );
     for (n, n_logits, what) in [
-        (512, 1, "prefill 512, logits for the last token only, as llama-bench"),
+        (
+            512,
+            1,
+            "prefill 512, logits for the last token only, as llama-bench",
+        ),
         (512, 512, "prefill 512, logits for all"),
         (64, 64, "a decode step of 64 sequences"),
     ] {

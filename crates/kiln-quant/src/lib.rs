@@ -24,6 +24,7 @@ mod error;
 mod isa;
 mod legacy;
 mod matmul;
+mod packed8;
 mod parallel;
 pub mod plain;
 pub mod q4_0;
@@ -31,7 +32,6 @@ pub mod q4_1;
 pub mod q4_k;
 pub mod q6_k;
 pub mod q8_0;
-mod q8_0x8;
 mod types;
 
 #[cfg(target_arch = "x86_64")]

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::act::{self, BlockQ8, BlockQ8K};
 use crate::legacy::{self, Legacy};
-use crate::q8_0x8::PackedQ8x8;
+use crate::packed8::{self, Packed8};
 use crate::{plain, q4_0::Q4_0, q4_1::Q4_1, q4_k, q6_k, q8_0::Q8_0};
 use crate::{Error, GgmlType, Isa, Result, SharedBytes};
 
@@ -29,9 +29,9 @@ pub struct QMatrix {
     cols: usize,
     row_bytes: usize,
     data: SharedBytes,
-    /// Q8_0 weights regrouped for the x86 kernels (see [`crate::q8_0x8`]); the scalar path
-    /// and `dequantize_row` read `data`.
-    packed: Option<Arc<PackedQ8x8>>,
+    /// Q4_0/Q4_1/Q8_0 weights regrouped for the x86 kernels (see [`crate::packed8`]); the
+    /// scalar path and `dequantize_row` read `data`.
+    packed: Option<Arc<Packed8>>,
 }
 
 impl QMatrix {
@@ -52,8 +52,9 @@ impl QMatrix {
                 got: data.len(),
             });
         }
-        let packed = (ty == GgmlType::Q8_0 && repack_q8_0())
-            .then(|| Arc::new(PackedQ8x8::pack(data.as_slice(), rows, cols / 32)));
+        let packed = packed8::Kind::of(ty)
+            .filter(|_| repack())
+            .map(|kind| Arc::new(Packed8::pack(kind, data.as_slice(), rows, cols / 32)));
         Ok(Self {
             ty,
             rows,
@@ -151,7 +152,49 @@ impl QMatrix {
         self.run(isa, x, n_tokens, out)
     }
 
-    fn run(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+    /// `outs[i] = x · mats[i]ᵀ` for matrices taking the same input: with the packed kernels
+    /// (Q4_0/Q4_1/Q8_0 on x86) and equal `cols`, the input is quantized once and all products
+    /// run in one parallel region (a layer's q/k/v or gate/up projections: fewer fork/joins and
+    /// better load balance than one call each); otherwise one [`matmul`](Self::matmul) each.
+    /// The results are bit-identical to separate calls.
+    pub fn matmul_many(
+        mats: &[&QMatrix],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        if mats.len() != outs.len() {
+            return Err(Error::SizeMismatch {
+                what: "matmul_many outputs",
+                expected: mats.len(),
+                got: outs.len(),
+            });
+        }
+        let isa = Isa::detect();
+        let fused = cfg!(target_arch = "x86_64")
+            && isa > Isa::Scalar
+            && mats.len() > 1
+            && mats
+                .iter()
+                .all(|m| m.packed.is_some() && m.cols == mats[0].cols && m.cols > 0);
+        if !fused {
+            for (m, out) in mats.iter().zip(outs.iter_mut()) {
+                m.matmul(x, n_tokens, out)?;
+            }
+            return Ok(());
+        }
+        for (m, out) in mats.iter().zip(outs.iter()) {
+            m.check_sizes(x, n_tokens, out)?;
+        }
+        if n_tokens > 0 {
+            #[cfg(target_arch = "x86_64")]
+            run_packed(isa, mats, x, n_tokens, outs);
+        }
+        Ok(())
+    }
+
+    /// `x` is `n_tokens × cols` and `out` `n_tokens × rows`.
+    fn check_sizes(&self, x: &[f32], n_tokens: usize, out: &[f32]) -> Result<()> {
         let n_x = n_tokens.checked_mul(self.cols).ok_or(Error::Overflow {
             what: "matmul input",
         })?;
@@ -172,7 +215,12 @@ impl QMatrix {
                 got: out.len(),
             });
         }
-        if n_out == 0 {
+        Ok(())
+    }
+
+    fn run(&self, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+        self.check_sizes(x, n_tokens, out)?;
+        if out.is_empty() {
             return Ok(());
         }
         if self.cols == 0 {
@@ -180,13 +228,15 @@ impl QMatrix {
             return Ok(());
         }
         match self.ty {
+            #[cfg(target_arch = "x86_64")]
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0
+                if self.packed.is_some() && isa > Isa::Scalar =>
+            {
+                run_packed(isa, &[self], x, n_tokens, &mut [out])
+            }
             GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
             GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
-            GgmlType::Q8_0 => match (&self.packed, isa) {
-                #[cfg(target_arch = "x86_64")]
-                (Some(p), Isa::Avx2 | Isa::Avx512Vnni) => self.run_packed(p, isa, x, n_tokens, out),
-                _ => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
-            },
+            GgmlType::Q8_0 => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
             GgmlType::Q4_K => self.run_kquant(
                 isa,
                 x,
@@ -238,34 +288,6 @@ impl QMatrix {
                 // SAFETY: `for_each_chunk` hands out disjoint row ranges within `0..rows`; `isa` is
                 // available (checked by the callers of `run`).
                 self.for_each_chunk(n_tokens, |r0, r1| unsafe { chunk(&job, r0, r1) });
-            })
-        });
-    }
-
-    /// Q8_0 through the grouped layout (x86 only; `isa` is AVX2 or better).
-    #[cfg(target_arch = "x86_64")]
-    fn run_packed(&self, p: &PackedQ8x8, isa: Isa, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-        let nb = self.cols / 32;
-        with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
-            with_scratch(&SCRATCH_YSUM, n_tokens * nb, |ysum128| {
-                quantize_acts(x, self.cols, acts, nb, |x, a| {
-                    act::quantize_row_q8_isa(isa, x, a)
-                });
-                for (s, a) in ysum128.iter_mut().zip(acts.iter()) {
-                    *s = 128 * a.qs.iter().map(|&q| q as i32).sum::<i32>();
-                }
-                let kernel: unsafe fn(&PackedQ8x8, &Job<BlockQ8>, &[i32], usize, usize) = match isa
-                {
-                    Isa::Avx512Vnni => crate::x86::q8_0x8::groups_vnni,
-                    _ => crate::x86::q8_0x8::groups_avx2,
-                };
-                let job = self.job(acts, nb, n_tokens, out);
-                let ysum128 = &*ysum128;
-                // SAFETY: `split` hands out disjoint group ranges within `0..p.groups`; `isa` is
-                // available (checked by the callers of `run`); `job` is this matrix's.
-                split(p.groups, p.group_bytes(), 1, 2, n_tokens, |g0, g1| unsafe {
-                    kernel(p, &job, ysum128, g0, g1)
-                });
             })
         });
     }
@@ -344,12 +366,62 @@ impl QMatrix {
     }
 }
 
-/// Whether Q8_0 matrices are regrouped at load: on x86 with SIMD kernels, unless
-/// `KILN_Q8_REPACK=0` (for benchmarks against the GGUF-layout kernels).
-fn repack_q8_0() -> bool {
+/// Q4_0/Q4_1/Q8_0 products through the packed layout (x86 only; `isa` is AVX2 or better), for
+/// one or several matrices with the same `cols` (`mats[i].packed` is set; `outs[i]` and `x` have
+/// the sizes `run` checks): the activations are quantized once and every matrix's row groups
+/// are the units of one parallel split.
+#[cfg(target_arch = "x86_64")]
+fn run_packed(isa: Isa, mats: &[&QMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
+    let cols = mats[0].cols;
+    let nb = cols / 32;
+    with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
+        with_scratch(&SCRATCH_YSUM, n_tokens * nb, |ysum| {
+            quantize_acts(x, cols, acts, nb, |x, a| {
+                act::quantize_row_q8_isa(isa, x, a)
+            });
+            for (s, a) in ysum.iter_mut().zip(acts.iter()) {
+                *s = a.qs.iter().map(|&q| q as i32).sum::<i32>();
+            }
+            let kernel: unsafe fn(&Packed8, &Job<BlockQ8>, &[i32], usize, usize) = match isa {
+                Isa::Avx512Vnni => crate::x86::packed8::groups_vnni,
+                _ => crate::x86::packed8::groups_avx2,
+            };
+            let parts: Vec<(&Packed8, Job<BlockQ8>)> = mats
+                .iter()
+                .zip(outs.iter_mut())
+                .filter_map(|(m, out)| Some((m.packed.as_deref()?, m.job(acts, nb, n_tokens, out))))
+                .collect();
+            let total: usize = parts.iter().map(|(p, _)| p.groups).sum();
+            let unit_bytes = parts
+                .iter()
+                .map(|(p, _)| p.group_bytes())
+                .max()
+                .unwrap_or(1);
+            let ysum = &*ysum;
+            split(total, unit_bytes, 1, 2, n_tokens, |u0, u1| {
+                let mut base = 0;
+                for (p, job) in &parts {
+                    let (lo, hi) = (u0.max(base), u1.min(base + p.groups));
+                    if lo < hi {
+                        // SAFETY: `split` hands out disjoint unit ranges within `0..total`, so
+                        // `lo - base .. hi - base` are disjoint group ranges within `p.groups`;
+                        // `isa` is available (checked by the callers); `job` is this matrix's
+                        // with `n_tokens * nb` activations and sums.
+                        unsafe { kernel(p, job, ysum, lo - base, hi - base) };
+                    }
+                    base += p.groups;
+                }
+            });
+        })
+    });
+}
+
+/// Whether Q4_0/Q4_1/Q8_0 matrices are repacked at load: on x86 with SIMD kernels, unless
+/// `KILN_REPACK=0` (for benchmarks against the GGUF-layout kernels in `x86::legacy`).
+fn repack() -> bool {
     cfg!(target_arch = "x86_64")
         && Isa::detect() > Isa::Scalar
-        && std::env::var("KILN_Q8_REPACK").as_deref() != Ok("0")
+        && std::env::var("KILN_REPACK").as_deref() != Ok("0")
 }
 
 /// Runs `f(u0, u1)` over chunks of `n` units (rows, or row groups) of `unit_bytes` weight bytes

@@ -190,3 +190,54 @@ fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
         }
     }
 }
+
+/// `matmul_many` (one activation quantization, one parallel region) gives exactly what one
+/// `matmul` per matrix gives, for mixed packed formats, the fallback (a K-quant among them),
+/// and mismatched argument counts are an error.
+#[test]
+fn matmul_many_equals_separate_calls() {
+    let cols = 256;
+    let specs = [
+        (GgmlType::Q4_1, 576),
+        (GgmlType::Q8_0, 192),
+        (GgmlType::Q4_0, 67),
+        (GgmlType::Q4_K, 40),
+    ];
+    let mats: Vec<QMatrix> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, &(ty, rows))| {
+            QMatrix::quantize(ty, rows, cols, &randn(rows * cols, 90 + i as u64)).unwrap()
+        })
+        .collect();
+    for n_tokens in [1, 4, 7] {
+        let x = randn(n_tokens * cols, 7 + n_tokens as u64);
+        for set in [&mats[..3], &mats[..], &mats[1..2]] {
+            let refs: Vec<&QMatrix> = set.iter().collect();
+            let mut outs: Vec<Vec<f32>> = set
+                .iter()
+                .map(|m| vec![f32::NAN; n_tokens * m.rows()])
+                .collect();
+            let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            QMatrix::matmul_many(&refs, &x, n_tokens, &mut slices).unwrap();
+            for (m, got) in set.iter().zip(&outs) {
+                let mut want = vec![0f32; n_tokens * m.rows()];
+                m.matmul(&x, n_tokens, &mut want).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&want), "{} n_tokens={n_tokens}", m.ty());
+            }
+        }
+    }
+    let mut one = vec![0f32; 576];
+    assert!(
+        QMatrix::matmul_many(&[&mats[0], &mats[1]], &randn(cols, 1), 1, &mut [&mut one]).is_err()
+    );
+    let mut short = vec![0f32; 5];
+    assert!(QMatrix::matmul_many(
+        &[&mats[0], &mats[1]],
+        &randn(cols, 1),
+        1,
+        &mut [&mut one, &mut short]
+    )
+    .is_err());
+}

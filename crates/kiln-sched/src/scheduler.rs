@@ -21,6 +21,9 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     /// Sequences running at once.
     pub max_num_seqs: usize,
+    /// Every layer attends at most this many most recent positions (a sliding-window model):
+    /// after each step, a sequence's blocks wholly before its next query's window are released.
+    pub window: Option<usize>,
 }
 
 /// One sequence's share of a step: compute `tokens(id)[start..start + len]`.
@@ -277,6 +280,11 @@ impl Scheduler {
             debug_assert_eq!(s.computed, p.start, "a plan is completed once");
             s.computed = p.start + p.len;
             self.pool.commit(&mut s.table, &s.tokens[..s.computed])?;
+            if let Some(w) = self.cfg.window {
+                // The next query sits at position `computed` and sees `computed + 1 - w ..`.
+                self.pool
+                    .release_before(&mut s.table, (s.computed + 1).saturating_sub(w));
+            }
         }
         Ok(())
     }

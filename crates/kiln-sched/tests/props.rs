@@ -103,6 +103,7 @@ fn simulate(s: &Setup) -> Result<Outcome, TestCaseError> {
     let cfg = SchedulerConfig {
         max_num_batched_tokens: s.budget,
         max_num_seqs: s.max_num_seqs,
+        window: None,
     };
     let mut sched = Scheduler::new(cfg, pool).unwrap();
     let mut kv: HashMap<(u32, usize), u32> = HashMap::new();
@@ -318,6 +319,7 @@ fn a_tiny_pool_forces_preemption_and_recomputation() {
     let cfg = SchedulerConfig {
         max_num_batched_tokens: 8,
         max_num_seqs: 2,
+        window: None,
     };
     let mut sched = Scheduler::new(cfg, pool).unwrap();
     for id in 0..2 {
@@ -347,6 +349,7 @@ fn errors_for_bad_input() {
     let cfg = SchedulerConfig {
         max_num_batched_tokens: 2,
         max_num_seqs: 4,
+        window: None,
     };
     assert!(matches!(
         Scheduler::new(cfg, pool.clone()),
@@ -356,6 +359,7 @@ fn errors_for_bad_input() {
         SchedulerConfig {
             max_num_batched_tokens: 8,
             max_num_seqs: 2,
+            window: None,
         },
         pool,
     )

@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use kiln_nn::{Batch, PagedKv, PagedKvPool, SeqSpan};
 use kiln_sched::{BlockPool, Scheduler, SchedulerConfig, StepPlan};
 use kiln_tensor::cpu::attention::DECODE_MAX_QUERIES;
@@ -75,6 +77,7 @@ pub(super) fn run(engine: &Engine, cfg: &EngineConfig, n_blocks: usize, shared: 
         let sched_cfg = SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
+            window: engine.model.kv_window(),
         };
         Ok(Loop {
             engine,
@@ -253,27 +256,46 @@ impl<'e> Loop<'e> {
         Ok(logits.into_f32_vec())
     }
 
-    /// Samples each sampling sequence of the plan and streams its events.
-    fn sample(&mut self, plan: &StepPlan, logits: Vec<f32>) {
+    /// Samples each sampling sequence of the plan and streams its events. Sequences sample in
+    /// parallel (each has its own parameters and random state, so the order does not matter);
+    /// their tokens are then appended in plan order.
+    fn sample(&mut self, plan: &StepPlan, mut logits: Vec<f32>) {
         let vocab = self.engine.info.vocab_size;
-        let sampling = plan.seqs.iter().filter(|p| p.samples);
-        for (p, row) in sampling.zip(logits.chunks_exact(vocab)) {
+        let slot: HashMap<u64, usize> = plan
+            .seqs
+            .iter()
+            .filter(|p| p.samples)
+            .enumerate()
+            .map(|(i, p)| (p.id, i))
+            .collect();
+        let mut rows: Vec<Option<&mut [f32]>> = logits.chunks_exact_mut(vocab).map(Some).collect();
+        let mut work: Vec<(usize, u64, &mut Seq<'e>, &mut [f32])> = self
+            .seqs
+            .iter_mut()
+            .filter_map(|(&id, s)| {
+                let i = *slot.get(&id)?;
+                Some((i, id, s, rows.get_mut(i)?.take()?))
+            })
+            .collect();
+        let shared = self.shared;
+        let mut next: Vec<(usize, u64, Option<u32>)> = work
+            .par_iter_mut()
+            .map(|(i, id, s, row)| (*i, *id, sample_one(shared, s, row)))
+            .collect();
+        next.sort_unstable_by_key(|&(i, _, _)| i);
+        for (_, id, token) in next {
             // `Some(token)`: append it and continue; `None`: the sequence is done.
-            let next = match self.seqs.get_mut(&p.id) {
-                Some(s) => sample_one(self.shared, s, row),
-                None => continue,
-            };
-            match next {
+            match token {
                 Some(token) => {
-                    if let Err(e) = self.sched.append(p.id, token) {
-                        if let Some(s) = self.seqs.get(&p.id) {
+                    if let Err(e) = self.sched.append(id, token) {
+                        if let Some(s) = self.seqs.get(&id) {
                             let _ = s.tx.send(Event::Failed(e.to_string()));
                         }
                         self.shared.stats().failed += 1;
-                        self.remove(p.id);
+                        self.remove(id);
                     }
                 }
-                None => self.remove(p.id),
+                None => self.remove(id),
             }
         }
     }
@@ -311,10 +333,9 @@ impl<'e> Loop<'e> {
 
 /// Samples one sequence's next token from its logits row and sends its events; the token to
 /// append, or `None` when the sequence finished or failed.
-fn sample_one(shared: &Shared, s: &mut Seq<'_>, row: &[f32]) -> Option<u32> {
-    let mut row = row.to_vec();
+fn sample_one(shared: &Shared, s: &mut Seq<'_>, row: &mut [f32]) -> Option<u32> {
     let now = Instant::now();
-    let out = match s.state.accept_logits(&mut row) {
+    let out = match s.state.accept_logits(row) {
         Ok(out) => out,
         Err(e) => {
             let _ = s.tx.send(Event::Failed(e.to_string()));

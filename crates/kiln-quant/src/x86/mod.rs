@@ -2,7 +2,7 @@
 //! [`crate::Isa::detect`] (or `available`) reported the features the function enables.
 
 pub(crate) mod legacy;
-pub(crate) mod q8_0x8;
+pub(crate) mod packed8;
 
 use std::arch::x86_64::*;
 
