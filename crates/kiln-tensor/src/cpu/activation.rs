@@ -6,6 +6,20 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// Cephes `expf`: ln2 split in two so that `n · LN2_HI` is exact, and the degree-6 polynomial of
+/// `e^r` (highest degree first); shared by [`exp`] and the SIMD `exp256`/`exp512` of the decode
+/// kernels.
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// `e^x` in straight-line f32 arithmetic (no libm call, no branch), so a loop of it
 /// auto-vectorises (see `elementwise::gated_in_place`); within 2 ulp of the exact value on `[-87, 88]` (test below). Range
 /// reduction `x = n ln2 + r`, `|r| <= ln2/2`, with ln2 split in two for exactness, a degree-6
@@ -16,20 +30,15 @@ pub fn silu(x: f32) -> f32 {
 #[inline]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
+    // Not `clamp`: its NaN propagation costs the vectorised loop extra blends.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-87.3).min(88.3);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
     let er = (p * r * r + r) + 1.0;
     // `n` is the low bits of `t`'s mantissa; no float-to-int conversion, which vectorises worse.
     er * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23)

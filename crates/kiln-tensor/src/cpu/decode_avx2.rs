@@ -7,6 +7,8 @@
 
 use std::arch::x86_64::*;
 
+use super::activation::{EXP_POLY, LN2_HI, LN2_LO};
+
 use super::decode::{decode_chunk, fetch_rows, Buffers, Chunk, KvRows, DECODE_CHUNK};
 use super::vec::dot_portable;
 
@@ -136,16 +138,10 @@ pub(crate) fn exp256(x: __m256) -> __m256 {
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
     ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut y = _mm256_set1_ps(1.987_569_1e-4);
-    for coef in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut y = _mm256_set1_ps(EXP_POLY[0]);
+    for coef in EXP_POLY[1..].iter().copied() {
         y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(coef));
     }
     let y = _mm256_fmadd_ps(
