@@ -106,7 +106,7 @@ impl StopChecker {
                 continue;
             }
             if let Some(start) = self.held.find(stop.as_str()) {
-                if best.map_or(true, |(b, _)| start < b) {
+                if best.is_none_or(|(b, _)| start < b) {
                     best = Some((start, index));
                 }
             }

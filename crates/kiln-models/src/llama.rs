@@ -227,7 +227,7 @@ impl Llama {
             }
             x = layer.forward(&x, batch, i, kv)?;
         }
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.push(x.clone());
         }
         kv.advance(batch);
