@@ -29,6 +29,10 @@ while kill -0 "$bench" 2> /dev/null; do
 done
 wait "$bench"
 status=$?
+if [ "$status" -ne 0 ]; then
+    echo "kv_waste.sh: $kiln bench serve failed (exit $status):" >&2
+    tail -5 "$samples.bench" >&2
+fi
 grep -E "Output token throughput|Total generated" "$samples.bench"
 rm -f "$samples.bench"
 awk -v min="$min_used" '

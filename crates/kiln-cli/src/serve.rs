@@ -33,6 +33,10 @@ pub struct Args {
     /// Most tokens in one engine step (prefill chunks plus decodes).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_num_batched_tokens: u32,
+    /// Positions per KV-cache block (the last block of a sequence is partly empty: smaller
+    /// blocks waste less memory, larger ones mean fewer, longer runs for attention to read).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    block_size: u32,
     /// Memory for the KV cache in MiB (default: sized from the model and the free memory).
     #[arg(long)]
     kv_cache_memory: Option<u64>,
@@ -100,6 +104,7 @@ pub fn run(a: Args) -> Result<()> {
                 "int8" => KvCacheDtype::Int8,
                 _ => KvCacheDtype::F32,
             },
+            block_size: a.block_size as usize,
             max_num_batched_tokens: a.max_num_batched_tokens as usize,
             max_num_seqs: a.max_num_seqs as usize,
             max_waiting: a.max_waiting as usize,
