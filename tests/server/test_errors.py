@@ -125,7 +125,8 @@ def test_full_queue_is_429_with_retry_after(make_server):
 
 def test_sigterm_drains_then_exits_0(make_server):
     srv = make_server(SMOL, "smollm2")
-    body = {"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0, "ignore_eos": True,
+    # Long enough (~2 s at 6 ms a token) to still be running when the checks below are made.
+    body = {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "ignore_eos": True,
             "stream": True}
     texts, finish = [], []
     with httpx.stream("POST", srv.v1 + "/completions", json=body, timeout=300) as r:
@@ -153,7 +154,7 @@ def test_sigterm_drains_then_exits_0(make_server):
 
 def test_disconnect_cancels_at_once(make_server):
     srv = make_server(SMOL, "smollm2")
-    body = {"prompt": "Write a long story.", "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+    body = {"prompt": "Write a long story.", "max_tokens": 2000, "temperature": 0, "ignore_eos": True,
             "stream": True}
     with httpx.stream("POST", srv.v1 + "/completions", json=body, timeout=300) as r:
         n = 0
@@ -171,6 +172,6 @@ def test_disconnect_cancels_at_once(make_server):
     assert m['kiln_requests_total{outcome="cancelled"}'] == 1
     assert m["kiln_num_requests_running"] == 0
     assert m["kiln_kv_blocks_used"] == 0
-    # 400 tokens would take far longer than the 5 s waited: the request stopped early.
+    # 2000 tokens (~12 s at 6 ms a token) take longer than the 5 s waited: it stopped early.
     assert m["kiln_generation_tokens_total"] == 0
     assert httpx.get(srv.url + "/health").status_code == 200
