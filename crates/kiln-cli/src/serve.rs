@@ -109,7 +109,6 @@ pub fn run(a: Args) -> Result<()> {
             max_num_seqs: a.max_num_seqs as usize,
             max_waiting: a.max_waiting as usize,
             enable_prefix_caching: !a.no_prefix_caching,
-            ..EngineConfig::default()
         };
         let handle =
             EngineHandle::start(engine.clone(), config).context("starting the engine thread")?;
