@@ -303,19 +303,12 @@ impl Stack {
         batch: &Batch,
         kv: &mut dyn KvStore,
         memory: &[&EncoderMemory],
-        mut trace: Option<&mut Vec<Tensor>>,
+        trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(tokens, &batch.positions)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(x.clone());
-            }
-            x = layer.forward(&x, batch, i, kv, memory)?;
-        }
-        if let Some(t) = trace {
-            t.push(x.clone());
-        }
-        kv.advance(batch);
+        let x = self.embeddings.forward(tokens, &batch.positions)?;
+        let x = crate::stack::run(x, self.layers.len(), batch, kv, trace, |i, x, kv| {
+            self.layers[i].forward(x, batch, i, kv, memory)
+        })?;
         match &self.layer_norm {
             Some(ln) => Ok(ln.forward(&x)?),
             None => Ok(x),
@@ -404,19 +397,14 @@ impl Bart {
     }
 
     pub fn memory(&self, encoder_out: &Tensor) -> Result<EncoderMemory> {
-        let layers = self
-            .decoder
-            .layers
-            .iter()
-            .map(|b| {
-                let (cross, _) = b
-                    .cross
-                    .as_ref()
-                    .expect("decoder blocks have cross attention");
-                cross.memory(encoder_out)
-            })
-            .collect::<kiln_nn::Result<Vec<_>>>()?;
-        Ok(EncoderMemory::new(layers, encoder_out.dims()[0]))
+        let cross = self.decoder.layers.iter().map(|b| {
+            let (cross, _) = b
+                .cross
+                .as_ref()
+                .expect("decoder blocks have cross attention");
+            cross
+        });
+        EncoderMemory::of(cross, encoder_out)
     }
 
     pub fn decode(

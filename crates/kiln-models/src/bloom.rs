@@ -204,21 +204,15 @@ impl Bloom {
         tokens: &[u32],
         batch: &Batch,
         kv: &mut dyn KvStore,
-        mut trace: Option<&mut Vec<Tensor>>,
+        trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
-        let mut x = self
+        let x = self
             .word_embeddings_layernorm
             .forward(&self.word_embeddings.forward(tokens)?)?;
-        for (i, block) in self.h.iter().enumerate() {
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(x.clone());
-            }
-            x = block.forward(&x, batch, i, kv, self.cfg.residual_post_layernorm)?;
-        }
-        if let Some(t) = trace {
-            t.push(x.clone());
-        }
-        kv.advance(batch);
+        let post_ln = self.cfg.residual_post_layernorm;
+        let x = crate::stack::run(x, self.h.len(), batch, kv, trace, |i, x, kv| {
+            self.h[i].forward(x, batch, i, kv, post_ln)
+        })?;
         Ok(self.ln_f.forward(&x)?)
     }
 

@@ -208,7 +208,7 @@ impl Gpt2 {
         tokens: &[u32],
         batch: &Batch,
         kv: &mut dyn KvStore,
-        mut trace: Option<&mut Vec<Tensor>>,
+        trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         if let Some(&p) = batch.positions.iter().find(|&&p| p >= self.cfg.n_positions) {
             return Err(Error::InputTooLong {
@@ -217,20 +217,13 @@ impl Gpt2 {
             });
         }
         let positions: Vec<u32> = batch.positions.iter().map(|&p| p as u32).collect();
-        let mut x = self
+        let x = self
             .wte
             .forward(tokens)?
             .add(&self.wpe.forward(&positions)?)?;
-        for (i, block) in self.h.iter().enumerate() {
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(x.clone());
-            }
-            x = block.forward(&x, batch, i, kv)?;
-        }
-        if let Some(t) = trace {
-            t.push(x.clone());
-        }
-        kv.advance(batch);
+        let x = crate::stack::run(x, self.h.len(), batch, kv, trace, |i, x, kv| {
+            self.h[i].forward(x, batch, i, kv)
+        })?;
         Ok(self.ln_f.forward(&x)?)
     }
 

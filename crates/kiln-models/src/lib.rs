@@ -12,6 +12,7 @@ mod llama;
 pub mod pooling;
 mod registry;
 mod seq2seq;
+mod stack;
 mod t5;
 
 pub use bart::{Bart, BartConfig};

@@ -218,19 +218,12 @@ impl Llama {
         tokens: &[u32],
         batch: &Batch,
         kv: &mut dyn KvStore,
-        mut trace: Option<&mut Vec<Tensor>>,
+        trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
-        let mut x = self.embed_tokens.forward(tokens)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(x.clone());
-            }
-            x = layer.forward(&x, batch, i, kv)?;
-        }
-        if let Some(t) = trace {
-            t.push(x.clone());
-        }
-        kv.advance(batch);
+        let x = self.embed_tokens.forward(tokens)?;
+        let x = crate::stack::run(x, self.layers.len(), batch, kv, trace, |i, x, kv| {
+            self.layers[i].forward(x, batch, i, kv)
+        })?;
         Ok(self.norm.forward(&x)?)
     }
 

@@ -8,7 +8,7 @@
 //! `logits` applies the head. Generation (greedy in kiln-engine's seq2seq.rs, beam search) is
 //! written once against [`Seq2Seq`].
 
-use kiln_nn::{Batch, CrossKv, KvCache, KvStore};
+use kiln_nn::{Batch, CrossAttention, CrossKv, KvCache, KvStore};
 use kiln_tensor::Tensor;
 
 use crate::config::{ids, HfConfig};
@@ -22,8 +22,18 @@ pub struct EncoderMemory {
 }
 
 impl EncoderMemory {
-    pub(crate) fn new(layers: Vec<CrossKv>, n_src: usize) -> EncoderMemory {
-        EncoderMemory { layers, n_src }
+    /// Every decoder layer's cross-attention keys/values of `encoder_out`, in layer order.
+    pub(crate) fn of<'a>(
+        cross: impl Iterator<Item = &'a CrossAttention>,
+        encoder_out: &Tensor,
+    ) -> Result<EncoderMemory> {
+        let layers = cross
+            .map(|c| c.memory(encoder_out))
+            .collect::<kiln_nn::Result<Vec<_>>>()?;
+        Ok(EncoderMemory {
+            layers,
+            n_src: encoder_out.dims()[0],
+        })
     }
 
     /// Source tokens the memory was computed from.

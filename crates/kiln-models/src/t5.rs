@@ -242,27 +242,20 @@ impl Stack {
 
     fn forward(
         &self,
-        mut x: Tensor,
+        x: Tensor,
         batch: &Batch,
         kv: &mut dyn KvStore,
         memory: &[&EncoderMemory],
-        mut trace: Option<&mut Vec<Tensor>>,
+        trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         // Distances key − query in this step: back to position 0, forward to the end of the
         // longest span (keys of a sequence end with its last new token).
         let max_pos = batch.positions.iter().copied().max().unwrap_or(0) as isize;
         let max_len = batch.seqs.iter().map(|s| s.len).max().unwrap_or(1) as isize;
         let bias = self.relative_attention_bias.table(-max_pos, max_len - 1);
-        for (i, block) in self.blocks.iter().enumerate() {
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(x.clone());
-            }
-            x = block.forward(&x, batch, i, kv, &bias, memory)?;
-        }
-        if let Some(t) = trace {
-            t.push(x.clone());
-        }
-        kv.advance(batch);
+        let x = crate::stack::run(x, self.blocks.len(), batch, kv, trace, |i, x, kv| {
+            self.blocks[i].forward(x, batch, i, kv, &bias, memory)
+        })?;
         self.final_layer_norm.forward(&x).map_err(Error::from)
     }
 }
@@ -322,19 +315,14 @@ impl T5 {
     }
 
     pub fn memory(&self, encoder_out: &Tensor) -> Result<EncoderMemory> {
-        let layers = self
-            .decoder
-            .blocks
-            .iter()
-            .map(|b| {
-                let (_, cross) = b
-                    .cross
-                    .as_ref()
-                    .expect("decoder blocks have cross attention");
-                cross.memory(encoder_out)
-            })
-            .collect::<kiln_nn::Result<Vec<_>>>()?;
-        Ok(EncoderMemory::new(layers, encoder_out.dims()[0]))
+        let cross = self.decoder.blocks.iter().map(|b| {
+            let (_, cross) = b
+                .cross
+                .as_ref()
+                .expect("decoder blocks have cross attention");
+            cross
+        });
+        EncoderMemory::of(cross, encoder_out)
     }
 
     pub fn decode(

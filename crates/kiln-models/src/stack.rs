@@ -1,0 +1,32 @@
+//! The loop every layer stack here shares (LLaMA, GPT-2, BLOOM, the T5 and BART encoders and
+//! decoders): each block in turn over the packed step, the trace of the fixture tests (each
+//! block's input, then the last block's output), then `advance` of the KV store. The models
+//! differ only in what comes before (embeddings) and after (final norm) and in a block's
+//! arguments, which the caller's closure supplies.
+
+use kiln_nn::{Batch, KvStore};
+use kiln_tensor::Tensor;
+
+use crate::Result;
+
+/// Runs `block(i, x, kv)` for `i in 0..n_blocks`, each on the previous one's output.
+pub(crate) fn run(
+    mut x: Tensor,
+    n_blocks: usize,
+    batch: &Batch,
+    kv: &mut dyn KvStore,
+    mut trace: Option<&mut Vec<Tensor>>,
+    mut block: impl FnMut(usize, &Tensor, &mut dyn KvStore) -> Result<Tensor>,
+) -> Result<Tensor> {
+    for i in 0..n_blocks {
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(x.clone());
+        }
+        x = block(i, &x, kv)?;
+    }
+    if let Some(t) = trace {
+        t.push(x.clone());
+    }
+    kv.advance(batch);
+    Ok(x)
+}
