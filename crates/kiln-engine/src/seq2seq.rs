@@ -22,7 +22,7 @@ use std::time::Instant;
 use kiln_models::{EncoderMemory, Seq2Seq};
 use kiln_nn::{Batch, KvCache, SeqCaches, SeqSpan};
 
-use crate::beam::{beam_search, BeamGeneration, BeamModel, BeamParams, BeamSequence};
+use crate::beam::{beam_search, BeamGeneration, BeamModel, BeamParams};
 use crate::{
     Engine, Error, FinishReason, Generation, Result, Sampler, SamplingParams, StopChecker, Timings,
 };
@@ -93,13 +93,7 @@ impl BeamModel for Seq2SeqBeam<'_> {
     type State = KvCache;
 
     fn step(&self, states: &mut [KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        if states.len() != tokens.len() {
-            return Err(Error::InvalidArgument(format!(
-                "beam step: {} states but {} tokens",
-                states.len(),
-                tokens.len()
-            )));
-        }
+        crate::beam::check_step(states.len(), tokens.len())?;
         // One new token per beam after its own cached positions; all beams in one pass.
         let positions: Vec<usize> = states.iter().map(|c| c.len()).collect();
         let batch = Batch {
@@ -250,21 +244,7 @@ impl Engine {
         let steps = hyps.iter().map(|h| h.tokens.len()).max().unwrap_or(0);
         let sequences = hyps
             .into_iter()
-            .map(|h| {
-                let mut ids = h.tokens;
-                let finish_reason = if h.ended_by_eos {
-                    ids.pop();
-                    FinishReason::Stop
-                } else {
-                    FinishReason::Length
-                };
-                Ok(BeamSequence {
-                    text: self.tokenizer.decode(&ids, true)?,
-                    token_ids: ids,
-                    score: h.score,
-                    finish_reason,
-                })
-            })
+            .map(|h| self.beam_sequence(h))
             .collect::<Result<Vec<_>>>()?;
         Ok(BeamGeneration {
             sequences,

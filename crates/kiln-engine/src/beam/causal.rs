@@ -40,13 +40,7 @@ impl BeamModel for CausalBeam<'_> {
     type State = KvCache;
 
     fn step(&self, states: &mut [KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        if states.len() != tokens.len() {
-            return Err(Error::InvalidArgument(format!(
-                "beam step: {} states but {} tokens",
-                states.len(),
-                tokens.len()
-            )));
-        }
+        crate::beam::check_step(states.len(), tokens.len())?;
         // One new token per beam, each after its own cached positions.
         let batch = Batch {
             positions: states.iter().map(|c| c.len()).collect(),

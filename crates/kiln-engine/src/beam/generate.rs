@@ -67,7 +67,8 @@ impl Engine {
         })
     }
 
-    fn beam_sequence(&self, h: Hypothesis) -> Result<BeamSequence> {
+    /// A finished hypothesis as returned to callers: its end-of-sequence id dropped, its text.
+    pub(crate) fn beam_sequence(&self, h: Hypothesis) -> Result<BeamSequence> {
         let mut ids = h.tokens;
         let finish_reason = if h.ended_by_eos {
             ids.pop();

@@ -46,6 +46,16 @@ pub trait BeamModel {
     fn step(&self, states: &mut [Self::State], tokens: &[u32]) -> Result<Vec<Vec<f32>>>;
 }
 
+/// The [`BeamModel::step`] contract: one token per state.
+pub(crate) fn check_step(states: usize, tokens: usize) -> Result<()> {
+    if states != tokens {
+        return Err(Error::InvalidArgument(format!(
+            "beam step: {states} states but {tokens} tokens"
+        )));
+    }
+    Ok(())
+}
+
 /// transformers' `early_stopping`: when the search may stop before `max_new_tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EarlyStopping {
