@@ -374,8 +374,13 @@ impl QMatrix {
 fn run_packed(isa: Isa, mats: &[&QMatrix], x: &[f32], n_tokens: usize, outs: &mut [&mut [f32]]) {
     let cols = mats[0].cols;
     let nb = cols / 32;
+    // Only biased formats (Q4_0, Q8_0) read the activation sums; Q4_1 layers skip them.
+    let biased = mats
+        .iter()
+        .any(|m| m.packed.as_ref().is_some_and(|p| p.kind.bias() != 0));
+    let n_sums = if biased { n_tokens * nb } else { 0 };
     with_scratch(&SCRATCH_Q8, n_tokens * nb, |acts| {
-        with_scratch(&SCRATCH_YSUM, n_tokens * nb, |ysum| {
+        with_scratch(&SCRATCH_YSUM, n_sums, |ysum| {
             quantize_acts(x, cols, acts, nb, |x, a| {
                 act::quantize_row_q8_isa(isa, x, a)
             });
@@ -406,7 +411,8 @@ fn run_packed(isa: Isa, mats: &[&QMatrix], x: &[f32], n_tokens: usize, outs: &mu
                         // SAFETY: `split` hands out disjoint unit ranges within `0..total`, so
                         // `lo - base .. hi - base` are disjoint group ranges within `p.groups`;
                         // `isa` is available (checked by the callers); `job` is this matrix's
-                        // with `n_tokens * nb` activations and sums.
+                        // with `n_tokens * nb` activations, and as many sums whenever its
+                        // format has a bias.
                         unsafe { kernel(p, job, ysum, lo - base, hi - base) };
                     }
                     base += p.groups;

@@ -99,7 +99,8 @@ unsafe fn tile<const N: usize, const Q8: bool, const MIN: bool, const VNNI: bool
     let correct = bias != 0 && (VNNI || !Q8);
     // SAFETY: `g < p.groups` and `t + N <= n_tokens` (caller), so every quant/scale index below
     // is inside the planes (`groups * nb * vectors` and `groups * nb * 8` entries) and every
-    // activation index inside `acts` and `ysum` (`n_tokens * nb` entries each).
+    // activation index inside `acts` and, when `correct` (a biased format),
+    // inside `ysum` (`n_tokens * nb` entries each).
     unsafe {
         let q = p.qs.as_ptr().add(g * nb * nv) as *const __m256i;
         let d = p.d.as_ptr().add(g * nb * GROUP);
@@ -200,7 +201,7 @@ unsafe fn dispatch<const VNNI: bool>(
 ///
 /// # Safety
 /// AVX2, FMA and F16C are available; `g1 <= p.groups`; `job` describes `p`'s matrix (its `rows`,
-/// `nb`, `n_tokens` activations), `ysum` has `n_tokens * nb` entries, and,
+/// `nb`, `n_tokens` activations), `ysum` has `n_tokens * nb` entries if the format has a bias, and,
 /// as [`Job::set`], no other thread writes these groups' rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn groups_avx2(
