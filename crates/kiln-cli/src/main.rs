@@ -38,6 +38,46 @@ pub struct Common {
     /// Worker threads (default: all cores).
     #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Where the model runs: cpu, cuda (GPU 0) or cuda:N. CUDA needs a build with
+    /// `--features cuda` and an NVIDIA driver; the decoders (LLaMA/Mistral/Qwen2, GPT-2, BLOOM)
+    /// run there today.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: kiln_tensor::Device,
+    /// Compute and storage dtype of the weights: f32, bf16 or f16 (default: f32 on the CPU,
+    /// where GGUF matrices stay quantized; bf16 on CUDA).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<kiln_tensor::DType>,
+}
+
+fn parse_device(s: &str) -> Result<kiln_tensor::Device, String> {
+    s.parse()
+}
+
+fn parse_dtype(s: &str) -> Result<kiln_tensor::DType, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(kiln_tensor::DType::F32),
+        "bf16" | "bfloat16" => Ok(kiln_tensor::DType::BF16),
+        "f16" | "float16" | "half" => Ok(kiln_tensor::DType::F16),
+        _ => Err(format!("unknown dtype `{s}` (expected f32, bf16 or f16)")),
+    }
+}
+
+impl Common {
+    /// The device and dtype the model loads into.
+    pub fn placement(&self) -> anyhow::Result<kiln_nn::Placement> {
+        let dtype = self.dtype.unwrap_or(match self.device {
+            kiln_tensor::Device::Cpu => kiln_tensor::DType::F32,
+            kiln_tensor::Device::Cuda(_) => kiln_tensor::DType::BF16,
+        });
+        if self.device == kiln_tensor::Device::Cpu && dtype != kiln_tensor::DType::F32 {
+            anyhow::bail!("--dtype {dtype} is for GPUs: the CPU engine computes in f32 (drop --dtype)");
+        }
+        self.device.check()?;
+        Ok(kiln_nn::Placement {
+            device: self.device,
+            dtype,
+        })
+    }
 }
 
 #[derive(Subcommand)]

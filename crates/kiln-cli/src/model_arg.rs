@@ -78,6 +78,7 @@ pub fn set_threads(threads: Option<u16>) -> Result<usize> {
 /// Sets up threads, resolves and loads the model with a progress bar.
 pub fn load(common: &Common) -> Result<(Engine, PathBuf, usize)> {
     let threads = set_threads(common.threads)?;
+    let placement = common.placement()?;
     let path = resolve(common.model.as_deref())?;
     let pb = bar("loading {msg} [{bar:30}] {pos}/{len} layers");
     pb.set_message(
@@ -86,7 +87,7 @@ pub fn load(common: &Common) -> Result<(Engine, PathBuf, usize)> {
             .unwrap_or_default(),
     );
     pb.enable_steady_tick(Duration::from_millis(200));
-    let engine = Engine::load(&path, &mut |done, total| {
+    let engine = Engine::load_on(&path, placement, &mut |done, total| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     })

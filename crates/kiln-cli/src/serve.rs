@@ -84,13 +84,14 @@ pub fn run(a: Args) -> Result<()> {
     });
     let model = if is_encoder(&path) {
         model_arg::set_threads(a.common.threads)?;
+        crate::embed::encoders_on_cpu(&a.common)?;
         let enc = Encoder::load(&path, &mut |_, _| {})
             .with_context(|| format!("loading {}", path.display()))?;
         ServedModel::Encoder(Arc::new(enc))
     } else {
         let common = Common {
             model: Some(path.display().to_string()),
-            threads: a.common.threads,
+            ..a.common.clone()
         };
         let (engine, _, _) = model_arg::load(&common)?;
         let chat = ChatTemplate::from_tokenizer(&engine.tokenizer)

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use kiln_models::{Model, ModelInfo};
-use kiln_nn::{Batch, KvCache, KvStore};
+use kiln_nn::{Batch, KvCache, KvStore, Placement};
 use kiln_tensor::Tensor;
 use kiln_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -43,7 +43,16 @@ pub struct Engine {
 impl Engine {
     /// Loads a GGUF file or a Hugging Face directory with its tokenizer and chat template.
     pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Engine> {
-        let loaded = kiln_models::load(path, on_progress)?;
+        Engine::load_on(path, Placement::default(), on_progress)
+    }
+
+    /// [`Engine::load`] with the weights on a device in a compute dtype.
+    pub fn load_on(
+        path: &Path,
+        placement: Placement,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Engine> {
+        let loaded = kiln_models::load_on(path, placement, on_progress)?;
         let tokenizer = if path.is_dir() {
             let tj = path.join("tokenizer.json");
             if !tj.exists() {
@@ -176,7 +185,12 @@ impl Engine {
         } else {
             hidden.gather_rows(rows).map_err(kiln_models::Error::from)?
         };
-        Ok(self.model.logits(&hidden)?)
+        // Sampling runs on the host: the logits come back as f32 (a no-op on the CPU).
+        let logits = self.model.logits(&hidden)?;
+        Ok(logits
+            .to_device(kiln_tensor::Device::Cpu)
+            .and_then(|l| l.to_dtype(kiln_tensor::DType::F32))
+            .map_err(kiln_models::Error::from)?)
     }
 
     /// Generates from prompt ids, calling `on_text` with each newly completed piece of text.

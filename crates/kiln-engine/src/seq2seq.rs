@@ -96,12 +96,12 @@ impl BeamModel for Seq2SeqBeam<'_> {
         crate::beam::check_step(states.len(), tokens.len())?;
         // One new token per beam after its own cached positions; all beams in one pass.
         let positions: Vec<usize> = states.iter().map(|c| c.len()).collect();
-        let batch = Batch {
-            positions: positions.clone(),
-            seqs: (0..states.len())
+        let batch = Batch::new(
+            positions.clone(),
+            (0..states.len())
                 .map(|i| SeqSpan { start: i, len: 1 })
                 .collect(),
-        };
+        );
         let memory = vec![self.memory; states.len()];
         let mut store = SeqCaches(states.iter_mut().collect());
         let flat = in_pool(|| {

@@ -378,7 +378,7 @@ impl Bart {
     }
 
     fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        Ok(self.shared.forward(ids)?.scale(self.cfg.embed_scale))
+        Ok(self.shared.forward(ids)?.scale(self.cfg.embed_scale)?)
     }
 
     pub fn new_cache(&self) -> KvCache {

@@ -17,7 +17,7 @@
 use kiln_nn::{Activation, Attention, AttentionSpec, Batch, Embedding, LayerNorm, Linear, Weights};
 use kiln_tensor::cpu::activation::{gelu_tanh, silu};
 use kiln_tensor::cpu::encoder::gelu_erf_in_place;
-use kiln_tensor::Tensor;
+use kiln_tensor::{Tensor, UnaryOp};
 
 use crate::config::HfConfig;
 use crate::{Error, Result};
@@ -393,7 +393,7 @@ impl Bert {
             .into());
         }
         let mut e = self.word_embeddings.forward(tokens)?;
-        e = e.add_rows(
+        e = e.add(
             &self
                 .position_embeddings
                 .forward(&self.position_ids(tokens, batch))?,
@@ -407,7 +407,7 @@ impl Bert {
                     &zeros
                 }
             };
-            e = e.add_rows(&tt.forward(ids)?)?;
+            e = e.add(&tt.forward(ids)?)?;
         }
         let mut x = self.embeddings_norm.forward(&e)?.into_f32_vec(); // (n_tokens, hidden)
         let qkv = n * self.cfg.n_heads * self.cfg.head_dim();
@@ -450,36 +450,10 @@ impl Bert {
                 let firsts: Vec<u32> = batch.seqs.iter().map(|s| s.start as u32).collect();
                 let cls = hidden.gather_rows(&firsts)?; // (n_seqs, hidden)
                 let d = dense.forward(&cls)?;
-                let d = if *tanh { d.tanh_() } else { d.relu() };
+                let d = d.unary(if *tanh { UnaryOp::Tanh } else { UnaryOp::Relu })?;
                 Ok(Some(out.forward(&d)?))
             }
         }
     }
 }
 
-trait TensorExt {
-    fn add_rows(&self, rhs: &Tensor) -> Result<Tensor>;
-    fn tanh_(&self) -> Tensor;
-}
-
-impl TensorExt for Tensor {
-    /// Elementwise sum of two tensors of the same shape.
-    fn add_rows(&self, rhs: &Tensor) -> Result<Tensor> {
-        let mut a = self.to_vec_f32();
-        let b = rhs.to_f32();
-        let b = b.as_f32_slice()?;
-        if a.len() != b.len() {
-            return Err(kiln_tensor::Error::ShapeMismatch {
-                op: "add_rows",
-                lhs: self.dims().to_vec(),
-                rhs: rhs.dims().to_vec(),
-            }
-            .into());
-        }
-        a.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
-        Ok(Tensor::from_vec(a, self.shape().clone())?)
-    }
-    fn tanh_(&self) -> Tensor {
-        kiln_tensor::cpu::elementwise::unary(self, f32::tanh)
-    }
-}

@@ -22,6 +22,6 @@ pub use config::HfConfig;
 pub use error::{Error, Result};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig};
-pub use registry::{load, Loaded, Model, ModelInfo, SUPPORTED_ARCHITECTURES};
+pub use registry::{load, load_on, Loaded, Model, ModelInfo, SUPPORTED_ARCHITECTURES};
 pub use seq2seq::{EncoderMemory, Seq2Seq, Seq2SeqInfo};
 pub use t5::{T5Config, T5};

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_nn::{Batch, KvCache, KvStore, Weights};
+use kiln_nn::{Batch, KvCache, KvStore, Placement, Weights};
 use kiln_tensor::cpu::rope::RopeStyle;
 use kiln_tensor::Tensor;
 
@@ -66,6 +66,8 @@ pub struct ModelInfo {
     /// End-of-sequence ids from config.json (the tokenizer may add more).
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
+    /// The device the weights live on and their dtype.
+    pub placement: Placement,
 }
 
 #[derive(Clone)]
@@ -185,6 +187,7 @@ impl Model {
     pub fn info(&self) -> ModelInfo {
         match self {
             Model::Llama(m) => ModelInfo {
+                placement: Placement::default(),
                 architecture: "llama".into(),
                 vocab_size: m.cfg.vocab,
                 max_context: m.cfg.max_context(),
@@ -193,6 +196,7 @@ impl Model {
                 bos_token_id: None,
             },
             Model::Gpt2(m) => ModelInfo {
+                placement: Placement::default(),
                 architecture: "gpt2".into(),
                 vocab_size: m.cfg.vocab,
                 max_context: m.cfg.n_positions,
@@ -201,6 +205,7 @@ impl Model {
                 bos_token_id: None,
             },
             Model::Bloom(m) => ModelInfo {
+                placement: Placement::default(),
                 architecture: "bloom".into(),
                 vocab_size: m.cfg.vocab,
                 max_context: m.cfg.max_context(),
@@ -209,6 +214,7 @@ impl Model {
                 bos_token_id: None,
             },
             Model::Bert(m) => ModelInfo {
+                placement: Placement::default(),
                 architecture: m.cfg.architecture.clone(),
                 vocab_size: m.cfg.vocab,
                 max_context: m.cfg.max_tokens(),
@@ -219,6 +225,7 @@ impl Model {
             Model::Seq2Seq(m) => {
                 let i = m.info();
                 ModelInfo {
+                placement: Placement::default(),
                     architecture: i.architecture.clone(),
                     vocab_size: i.vocab_size,
                     max_context: i.max_target_tokens.unwrap_or(usize::MAX),
@@ -238,9 +245,34 @@ pub struct Loaded {
     pub config: HfConfig,
 }
 
+/// The architectures whose every layer runs on device tensors (the encoders and encoder-decoders
+/// still run parts of their forward pass on host slices).
+const DEVICE_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "gpt2",
+    "BloomForCausalLM",
+    "BloomModel",
+    "bloom",
+];
+
 /// Loads a model from a GGUF file or a Hugging Face directory. `on_progress(done, total)` is
 /// called as layers are constructed.
 pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Loaded> {
+    load_on(path, Placement::default(), on_progress)
+}
+
+/// [`load`] with the weights in `placement` (a device and compute dtype); the device is
+/// checked first, so a missing GPU is one clear error before any weight is read.
+pub fn load_on(
+    path: &Path,
+    placement: Placement,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Loaded> {
+    placement.device.check()?;
     if !path.exists() {
         return Err(Error::Io {
             path: path.display().to_string(),
@@ -258,6 +290,13 @@ pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Lo
         (config, Weights::from_gguf(file)?, RopeStyle::Interleaved)
     };
     let arch = arch_of(&config)?;
+    let weights = weights.placed(placement);
+    if !placement.is_host_f32() && !DEVICE_ARCHITECTURES.contains(&arch) {
+        return Err(Error::NotOnDevice {
+            arch: arch.to_string(),
+            device: placement.device,
+        });
+    }
     let model = match arch {
         "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => Model::Llama(
             Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?,
@@ -325,6 +364,7 @@ pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Lo
     info.bos_token_id = crate::config::ids(config.json.get("bos_token_id"))
         .first()
         .copied();
+    info.placement = placement;
     Ok(Loaded {
         model,
         info,

@@ -339,7 +339,7 @@ impl T5 {
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let h = if self.cfg.scale_decoder_outputs {
-            hidden.scale((self.cfg.d_model as f32).powf(-0.5))
+            hidden.scale((self.cfg.d_model as f32).powf(-0.5))?
         } else {
             hidden.clone()
         };

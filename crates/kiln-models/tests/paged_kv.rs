@@ -93,7 +93,7 @@ fn paged(model: &Model, dtype: KvCacheDtype) -> Vec<Vec<Vec<f32>>> {
             positions.extend(cached[s]..cached[s] + n);
             step_tokens.extend_from_slice(&toks[s][cached[s]..cached[s] + n]);
         }
-        let batch = Batch { positions, seqs };
+        let batch = Batch::new(positions, seqs);
         let views: Vec<&[u32]> = live.iter().map(|&s| &tables[s][..]).collect();
         let lens: Vec<usize> = live.iter().map(|&s| cached[s]).collect();
         let mut kv = PagedKv::new(&mut pool, views, lens, &batch).unwrap();

@@ -211,10 +211,10 @@ fn packed_requests_equal_separate_ones() {
             .unwrap();
         m.decode(&b[..2], &Batch::single(0, 2), &mut cb, &[&mem_b], None)
             .unwrap();
-        let batch = Batch {
-            positions: vec![4, 5, 2, 3],
-            seqs: vec![SeqSpan { start: 0, len: 2 }, SeqSpan { start: 2, len: 2 }],
-        };
+        let batch = Batch::new(
+            vec![4, 5, 2, 3],
+            vec![SeqSpan { start: 0, len: 2 }, SeqSpan { start: 2, len: 2 }],
+        );
         let tokens = [a[4], a[5], b[2], b[3]];
         let mut store = SeqCaches(vec![&mut ca, &mut cb]);
         let h = m

@@ -10,7 +10,7 @@ use kiln_tensor::cpu::attention::AttnParams;
 use kiln_tensor::Tensor;
 
 use crate::weights::Weights;
-use crate::{Alibi, KvStore, Linear, PositionBias, Result, Rope};
+use crate::{Alibi, Batch, KvStore, Linear, PositionBias, Result, Rope};
 
 #[derive(Debug, Clone)]
 pub struct AttentionSpec {
@@ -27,56 +27,6 @@ pub struct AttentionSpec {
     pub rope: Option<Rope>,
     /// ALiBi distance penalties (BLOOM), in place of position embeddings.
     pub alibi: Option<Alibi>,
-}
-
-/// Rows `start..start + len` of a packed step belong to one sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeqSpan {
-    pub start: usize,
-    pub len: usize,
-}
-
-impl SeqSpan {
-    /// The span's elements in a packed buffer of `width` values per row.
-    pub fn elems(&self, width: usize) -> std::ops::Range<usize> {
-        self.start * width..(self.start + self.len) * width
-    }
-}
-
-/// The layout of one forward step: per-token positions and per-sequence row spans.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    pub positions: Vec<usize>,
-    pub seqs: Vec<SeqSpan>,
-}
-
-impl Batch {
-    /// One sequence of `n` new tokens following `cached` already-cached positions.
-    pub fn single(cached: usize, n: usize) -> Batch {
-        Batch {
-            positions: (cached..cached + n).collect(),
-            seqs: vec![SeqSpan { start: 0, len: n }],
-        }
-    }
-
-    /// Sequences of the given lengths packed back to back, each at positions `0..len` (an
-    /// encoder batch: no cache, no padding).
-    pub fn packed(lens: &[usize]) -> Batch {
-        let mut seqs = Vec::with_capacity(lens.len());
-        let mut positions = Vec::with_capacity(lens.iter().sum());
-        for &len in lens {
-            seqs.push(SeqSpan {
-                start: positions.len(),
-                len,
-            });
-            positions.extend(0..len);
-        }
-        Batch { positions, seqs }
-    }
-
-    pub fn n_tokens(&self) -> usize {
-        self.positions.len()
-    }
 }
 
 #[derive(Clone)]
@@ -138,15 +88,15 @@ impl Attention {
         bias: Option<&PositionBias>,
     ) -> Result<Tensor> {
         let s = &self.spec;
-        let n = batch.n_tokens();
         let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
-        let mut q = q.into_f32_vec(); // (n_tokens, n_heads, head_dim)
-        let mut k = k.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
-        let v = v.into_f32_vec(); // (n_tokens, n_kv_heads, head_dim)
-        if let Some(rope) = &s.rope {
-            rope.apply(&mut q, s.n_heads, s.head_dim, &batch.positions);
-            rope.apply(&mut k, s.n_kv_heads, s.head_dim, &batch.positions);
-        }
+        // q (n_tokens, n_heads · head_dim); k, v (n_tokens, n_kv_heads · head_dim)
+        let (q, k) = match &s.rope {
+            Some(rope) => (
+                rope.forward(q, s.n_heads, batch)?,
+                rope.forward(k, s.n_kv_heads, batch)?,
+            ),
+            None => (q, k),
+        };
         let params = AttnParams {
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
@@ -157,10 +107,8 @@ impl Attention {
             alibi_slopes: s.alibi.as_ref().map(|a| a.slopes()),
             rel_bias: bias.map(|b| b.as_kernel()),
         };
-        let q_row = s.n_heads * s.head_dim;
-        let mut out = vec![0.0f32; n * q_row];
-        kv.append_attend_all(layer, batch, &q, &k, &v, &params, &mut out);
-        self.o_proj.forward(&Tensor::from_vec(out, [n, q_row])?)
+        let out = kv.append_attend_all(layer, batch, &q, &k, &v, &params)?;
+        self.o_proj.forward(&out)
     }
 
     /// An attention layer from projections loaded under other names (BERT's `query`/`key`/

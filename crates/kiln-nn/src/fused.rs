@@ -9,7 +9,7 @@
 
 use kiln_tensor::Tensor;
 
-use crate::weights::Weights;
+use crate::weights::{Placement, Weights};
 use crate::{Error, Linear, Result};
 
 /// How the `3 * n_heads * head_dim` output rows of a fused q/k/v projection are ordered.
@@ -30,7 +30,13 @@ pub fn load_conv1d(
     bias: bool,
 ) -> Result<Linear> {
     let (weight, bias) = load_conv1d_parts(w, name, in_features, out_features, bias)?;
-    Linear::from_dense(weight, bias)
+    place_dense(w, weight, bias)
+}
+
+/// A dense [`Linear`] from host tensors built here, stored in `w`'s placement.
+fn place_dense(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+    let p = w.placement();
+    Linear::from_dense(p.tensor(weight)?, bias.map(|b| p.tensor(b)).transpose()?)
 }
 
 /// Conv1D weight transposed to `(out, in)`, and its bias.
@@ -41,7 +47,7 @@ fn load_conv1d_parts(
     out_features: usize,
     bias: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let w = w.pp(name);
+    let w = w.host().pp(name);
     let t = w
         .matrix("weight", in_features, out_features)?
         .into_dense()?;
@@ -71,24 +77,35 @@ pub fn load_fused_qkv(
     layout: QkvLayout,
     bias: bool,
 ) -> Result<[Linear; 3]> {
-    let p = w.pp(name);
+    let p = w.host().pp(name);
     let weight = p.matrix("weight", 3 * d, hidden)?.into_dense()?;
     let bias = if bias {
         Some(p.tensor("bias", &[3 * d])?)
     } else {
         None
     };
-    split_qkv(&weight, bias.as_ref(), d, layout)
+    split_into(w.placement(), &weight, bias.as_ref(), d, layout)
 }
 
 /// GPT-2's `c_attn`: a Conv1D `(hidden, 3 * d)` holding q | k | v, split into three projections.
 pub fn load_conv1d_qkv(w: &Weights, name: &str, hidden: usize, d: usize) -> Result<[Linear; 3]> {
     let (weight, bias) = load_conv1d_parts(w, name, hidden, 3 * d, true)?;
-    split_qkv(&weight, bias.as_ref(), d, QkvLayout::Blocked)
+    split_into(w.placement(), &weight, bias.as_ref(), d, QkvLayout::Blocked)
 }
 
 /// Splits `weight (3 * d, hidden)` and `bias (3 * d,)` into q, k, v by `layout`.
 pub fn split_qkv(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    d: usize,
+    layout: QkvLayout,
+) -> Result<[Linear; 3]> {
+    split_into(Placement::default(), weight, bias, d, layout)
+}
+
+/// [`split_qkv`] of host tensors, the parts stored in `placement`.
+fn split_into(
+    placement: Placement,
     weight: &Tensor,
     bias: Option<&Tensor>,
     d: usize,
@@ -132,13 +149,13 @@ pub fn split_qkv(
             pw.extend_from_slice(&w[s * hidden..(s + 1) * hidden]);
         }
         let pb = match b {
-            Some(b) => Some(Tensor::from_vec(
+            Some(b) => Some(placement.tensor(Tensor::from_vec(
                 (0..d).map(|r| b[src(which, r)]).collect::<Vec<f32>>(),
                 [d],
-            )?),
+            )?)?),
             None => None,
         };
-        Linear::from_dense(Tensor::from_vec(pw, [d, hidden])?, pb)
+        Linear::from_dense(placement.tensor(Tensor::from_vec(pw, [d, hidden])?)?, pb)
     };
     Ok([part(0)?, part(1)?, part(2)?])
 }

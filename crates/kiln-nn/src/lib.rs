@@ -7,6 +7,7 @@
 
 mod alibi;
 mod attention;
+mod batch;
 mod cross_attention;
 mod embedding;
 mod error;
@@ -23,7 +24,8 @@ mod sinusoidal;
 pub mod weights;
 
 pub use alibi::Alibi;
-pub use attention::{Attention, AttentionSpec, Batch, SeqSpan};
+pub use attention::{Attention, AttentionSpec};
+pub use batch::{Batch, SeqSpan};
 pub use cross_attention::{CrossAttention, CrossKv};
 pub use embedding::Embedding;
 pub use error::{Error, Result};
@@ -36,4 +38,4 @@ pub use paged_kv::{KvCacheDtype, PagedKv, PagedKvPool, NO_BLOCK};
 pub use relative_bias::{PositionBias, RelativePositionBias};
 pub use rope::{Rope, RopeScaling};
 pub use sinusoidal::SinusoidalPositions;
-pub use weights::{Param, Weights};
+pub use weights::{Param, Placement, Weights};

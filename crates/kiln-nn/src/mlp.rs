@@ -2,7 +2,7 @@
 //! (SwiGLU with SiLU; T5 v1.1's gated GELU), and the plain `down(act(up(x)))` of the original
 //! Transformer (T5 v1.0, BART, Marian).
 
-use kiln_tensor::Tensor;
+use kiln_tensor::{Tensor, UnaryOp};
 
 use crate::weights::Weights;
 use crate::{Error, Linear, Result};
@@ -27,26 +27,18 @@ impl Activation {
         }
     }
 
-    /// `gate[i] = act(gate[i]) * up[i]` in place (each arm monomorphises the kernel, so the
-    /// activation inlines).
-    pub fn apply_gated(self, gate: &mut [f32], up: &[f32]) {
-        use kiln_tensor::cpu::activation as a;
-        use kiln_tensor::cpu::elementwise::gated_in_place;
+    /// The elementwise op this activation is.
+    pub fn op(self) -> UnaryOp {
         match self {
-            Activation::Silu => gated_in_place(gate, up, a::silu),
-            Activation::Gelu => gated_in_place(gate, up, a::gelu_erf),
-            Activation::GeluTanh => gated_in_place(gate, up, a::gelu_tanh),
-            Activation::Relu => gated_in_place(gate, up, |x| x.max(0.0)),
+            Activation::Silu => UnaryOp::Silu,
+            Activation::Gelu => UnaryOp::Gelu,
+            Activation::GeluTanh => UnaryOp::GeluTanh,
+            Activation::Relu => UnaryOp::Relu,
         }
     }
 
-    pub fn apply(self, x: &Tensor) -> Tensor {
-        match self {
-            Activation::Silu => x.silu(),
-            Activation::Gelu => x.gelu(),
-            Activation::GeluTanh => x.gelu_tanh(),
-            Activation::Relu => x.relu(),
-        }
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.unary(self.op())?)
     }
 }
 
@@ -91,11 +83,7 @@ impl GatedMlp {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [gate, up] = Linear::forward_many([&self.gate_proj, &self.up_proj], x)?;
-        let shape = gate.dims().to_vec();
-        let mut h = gate.into_f32_vec();
-        let up = up.to_f32();
-        self.act.apply_gated(&mut h, up.as_f32_slice()?);
-        self.down_proj.forward(&Tensor::from_vec(h, shape)?)
+        self.down_proj.forward(&gate.gated(self.act.op(), &up)?)
     }
 }
 
@@ -114,6 +102,6 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.act.apply(&self.up.forward(x)?))
+        self.down.forward(&self.act.apply(&self.up.forward(x)?)?)
     }
 }

@@ -5,10 +5,13 @@
 //! or `rope_type`) and 5.x (`rope_parameters` holding `rope_theta` and `rope_type`); both parse to
 //! the same [`Rope`]. Frequencies are computed in f32 as torch does, so long positions agree.
 
+use std::borrow::Cow;
+
 use kiln_tensor::cpu::rope::{apply_rope, RopeStyle};
+use kiln_tensor::{DType, Device, Tensor};
 use serde_json::Value;
 
-use crate::{Error, Result};
+use crate::{Batch, Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -121,8 +124,9 @@ impl Rope {
         &self.inv_freq
     }
 
-    /// Rotates `x (n_tokens, n_heads, head_dim)` in place for the given positions.
-    pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize]) {
+    /// The frequencies and cos/sin scale for a step reaching `max_pos` (dynamic NTK grows its
+    /// base with the sequence; every other scaling is fixed at construction).
+    fn freqs(&self, positions: &[usize]) -> (Cow<'_, [f32]>, f32) {
         match &self.scaling {
             RopeScaling::Dynamic {
                 factor,
@@ -138,19 +142,34 @@ impl Rope {
                     * ((factor * seq_len as f32 / *max_position_embeddings as f32)
                         - (factor - 1.0))
                         .powf(d / (d - 2.0));
-                let inv = base_inv_freq(base, self.dim);
-                apply_rope(x, n_heads, head_dim, positions, &inv, 1.0, self.style);
+                (base_inv_freq(base, self.dim).into(), 1.0)
             }
-            _ => apply_rope(
-                x,
-                n_heads,
-                head_dim,
-                positions,
-                &self.inv_freq,
-                self.mscale,
-                self.style,
-            ),
+            _ => (Cow::Borrowed(&self.inv_freq[..]), self.mscale),
         }
+    }
+
+    /// Rotates `x (n_tokens, n_heads, head_dim)` in place for the given positions.
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize]) {
+        let (inv, mscale) = self.freqs(positions);
+        apply_rope(x, n_heads, head_dim, positions, &inv, mscale, self.style);
+    }
+
+    /// Rotates `x (n_tokens, n_heads · head_dim)` at the step's positions, on `x`'s device (the
+    /// step's positions are uploaded once, [`Batch::positions_on`]).
+    pub fn forward(&self, x: Tensor, n_heads: usize, batch: &Batch) -> Result<Tensor> {
+        let device = x.device();
+        if device == Device::Cpu && x.dtype() == DType::F32 {
+            // The CPU engine's path: in place on the (unshared) buffer, no position tensor.
+            let shape = x.shape().clone();
+            let head_dim = x.elem_count() / (batch.n_tokens() * n_heads).max(1);
+            let mut data = x.into_f32_vec();
+            self.apply(&mut data, n_heads, head_dim, &batch.positions);
+            return Ok(Tensor::from_vec(data, shape)?);
+        }
+        let (inv, mscale) = self.freqs(&batch.positions);
+        let inv = Tensor::from_vec(inv.into_owned(), [self.dim / 2])?.to_device(device)?;
+        let positions = batch.positions_on(device)?;
+        Ok(x.rope(n_heads, &positions, &inv, mscale, self.style)?)
     }
 }
 

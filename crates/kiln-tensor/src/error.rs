@@ -1,6 +1,6 @@
 //! The one error type of kiln-tensor: every variant names the op and the shapes involved.
 
-use crate::DType;
+use crate::{DType, Device};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +49,25 @@ pub enum Error {
         index: usize,
         size: usize,
     },
+    #[error("{op}: operands on different devices ({lhs} and {rhs})")]
+    DeviceMismatch {
+        op: &'static str,
+        lhs: Device,
+        rhs: Device,
+    },
+    #[error("{op} in {dtype} is not available on {device} yet")]
+    Unsupported {
+        op: String,
+        dtype: DType,
+        device: Device,
+    },
+    #[error("{op}: needs host memory, but the tensor is on {device}")]
+    NotOnHost { op: &'static str, device: Device },
+    #[error("{op}: {reason}")]
+    Invalid { op: &'static str, reason: String },
+    /// A CUDA device could not be used or a CUDA call failed: the message says which.
+    #[error("{0}")]
+    Cuda(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,51 +1,24 @@
-//! The `Tensor` type: shared storage + layout, cheap views, and the op entry points.
+//! The `Tensor` type: shared storage + layout, cheap views, host access at the edges.
 //!
-//! Ops dispatch on [`Device`] with an exhaustive `match`; today only the CPU exists, the CUDA
-//! backend is added as another arm (STYLE.md: no backend trait zoo).
+//! Ops (in `ops.rs`) dispatch on the storage's device with an exhaustive `match` to a backend
+//! (`backend.rs`); this file holds what does not compute: construction, views, moves between
+//! devices and the host copies that the edges (sampled ids, outputs, tests) need.
 
 use std::sync::Arc;
 
 use half::{bf16, f16};
 
-use crate::{cpu, DType, Error, Layout, Result, Shape};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-}
-
-#[derive(Debug)]
-pub enum Storage {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
-}
-
-impl Storage {
-    fn len(&self) -> usize {
-        match self {
-            Storage::F32(v) => v.len(),
-            Storage::F16(v) => v.len(),
-            Storage::BF16(v) => v.len(),
-        }
-    }
-    fn dtype(&self) -> DType {
-        match self {
-            Storage::F32(_) => DType::F32,
-            Storage::F16(_) => DType::F16,
-            Storage::BF16(_) => DType::BF16,
-        }
-    }
-}
+use crate::storage::CpuStorage;
+use crate::{cuda, DType, Device, Error, Layout, Result, Shape, Storage};
 
 #[derive(Debug, Clone)]
 pub struct Tensor {
-    storage: Arc<Storage>,
-    layout: Layout,
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) layout: Layout,
 }
 
 impl Tensor {
-    fn new(storage: Storage, shape: Shape) -> Result<Tensor> {
+    pub(crate) fn from_storage(storage: Storage, shape: Shape) -> Result<Tensor> {
         if storage.len() != shape.elem_count() {
             return Err(Error::ElementCount {
                 op: "new",
@@ -59,26 +32,45 @@ impl Tensor {
         })
     }
 
+    fn cpu(storage: CpuStorage, shape: Shape) -> Result<Tensor> {
+        Tensor::from_storage(Storage::Cpu(storage), shape)
+    }
+
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
-        Tensor::new(Storage::F32(data), shape.into())
+        Tensor::cpu(CpuStorage::F32(data), shape.into())
     }
     pub fn from_f16(data: Vec<f16>, shape: impl Into<Shape>) -> Result<Tensor> {
-        Tensor::new(Storage::F16(data), shape.into())
+        Tensor::cpu(CpuStorage::F16(data), shape.into())
     }
     pub fn from_bf16(data: Vec<bf16>, shape: impl Into<Shape>) -> Result<Tensor> {
-        Tensor::new(Storage::BF16(data), shape.into())
+        Tensor::cpu(CpuStorage::BF16(data), shape.into())
+    }
+    /// Integers (ids, positions, block tables) as a host tensor.
+    pub fn from_u32(data: Vec<u32>, shape: impl Into<Shape>) -> Result<Tensor> {
+        Tensor::cpu(CpuStorage::U32(data), shape.into())
     }
     pub fn zeros(shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
         let n = shape.elem_count();
         Tensor {
-            storage: Arc::new(Storage::F32(vec![0.0; n])),
+            storage: Arc::new(Storage::Cpu(CpuStorage::F32(vec![0.0; n]))),
             layout: Layout::contiguous(shape),
+        }
+    }
+    /// Zeros of `dtype` on `device`.
+    pub fn zeros_on(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        match device {
+            Device::Cpu => Tensor::zeros(shape).to_dtype(dtype),
+            Device::Cuda(i) => {
+                let n = shape.elem_count();
+                Tensor::from_storage(Storage::Cuda(cuda::zeros(i, dtype, n)?), shape)
+            }
         }
     }
 
     pub fn device(&self) -> Device {
-        Device::Cpu
+        self.storage.device()
     }
     pub fn dtype(&self) -> DType {
         self.storage.dtype()
@@ -100,6 +92,9 @@ impl Tensor {
     }
     pub fn is_contiguous(&self) -> bool {
         self.layout.is_contiguous()
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// Size of dimension `d`, with an error naming the op when out of range.
@@ -123,7 +118,17 @@ impl Tensor {
         }
     }
 
-    /// The f32 elements of a contiguous f32 tensor, without copying.
+    fn host(&self, op: &'static str) -> Result<&CpuStorage> {
+        match &*self.storage {
+            Storage::Cpu(s) => Ok(s),
+            Storage::Cuda(_) => Err(Error::NotOnHost {
+                op,
+                device: self.device(),
+            }),
+        }
+    }
+
+    /// The f32 elements of a contiguous f32 host tensor, without copying.
     pub fn as_f32_slice(&self) -> Result<&[f32]> {
         if !self.is_contiguous() {
             return Err(Error::NotContiguous {
@@ -132,8 +137,8 @@ impl Tensor {
                 strides: self.layout.strides.clone(),
             });
         }
-        match &*self.storage {
-            Storage::F32(v) => Ok(&v[self.layout.offset..self.layout.offset + self.elem_count()]),
+        match self.host("as_f32_slice")? {
+            CpuStorage::F32(v) => Ok(&v[self.layout.offset..self.layout.offset + self.elem_count()]),
             s => Err(Error::DType {
                 op: "as_f32_slice",
                 dtype: s.dtype(),
@@ -141,60 +146,118 @@ impl Tensor {
         }
     }
 
-    /// All elements as f32 in logical (row-major) order.
+    /// The u32 elements of a contiguous u32 host tensor, without copying.
+    pub fn as_u32_slice(&self) -> Result<&[u32]> {
+        match (self.host("as_u32_slice")?, self.is_contiguous()) {
+            (CpuStorage::U32(v), true) => {
+                Ok(&v[self.layout.offset..self.layout.offset + self.elem_count()])
+            }
+            (s, _) => Err(Error::DType {
+                op: "as_u32_slice (contiguous u32)",
+                dtype: s.dtype(),
+            }),
+        }
+    }
+
+    /// All elements as f32 in logical (row-major) order; a device tensor is copied to the host
+    /// (one of the edges: outputs, logits for sampling, tests).
     pub fn to_vec_f32(&self) -> Vec<f32> {
-        if let Ok(s) = self.as_f32_slice() {
-            return s.to_vec();
-        }
-        let idx = self.layout.indices();
+        self.try_to_vec_f32()
+            .expect("to_vec_f32: a device-to-host copy failed (use try_to_vec_f32 to handle it)")
+    }
+
+    /// [`to_vec_f32`](Self::to_vec_f32) returning device errors instead of panicking.
+    pub fn try_to_vec_f32(&self) -> Result<Vec<f32>> {
         match &*self.storage {
-            Storage::F32(v) => idx.map(|i| v[i]).collect(),
-            Storage::F16(v) => idx.map(|i| v[i].to_f32()).collect(),
-            Storage::BF16(v) => idx.map(|i| v[i].to_f32()).collect(),
+            Storage::Cpu(s) => {
+                if let Ok(v) = self.as_f32_slice() {
+                    return Ok(v.to_vec());
+                }
+                Ok(self.layout.indices().map(|i| s.get_f32(i)).collect())
+            }
+            Storage::Cuda(_) => self.to_device(Device::Cpu)?.try_to_vec_f32(),
         }
     }
 
-    /// A contiguous f32 copy (or the tensor itself when it already is one).
+    /// All elements as u32 (ids), copied to the host if needed.
+    pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
+        let t = self.to_device(Device::Cpu)?.contiguous_host();
+        Ok(t.as_u32_slice()?.to_vec())
+    }
+
+    /// A contiguous f32 copy (or the tensor itself when it already is one) on the same device.
     pub fn to_f32(&self) -> Tensor {
-        if self.dtype() == DType::F32 && self.is_contiguous() {
-            return self.clone();
+        self.to_dtype(DType::F32)
+            .expect("to_f32: a device cast failed (use to_dtype to handle it)")
+    }
+
+    /// The same values in `dtype`, on the same device (the tensor itself when it already is).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() && self.is_contiguous() {
+            return Ok(self.clone());
         }
-        Tensor {
-            storage: Arc::new(Storage::F32(self.to_vec_f32())),
-            layout: Layout::contiguous(self.shape().clone()),
+        match &*self.storage {
+            Storage::Cpu(s) => {
+                let storage = if dtype == self.dtype() {
+                    s.select(self.layout.indices())
+                } else {
+                    CpuStorage::from_f32(self.try_to_vec_f32()?, dtype)
+                };
+                Tensor::cpu(storage, self.shape().clone())
+            }
+            Storage::Cuda(_) => crate::backend::of(self).cast(self, dtype),
         }
     }
 
-    pub fn to_dtype(&self, dtype: DType) -> Tensor {
-        if dtype == self.dtype() {
-            return self.clone();
-        }
-        let data = self.to_vec_f32();
-        let storage = match dtype {
-            DType::F32 => Storage::F32(data),
-            DType::F16 => Storage::F16(data.iter().map(|&x| f16::from_f32(x)).collect()),
-            DType::BF16 => Storage::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
-        };
-        Tensor {
-            storage: Arc::new(storage),
-            layout: Layout::contiguous(self.shape().clone()),
-        }
-    }
-
+    /// A contiguous copy on the same device (or the tensor itself when it already is one).
     pub fn contiguous(&self) -> Tensor {
+        self.try_contiguous()
+            .expect("contiguous: a device copy failed (use try_contiguous to handle it)")
+    }
+
+    pub fn try_contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        match &*self.storage {
+            Storage::Cpu(_) => Ok(self.contiguous_host()),
+            Storage::Cuda(_) => crate::backend::of(self).copy(self),
+        }
+    }
+
+    fn contiguous_host(&self) -> Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
-        let idx = self.layout.indices();
-        let storage = match &*self.storage {
-            Storage::F32(v) => Storage::F32(idx.map(|i| v[i]).collect()),
-            Storage::F16(v) => Storage::F16(idx.map(|i| v[i]).collect()),
-            Storage::BF16(v) => Storage::BF16(idx.map(|i| v[i]).collect()),
-        };
+        let s = self.host("contiguous").expect("called on host tensors");
         Tensor {
-            storage: Arc::new(storage),
+            storage: Arc::new(Storage::Cpu(s.select(self.layout.indices()))),
             layout: Layout::contiguous(self.shape().clone()),
         }
+    }
+
+    /// This tensor on `device` (the tensor itself when it is already there). Host to device
+    /// and back are the only copies between memories; views are made contiguous first.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let t = self.try_contiguous()?;
+        let storage = match (&*t.storage, device) {
+            (Storage::Cpu(s), Device::Cuda(i)) => {
+                Storage::Cuda(cuda::upload(i, s, t.layout.offset, t.elem_count())?)
+            }
+            (Storage::Cuda(s), Device::Cpu) => {
+                Storage::Cpu(s.download(t.layout.offset, t.elem_count())?)
+            }
+            (Storage::Cuda(_), Device::Cuda(_)) => {
+                // Device to device goes through the host: peer copies are the tensor-parallel
+                // issue's, not needed by one-GPU inference.
+                return t.to_device(Device::Cpu)?.to_device(device);
+            }
+            (Storage::Cpu(_), Device::Cpu) => unreachable!("same device returned above"),
+        };
+        Tensor::from_storage(storage, t.shape().clone())
     }
 
     /// Same elements, new shape; copies only when the tensor is not contiguous.
@@ -207,7 +270,7 @@ impl Tensor {
                 rhs: shape.0,
             });
         }
-        let t = self.contiguous();
+        let t = self.try_contiguous()?;
         let offset = t.layout.offset;
         let mut layout = Layout::contiguous(shape);
         layout.offset = offset;
@@ -250,96 +313,21 @@ impl Tensor {
         })
     }
 
-    /// Rows `ids` of a rank-2 table (embedding lookup): (n_ids, cols).
-    pub fn gather_rows(&self, ids: &[u32]) -> Result<Tensor> {
-        let (rows, cols) = self.dims2("gather_rows")?;
-        let table = self.to_f32();
-        let table = table.as_f32_slice()?;
-        let mut out = Vec::with_capacity(ids.len() * cols);
-        for &id in ids {
-            let id = id as usize;
-            if id >= rows {
-                return Err(Error::Index {
-                    op: "gather_rows",
-                    index: id,
-                    size: rows,
-                });
-            }
-            out.extend_from_slice(&table[id * cols..(id + 1) * cols]);
-        }
-        Tensor::from_vec(out, [ids.len(), cols])
-    }
-
-    /// `self (m, k) · rhs (k, n) -> (m, n)`; either operand may be a strided view (e.g. a
-    /// transposed weight), which gemm reads in place.
-    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        cpu::matmul::matmul(self, rhs)
-    }
-
-    /// `self (m, k) · weightᵀ` for a weight stored (n, k), as in `nn.Linear`.
-    pub fn matmul_t(&self, weight: &Tensor) -> Result<Tensor> {
-        self.matmul(&weight.transpose(0, 1)?)
-    }
-
-    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        cpu::elementwise::binary(self, rhs, "add", |a, b| a + b)
-    }
-    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        cpu::elementwise::binary(self, rhs, "mul", |a, b| a * b)
-    }
-    pub fn scale(&self, s: f32) -> Tensor {
-        cpu::elementwise::unary(self, |x| x * s)
-    }
-    pub fn silu(&self) -> Tensor {
-        cpu::elementwise::unary(self, cpu::activation::silu)
-    }
-    pub fn gelu(&self) -> Tensor {
-        cpu::elementwise::unary(self, cpu::activation::gelu_erf)
-    }
-    pub fn gelu_tanh(&self) -> Tensor {
-        cpu::elementwise::unary(self, cpu::activation::gelu_tanh)
-    }
-    pub fn relu(&self) -> Tensor {
-        cpu::elementwise::unary(self, |x| x.max(0.0))
-    }
-    /// Softmax over the last dimension.
-    pub fn softmax_last(&self) -> Result<Tensor> {
-        let cols = *self.dims().last().unwrap_or(&1);
-        let mut data = self.to_vec_f32();
-        if cols > 0 {
-            data.chunks_mut(cols)
-                .for_each(cpu::softmax::softmax_in_place);
-        }
-        Tensor::from_vec(data, self.shape().clone())
-    }
-    /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
-    pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
-        cpu::norm::rms_norm(self, weight, eps)
-    }
-    /// LayerNorm over the last dimension.
-    pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
-        cpu::norm::layer_norm(self, weight, bias, eps)
-    }
-}
-
-impl Tensor {
     /// The f32 storage from this view's offset to the end (for strided kernels such as gemm).
     pub(crate) fn storage_f32(&self) -> Option<&[f32]> {
         match &*self.storage {
-            Storage::F32(v) => Some(&v[self.layout.offset..]),
+            Storage::Cpu(CpuStorage::F32(v)) => Some(&v[self.layout.offset..]),
             _ => None,
         }
     }
-}
 
-impl Tensor {
-    /// The elements as an owned f32 vector, reusing the storage when this tensor is its only,
-    /// contiguous, f32 user (the common case for an op's fresh output).
+    /// The elements as an owned f32 host vector, reusing the storage when this tensor is its
+    /// only, contiguous, f32 user (the common case for an op's fresh output).
     pub fn into_f32_vec(self) -> Vec<f32> {
         if self.dtype() == DType::F32 && self.is_contiguous() && self.layout.offset == 0 {
             let n = self.elem_count();
             match Arc::try_unwrap(self.storage) {
-                Ok(Storage::F32(mut v)) => {
+                Ok(Storage::Cpu(CpuStorage::F32(mut v))) => {
                     v.truncate(n);
                     return v;
                 }

@@ -35,7 +35,8 @@ fn matmul_matches_reference_plain_and_transposed() {
         // f16 and bf16 operands are widened to f32.
         let got = ta
             .to_dtype(DType::F16)
-            .matmul(&tb.to_dtype(DType::BF16))
+            .unwrap()
+            .matmul(&tb.to_dtype(DType::BF16).unwrap())
             .unwrap()
             .to_vec_f32();
         assert!(max_rel_err(&got, &expect) < 2e-2);

@@ -42,12 +42,12 @@ impl BeamModel for CausalBeam<'_> {
     fn step(&self, states: &mut [KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         crate::beam::check_step(states.len(), tokens.len())?;
         // One new token per beam, each after its own cached positions.
-        let batch = Batch {
-            positions: states.iter().map(|c| c.len()).collect(),
-            seqs: (0..states.len())
+        let batch = Batch::new(
+            states.iter().map(|c| c.len()).collect(),
+            (0..states.len())
                 .map(|i| SeqSpan { start: i, len: 1 })
                 .collect(),
-        };
+        );
         let mut store = SeqCaches(states.iter_mut().collect());
         let flat = in_pool(|| {
             let hidden = self.model.forward(tokens, &batch, &mut store)?;

@@ -68,14 +68,33 @@ pub(super) fn n_blocks(engine: &Engine, cfg: &EngineConfig) -> Result<usize> {
 /// The paged storage for `n_blocks` blocks.
 pub(crate) fn pool(engine: &Engine, cfg: &EngineConfig, n_blocks: usize) -> Result<PagedKvPool> {
     let (n_layers, n_kv_heads, head_dim) = kv_layout(engine)?;
-    Ok(PagedKvPool::new(
+    let placement = engine.info.placement;
+    if placement.is_host_f32() {
+        return Ok(PagedKvPool::new(
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            n_blocks,
+            cfg.block_size,
+            cfg.kv_cache_dtype,
+        ));
+    }
+    if cfg.kv_cache_dtype != KvCacheDtype::F32 {
+        return Err(Error::InvalidArgument(format!(
+            "kv cache dtype {:?} is for the CPU; on {} the cache holds the model's {}",
+            cfg.kv_cache_dtype, placement.device, placement.dtype
+        )));
+    }
+    Ok(PagedKvPool::on_device(
+        placement.device,
+        placement.dtype,
         n_layers,
         n_kv_heads,
         head_dim,
         n_blocks,
         cfg.block_size,
-        cfg.kv_cache_dtype,
-    ))
+    )
+    .map_err(kiln_models::Error::from)?)
 }
 
 /// Bytes of KV per token for a dtype (for reports).

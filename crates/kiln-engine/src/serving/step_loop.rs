@@ -248,7 +248,7 @@ impl<'e> Loop<'e> {
             let prompt_len = self.seqs.get(&p.id).map_or(0, |s| s.state.prompt().len());
             prompt_rows.push(prompt_len > DECODE_MAX_QUERIES && p.start + p.len <= prompt_len);
         }
-        let batch = Batch { positions, seqs };
+        let batch = Batch::new(positions, seqs);
         let mut kv = PagedKv::new(&mut self.kv, tables, cached, &batch)
             .map_err(kiln_models::Error::from)?
             .prompt_rows(prompt_rows);

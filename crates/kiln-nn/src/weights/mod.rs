@@ -5,6 +5,10 @@
 //! and GGUF files, whose llama.cpp names are translated from the HF names by a per-architecture
 //! map ([`gguf::hf_to_gguf_name`]). GGUF quantized tensors stay quantized ([`Param::Quant`]);
 //! dense tensors are converted to f32 at load, the CPU backend's compute type.
+//!
+//! A [`Placement`] (device and compute dtype, [`Weights::placed`]) says where every tensor a
+//! layer loads goes: the CPU in f32 keeps GGUF matrices quantized (kiln-quant's kernels); any
+//! other placement dequantizes them once at load and stores dense tensors of its dtype there.
 
 mod gguf;
 mod safetensors;
@@ -13,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_quant::QMatrix;
-use kiln_tensor::Tensor;
+use kiln_tensor::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -44,6 +48,47 @@ impl Param {
     }
 }
 
+/// Where a model's weights live and the dtype its dense tensors are stored and computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for Placement {
+    fn default() -> Placement {
+        Placement {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+impl Placement {
+    /// The CPU engine's own placement: f32 on the host, quantized matrices kept quantized.
+    pub fn is_host_f32(&self) -> bool {
+        self.device == Device::Cpu && self.dtype == DType::F32
+    }
+
+    /// `t` stored in this placement's dtype on its device.
+    pub fn tensor(&self, t: Tensor) -> Result<Tensor> {
+        if self.is_host_f32() {
+            return Ok(t);
+        }
+        let t = if t.dtype() == self.dtype { t } else { t.to_dtype(self.dtype)? };
+        Ok(t.to_device(self.device)?)
+    }
+
+    /// `p` in this placement: unchanged on the host in f32, dense elsewhere (quantized GPU
+    /// kernels are not written yet, so a quantized matrix is dequantized once here).
+    pub fn param(&self, p: Param) -> Result<Param> {
+        if self.is_host_f32() {
+            return Ok(p);
+        }
+        Ok(Param::Dense(self.tensor(p.into_dense()?)?))
+    }
+}
+
 pub(crate) enum Source {
     Safetensors(SafetensorsSource),
     Gguf(GgufSource),
@@ -69,6 +114,7 @@ impl Source {
 pub struct Weights {
     source: Arc<Source>,
     prefix: String,
+    placement: Placement,
 }
 
 impl Weights {
@@ -94,7 +140,26 @@ impl Weights {
         Weights {
             source: Arc::new(source),
             prefix: String::new(),
+            placement: Placement::default(),
         }
+    }
+
+    /// The same weights, loaded into `placement` from now on.
+    pub fn placed(&self, placement: Placement) -> Weights {
+        Weights {
+            placement,
+            ..self.clone()
+        }
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// The same weights as they are in the file, on the host in f32 (for loaders that rearrange
+    /// a tensor before placing it, `fused.rs`).
+    pub fn host(&self) -> Weights {
+        self.placed(Placement::default())
     }
 
     /// True when the weights come from a GGUF file (whose q/k rows llama.cpp permuted for
@@ -108,6 +173,7 @@ impl Weights {
         Weights {
             source: self.source.clone(),
             prefix: format!("{}{}.", self.prefix, part),
+            placement: self.placement,
         }
     }
 
@@ -139,7 +205,7 @@ impl Weights {
                 found,
             });
         }
-        p.into_dense()
+        self.placement.tensor(p.into_dense()?)
     }
 
     /// A matrix (dense or quantized) of shape (rows, cols).
@@ -152,6 +218,6 @@ impl Weights {
                 found: p.dims(),
             });
         }
-        Ok(p)
+        self.placement.param(p)
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod attention;
+pub(crate) mod backend;
 mod decode;
 #[cfg(target_arch = "x86_64")]
 mod decode_avx2;

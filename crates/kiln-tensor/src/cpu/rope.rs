@@ -6,11 +6,7 @@
 //! caller; this kernel only rotates. Angles are `pos * inv_freq` in f32, as transformers computes
 //! them, so results agree at long positions too.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    Half,
-    Interleaved,
-}
+pub use crate::op::RopeStyle;
 
 /// Rotates the first `2 * inv_freq.len()` dims of each head (partial rotary leaves the rest).
 /// `mscale` multiplies cos and sin (YaRN's attention factor; 1 otherwise).

@@ -1,0 +1,192 @@
+//! The decoder fixture models on a GPU against the CPU engine (the oracle): the same packed,
+//! paged multi-sequence steps (prefill, chunked prefill, decode; scattered block tables; the
+//! Mistral window releasing blocks) run with the weights and KV pool on CUDA, and every step's
+//! logits are compared with the CPU's. f32 must agree within 1e-4 of the largest logit; bf16
+//! (weights, activations and KV in bf16, f32 accumulation) within the bound stated below.
+//!
+//! (The GGUF fixtures are left out: the CPU keeps their quantized matrices and quantizes
+//! activations to 8 bits, while a device dequantizes them at load, so the two differ by design.)
+//!
+//! Without a GPU (or a build without `--features cuda`) each test prints why and passes, unless
+//! `KILN_REQUIRE_GPU=1` (scripts/test-gpu.sh sets it) makes that a failure.
+
+use kiln_models::{load_on, Model};
+use kiln_nn::{Batch, PagedKv, PagedKvPool, Placement, SeqSpan, NO_BLOCK};
+use kiln_tensor::{DType, Device};
+
+#[allow(dead_code)] // the reference-tensor helpers are for the fixture tests
+mod common;
+use common::{fixture_dir, rel_err};
+
+const BS: usize = 4;
+
+/// Per sequence, the number of new tokens at each step (0 = not in that step).
+const PLAN: [[usize; 7]; 3] = [
+    [6, 6, 1, 1, 1, 5, 1],
+    [5, 1, 1, 1, 1, 1, 3],
+    [0, 0, 7, 1, 1, 1, 1],
+];
+
+const DECODERS: &[&str] = &[
+    "llama",
+    "llama_tied_mqa",
+    "mistral",
+    "qwen2",
+    "llama3_rope",
+    "llama_yarn_rope",
+    "llama_dynamic_rope",
+    "llama_linear_rope",
+    "gpt2",
+    "bloom",
+    "bloom_post_ln",
+];
+
+fn gpu(test: &str) -> Option<Device> {
+    let required = std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match Device::Cuda(0).check() {
+        Ok(()) => Some(Device::Cuda(0)),
+        Err(e) if !required => {
+            println!("skipping {test}: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: KILN_REQUIRE_GPU=1 but {e}"),
+    }
+}
+
+fn tokens(seq: usize, vocab: usize) -> Vec<u32> {
+    let n: usize = PLAN[seq].iter().sum();
+    (0..n as u32)
+        .map(|i| (i * 37 + seq as u32 * 101 + 5) % vocab.min(512) as u32)
+        .collect()
+}
+
+/// (layers, kv heads, head dim, vocab, smallest sliding window).
+fn shape(model: &Model) -> (usize, usize, usize, usize, Option<usize>) {
+    match model {
+        Model::Llama(m) => {
+            let c = &m.cfg;
+            let window = c.windows.iter().copied().flatten().min();
+            (c.n_layers, c.n_kv_heads, c.head_dim, c.vocab, window)
+        }
+        Model::Gpt2(m) => (m.cfg.n_layers, m.cfg.n_heads, m.cfg.head_dim(), m.cfg.vocab, None),
+        Model::Bloom(m) => (m.cfg.n_layers, m.cfg.n_heads, m.cfg.head_dim(), m.cfg.vocab, None),
+        _ => panic!("a decoder fixture"),
+    }
+}
+
+/// Every step's logits of every sequence, in step order, packed per step through a paged pool
+/// on the model's device.
+fn run(model: &Model, placement: Placement) -> Vec<Vec<f32>> {
+    let (n_layers, n_kv, head_dim, vocab, window) = shape(model);
+    let n_blocks = 40;
+    let mut pool = PagedKvPool::on_device(
+        placement.device,
+        placement.dtype,
+        n_layers,
+        n_kv,
+        head_dim,
+        n_blocks,
+        BS,
+    )
+    .unwrap();
+    assert_eq!(pool.device(), placement.device);
+    // Scattered block ids: a fixed permutation of the pool, dealt out round robin.
+    let mut ids: Vec<u32> = (0..n_blocks as u32).map(|i| (i * 17 + 3) % n_blocks as u32).collect();
+    let mut tables: Vec<Vec<u32>> = vec![Vec::new(); PLAN.len()];
+    let toks: Vec<Vec<u32>> = (0..PLAN.len()).map(|s| tokens(s, vocab)).collect();
+    let mut cached = vec![0usize; PLAN.len()];
+    let mut out = Vec::new();
+    for step in 0..PLAN[0].len() {
+        let live: Vec<usize> = (0..PLAN.len()).filter(|&s| PLAN[s][step] > 0).collect();
+        let (mut step_tokens, mut positions, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+        for &s in &live {
+            let n = PLAN[s][step];
+            while tables[s].len() * BS < cached[s] + n {
+                tables[s].push(ids.pop().expect("pool large enough"));
+            }
+            if let Some(w) = window {
+                let first_visible = (cached[s] + 1).saturating_sub(w);
+                for b in &mut tables[s][..first_visible / BS] {
+                    *b = NO_BLOCK;
+                }
+            }
+            seqs.push(SeqSpan {
+                start: step_tokens.len(),
+                len: n,
+            });
+            positions.extend(cached[s]..cached[s] + n);
+            step_tokens.extend_from_slice(&toks[s][cached[s]..cached[s] + n]);
+        }
+        let batch = Batch::new(positions, seqs);
+        let views: Vec<&[u32]> = live.iter().map(|&s| &tables[s][..]).collect();
+        let lens: Vec<usize> = live.iter().map(|&s| cached[s]).collect();
+        let mut kv = PagedKv::new(&mut pool, views, lens, &batch).unwrap();
+        let h = model.forward(&step_tokens, &batch, &mut kv).unwrap();
+        let logits = model.logits(&h).unwrap();
+        assert_eq!(logits.device(), placement.device);
+        out.push(logits.to_vec_f32());
+        for (&s, span) in live.iter().zip(&batch.seqs) {
+            cached[s] += span.len;
+        }
+    }
+    out
+}
+
+fn compare(dtype: DType, bound: f32, test: &str) {
+    let Some(device) = gpu(test) else { return };
+    let mut worst_all = 0f32;
+    for name in DECODERS {
+        let dir = fixture_dir(name);
+        let cpu = load_on(&dir, Placement::default(), &mut |_, _| {}).unwrap();
+        let placement = Placement { device, dtype };
+        let gpu = load_on(&dir, placement, &mut |_, _| {}).unwrap();
+        assert_eq!(gpu.info.placement, placement);
+        let want = run(&cpu.model, Placement::default());
+        let got = run(&gpu.model, placement);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| rel_err(g, w))
+            .fold(0f32, f32::max);
+        println!("{name}: {dtype} on {device}: worst step rel err {worst:.3e}");
+        assert!(worst < bound, "{name} {dtype}: logits rel err {worst} (bound {bound})");
+        worst_all = worst_all.max(worst);
+    }
+    println!("{test}: worst over the fixtures {worst_all:.3e} (bound {bound})");
+}
+
+#[test]
+fn f32_on_cuda_equals_the_cpu_within_1e_4() {
+    compare(DType::F32, 1e-4, "f32_on_cuda_equals_the_cpu_within_1e_4");
+}
+
+/// bf16 keeps 8 mantissa bits (relative rounding 2⁻⁹ ≈ 0.2% per stored value); the fixtures'
+/// random weights amplify that through their layers. Bound: 5% of the largest logit.
+#[test]
+fn bf16_on_cuda_within_bound_of_the_cpu() {
+    compare(DType::BF16, 5e-2, "bf16_on_cuda_within_bound_of_the_cpu");
+}
+
+#[test]
+fn encoders_refuse_a_device_with_a_clear_error() {
+    if !kiln_tensor::cuda::ENABLED {
+        // Without the feature the device check fails first, with its own clear error.
+        let e = load_on(
+            &fixture_dir("bert"),
+            Placement {
+                device: Device::Cuda(0),
+                dtype: DType::F32,
+            },
+            &mut |_, _| {},
+        )
+        .err()
+        .expect("no CUDA in this build");
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+        return;
+    }
+    let Some(device) = gpu("encoders_refuse_a_device_with_a_clear_error") else { return };
+    let e = load_on(&fixture_dir("bert"), Placement { device, dtype: DType::F32 }, &mut |_, _| {})
+        .err()
+        .expect("BERT is host-only for now");
+    assert!(e.to_string().contains("does not run on cuda:0"), "{e}");
+}

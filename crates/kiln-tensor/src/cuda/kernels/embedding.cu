@@ -1,0 +1,33 @@
+// Embedding lookup: gather whole rows of a table by id.
+//
+// gather_rows_{t}(const T* table, const unsigned* ids, T* y, int n_ids, int cols)
+// Layout: table is contiguous (vocab, cols); ids is (n_ids,), validated (< vocab) on the host;
+// y is contiguous (n_ids, cols) with y[r, c] = table[ids[r], c]. Values are copied bit for bit
+// (no float round trip). 1-D grid-stride loop over n_ids * cols (64-bit), so any grid works;
+// the launcher uses blockDim 256, grid = min(ceil(n_ids * cols / 256), 65535). n_ids = 0 or
+// cols = 0 does nothing. dtype suffixes f32 (float), bf16 (__nv_bfloat16), f16 (__half).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+template <typename T>
+__device__ __forceinline__ void kiln_gather_rows(const T* __restrict__ table,
+                                                 const unsigned* __restrict__ ids,
+                                                 T* __restrict__ y, int n_ids, int cols) {
+    const long long n = (long long)n_ids * cols;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long r = e / cols, c = e - r * cols;
+        y[e] = table[(long long)ids[r] * cols + c];
+    }
+}
+
+#define KILN_GATHER(TN, T)                                                                       \
+    extern "C" __global__ void gather_rows_##TN(const T* table, const unsigned* ids, T* y,      \
+                                                int n_ids, int cols) {                           \
+        kiln_gather_rows<T>(table, ids, y, n_ids, cols);                                         \
+    }
+
+KILN_GATHER(f32, float)
+KILN_GATHER(bf16, __nv_bfloat16)
+KILN_GATHER(f16, __half)

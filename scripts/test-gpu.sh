@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# kiln's GPU proof, in two halves (the GPU machine has CUDA but no Rust and no network):
+#
+#   scripts/test-gpu.sh build   here: builds the CUDA test binaries and `kiln` with
+#                               --features cuda into gpu/bin, and splits the default model into
+#                               gpu/model.part-* (each under the device tool's 64 MiB carry)
+#   scripts/test-gpu.sh run     on the GPU machine, from the repo root with gpu/ carried: runs
+#                               the op-by-op conformance suite (CUDA vs the CPU backend by NMSE),
+#                               the decoder fixture models on CUDA vs the CPU (f32 within 1e-4,
+#                               bf16 within 5e-2 of the largest logit) and SmolLM2's chat answer
+#                               in f32 and bf16; prints one PASS/FAIL line per part and exits
+#                               non-zero on any failure.
+#
+# `gpu/` is git-ignored. On the device, `run` needs LD_LIBRARY_PATH with libcuda/libnvrtc/
+# libcublasLt (it adds /usr/local/cuda/lib64) and the CUDA headers for NVRTC (it sets
+# KILN_CUDA_INCLUDE to /usr/local/cuda/include and its cccl/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+
+build() {
+  mkdir -p gpu/bin
+  local tests=(
+    "kiln-tensor backend_ops"
+    "kiln-tensor kernels_compile"
+    "kiln-models device_fixtures"
+  )
+  for t in "${tests[@]}"; do
+    set -- $t
+    local exe
+    exe=$(cargo test --release -p "$1" --features kiln-tensor/cuda --test "$2" --no-run \
+      --message-format=json 2>/dev/null \
+      | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$2" | tail -n 1)
+    [[ -n "$exe" ]] || { echo "test-gpu: building test $2 failed" >&2; exit 1; }
+    cp "$exe" "gpu/bin/$2"
+  done
+  cargo build --release -p kiln-cli --features cuda
+  cp target/release/kiln gpu/bin/kiln
+  strip gpu/bin/* 2>/dev/null || true
+  local model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+  [[ -f "$model" ]] || ./scripts/fetch-models.sh
+  rm -f gpu/model.part-*
+  split -b 48M -d "$model" gpu/model.part-
+  (cd gpu && sha256sum ../"$model" | awk '{print $1}' > model.sha256)
+  du -sh gpu/bin/* gpu/model.part-*
+}
+
+run() {
+  export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export KILN_CUDA_INCLUDE="/usr/local/cuda/include:/usr/local/cuda/include/cccl"
+  export KILN_KERNEL_CACHE="${TMPDIR:-/tmp}/kiln-kernels"
+  export KILN_REQUIRE_GPU=1 KILN_REQUIRE_NVRTC=1 KILN_FIXTURES="$root/tests/fixtures"
+  local failed=0
+  part() {
+    local name=$1; shift
+    if "$@"; then echo "test-gpu: PASS $name"; else echo "test-gpu: FAIL $name"; failed=1; fi
+  }
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  part "kernels compile (sm_90a)" gpu/bin/kernels_compile --nocapture
+  part "op conformance, CUDA vs CPU" gpu/bin/backend_ops --nocapture --test-threads=1
+  part "decoder fixtures, CUDA vs CPU" gpu/bin/device_fixtures --nocapture --test-threads=1
+  local model="${TMPDIR:-/tmp}/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if compgen -G "gpu/model.part-*" >/dev/null; then
+    cat gpu/model.part-* > "$model"
+    part "SmolLM2 file intact" bash -c "[[ \$(sha256sum '$model' | awk '{print \$1}') == \$(cat gpu/model.sha256) ]]"
+    for dtype in f32 bf16; do
+      local out
+      out=$(gpu/bin/kiln generate -m "$model" --device cuda --dtype "$dtype" --chat \
+        --temperature 0 --max-tokens 24 "What is the capital of France?" 2>&1) || true
+      echo "$out"
+      part "SmolLM2 chat on CUDA ($dtype) answers Paris" grep -q "Paris" <<<"$out"
+    done
+    part "SmolLM2 bench on CUDA (bf16)" gpu/bin/kiln bench -m "$model" --device cuda
+  else
+    echo "test-gpu: FAIL SmolLM2: gpu/model.part-* not carried"; failed=1
+  fi
+  return $failed
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) run ;;
+  *) echo "usage: scripts/test-gpu.sh build|run" >&2; exit 2 ;;
+esac
