@@ -21,7 +21,7 @@ root="$PWD"
 build() {
   mkdir -p gpu/bin
   local tests=(
-    "kiln-tensor backend_ops"
+    "kiln-tensor device_ops"
     "kiln-tensor kernels_compile"
     "kiln-models device_fixtures"
   )
@@ -44,8 +44,9 @@ for l in sys.stdin:
   local model=models/SmolLM2-135M-Instruct.Q4_1.gguf
   [[ -f "$model" ]] || ./scripts/fetch-models.sh
   rm -f gpu/model.part-*
-  split -b 48M -d "$model" gpu/model.part-
+  split -b 24M -d "$model" gpu/model.part-
   (cd gpu && sha256sum ../"$model" | awk '{print $1}' > model.sha256)
+  cp /usr/share/common-licenses/GPL-3 gpu/GPL-3
   du -sh gpu/bin/* gpu/model.part-*
 }
 
@@ -61,20 +62,32 @@ run() {
   }
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   part "kernels compile (sm_90a)" gpu/bin/kernels_compile --nocapture
-  part "op conformance, CUDA vs CPU" gpu/bin/backend_ops --nocapture --test-threads=1
+  part "op conformance, CUDA vs CPU" gpu/bin/device_ops --nocapture --test-threads=1
   part "decoder fixtures, CUDA vs CPU" gpu/bin/device_fixtures --nocapture --test-threads=1
   local model="${TMPDIR:-/tmp}/SmolLM2-135M-Instruct.Q4_1.gguf"
   if compgen -G "gpu/model.part-*" >/dev/null; then
     cat gpu/model.part-* > "$model"
     part "SmolLM2 file intact" bash -c "[[ \$(sha256sum '$model' | awk '{print \$1}') == \$(cat gpu/model.sha256) ]]"
-    for dtype in f32 bf16; do
-      local out
-      out=$(gpu/bin/kiln generate -m "$model" --device cuda --dtype "$dtype" --chat \
-        --temperature 0 --max-tokens 24 "What is the capital of France?" 2>&1) || true
-      echo "$out"
-      part "SmolLM2 chat on CUDA ($dtype) answers Paris" grep -q "Paris" <<<"$out"
+    local out
+    out=$(gpu/bin/kiln generate -m "$model" --device cuda --dtype f32 --chat \
+      --temperature 0 --max-tokens 24 -p "What is the capital of France?" 2>&1) || true
+    echo "$out"
+    part "SmolLM2 chat on CUDA (f32) answers as transformers: Paris" grep -q "The capital of France is Paris." <<<"$out"
+    # Perplexity of GPL-3 in 512-token windows; transformers (f32, the same dequantized weights)
+    # gives 22.0477 (tests/fixtures/smollm2/score_gpl3_ctx512.json). f32 on CUDA must be within
+    # 0.1%, bf16 within 2% (bf16's greedy answer may take another branch at the reference's
+    # first step, a 0.08-logit near-tie, so its text is not compared).
+    for spec in "f32 0.001" "bf16 0.02"; do
+      set -- $spec
+      local ppl
+      ppl=$(gpu/bin/kiln score -m "$model" --device cuda --dtype "$1" --file gpu/GPL-3 \
+        --context 512 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["perplexity"])') || ppl=nan
+      echo "SmolLM2 GPL-3 ctx512 perplexity on CUDA ($1): $ppl (transformers f32: 22.0477)"
+      part "SmolLM2 perplexity on CUDA ($1) within $2 of transformers" \
+        python3 -c "import sys; sys.exit(0 if abs(float('$ppl') / 22.04765651069876 - 1) < $2 else 1)"
     done
     part "SmolLM2 bench on CUDA (bf16)" gpu/bin/kiln bench -m "$model" --device cuda
+    part "SmolLM2 bench on CUDA (f32)" gpu/bin/kiln bench -m "$model" --device cuda --dtype f32
   else
     echo "test-gpu: FAIL SmolLM2: gpu/model.part-* not carried"; failed=1
   fi

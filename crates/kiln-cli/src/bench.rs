@@ -82,6 +82,11 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let (pp_runs, tg_runs) = (pp.clone(), tg.clone());
+    let placement = engine.info.placement;
+    let backend = match placement.device {
+        kiln_tensor::Device::Cpu => "CPU".to_string(),
+        d => format!("CUDA ({d}, {})", placement.dtype),
+    };
     let (pps, tgs) = (median(&mut pp), median(&mut tg));
     let name = path
         .file_name()
@@ -94,6 +99,8 @@ pub fn run(a: Args) -> Result<()> {
         let v = json!({
             "model": name,
             "threads": threads,
+            "device": placement.device.to_string(),
+            "dtype": placement.dtype.to_string(),
             "prompt_tokens": np,
             "gen_tokens": ng,
             "repeats": a.repeats,
@@ -106,8 +113,8 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         println!("| model | size | backend | threads | test | t/s |");
         println!("| --- | ---: | --- | ---: | ---: | ---: |");
-        println!("| {name} | {size_mib:.2} MiB | CPU | {threads} | pp{np} | {pps:.2} |");
-        println!("| {name} | {size_mib:.2} MiB | CPU | {threads} | tg{ng} | {tgs:.2} |");
+        println!("| {name} | {size_mib:.2} MiB | {backend} | {threads} | pp{np} | {pps:.2} |");
+        println!("| {name} | {size_mib:.2} MiB | {backend} | {threads} | tg{ng} | {tgs:.2} |");
     }
     Ok(())
 }

@@ -8,8 +8,9 @@
 //! its block tables without a copy.
 
 use kiln_tensor::cpu::attention::{attention, AttnParams};
-use kiln_tensor::Tensor;
+use kiln_tensor::{AttnArgs, Device, HostMeta, KvLayout, Tensor};
 
+use crate::kv_cache::DeviceRows;
 use crate::{Batch, KvCache, Result};
 
 pub trait KvStore {
@@ -72,6 +73,88 @@ fn append_attend_contiguous(
     attention(q, &kv.k, &kv.v, q_start, params, out);
 }
 
+/// [`KvCache`] on a device: rows appended with `kv_write` into per-layer buffers that double
+/// when full, attention over them as packed rows; the step's metadata is uploaded by its first
+/// layer.
+fn append_attend_device(
+    cache: &mut KvCache,
+    layer: usize,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    params: &AttnParams,
+) -> Result<Tensor> {
+    if params.rel_bias.is_some() {
+        return Err(crate::Error::Config(
+            "relative position bias (T5) runs on the CPU only".into(),
+        ));
+    }
+    let (device, start) = (q.device(), cache.len());
+    let (n_kv, hd) = (params.n_kv_heads, params.head_dim);
+    let n = k.elem_count() / (n_kv * hd).max(1);
+    let n_layers = cache.n_layers();
+    let d = cache.device.get_or_insert_with(|| DeviceRows {
+        layers: vec![None; n_layers],
+        step: None,
+    });
+    if !matches!(d.step, Some((s, m, ..)) if s == start && m == n) {
+        let host = HostMeta {
+            tok_seq: vec![0; n],
+            tok_pos: (start..start + n).map(|p| p as u32).collect(),
+            seq_len: vec![(start + n) as u32],
+            tables: vec![vec![0]],
+        };
+        let slots = (start..start + n).map(|p| p as u32).collect();
+        d.step = Some((
+            start,
+            n,
+            host.upload(device)?,
+            Tensor::from_u32(slots, [n])?.to_device(device)?,
+        ));
+    }
+    let Some((_, _, meta, slots)) = &d.step else {
+        unreachable!("set above")
+    };
+    let slot = &mut d.layers[layer];
+    let cap = slot.as_ref().map_or(0, |(kc, _)| kc.dims()[0]);
+    if start + n > cap {
+        let new_cap = (start + n).max(2 * cap).max(256);
+        let shape = [new_cap, n_kv, 1, hd];
+        let (mut kc, mut vc) = (
+            Tensor::zeros_on(shape, k.dtype(), device)?,
+            Tensor::zeros_on(shape, k.dtype(), device)?,
+        );
+        if let Some((ok, ov)) = slot.as_ref().filter(|_| start > 0) {
+            let rows = |t: &Tensor| t.narrow(0, 0, start)?.reshape([start, n_kv * hd]);
+            let old: Vec<u32> = (0..start as u32).collect();
+            let old = Tensor::from_u32(old, [start])?.to_device(device)?;
+            Tensor::kv_write(&rows(ok)?, &rows(ov)?, &mut kc, &mut vc, &old)?;
+        }
+        *slot = Some((kc, vc));
+    }
+    let (kc, vc) = slot.as_mut().expect("allocated above");
+    Tensor::kv_write(k, v, kc, vc, slots)?;
+    let alibi = match params.alibi_slopes {
+        Some(a) => Some(Tensor::from_vec(a.to_vec(), [a.len()])?.to_device(device)?),
+        None => None,
+    };
+    Ok(Tensor::attention(&AttnArgs {
+        q,
+        k: kc,
+        v: vc,
+        layout: KvLayout::rows(n_kv, hd),
+        meta,
+        n_heads: params.n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        scale: params.scale,
+        causal: params.causal,
+        window: params.window,
+        alibi: alibi.as_ref(),
+        rel_bias: None,
+    })?)
+}
+
 /// One sequence's contiguous cache; the batch must hold exactly that sequence.
 impl KvStore for KvCache {
     fn append_attend_all(
@@ -84,6 +167,9 @@ impl KvStore for KvCache {
         params: &AttnParams,
     ) -> Result<Tensor> {
         assert_eq!(batch.seqs.len(), 1, "a single KvCache holds one sequence");
+        if q.device() != Device::Cpu {
+            return append_attend_device(self, layer, q, k, v, params);
+        }
         per_sequence(batch, q, k, v, params, |_, q, k, v, out| {
             append_attend_contiguous(self, layer, q, k, v, params, out)
         })
@@ -108,6 +194,12 @@ impl KvStore for SeqCaches<'_> {
         v: &Tensor,
         params: &AttnParams,
     ) -> Result<Tensor> {
+        if q.device() != Device::Cpu {
+            return Err(crate::Error::Config(format!(
+                "several contiguous caches in one step (beam search) run on the CPU, not {}",
+                q.device()
+            )));
+        }
         per_sequence(batch, q, k, v, params, |i, q, k, v, out| {
             append_attend_contiguous(self.0[i], layer, q, k, v, params, out)
         })

@@ -159,8 +159,8 @@ impl Tensor {
             return Ok(self);
         }
         let x = self.reshape([n, n_heads, self.elem_count() / (n * n_heads)])?;
-        let shape = x.shape().clone();
-        let _ = shape;
+        // Release this handle so the backend may rotate the storage in place.
+        drop(self);
         backend_for(Op::Rope, &x)?.rope(x, positions, inv_freq, mscale, style)
     }
 
@@ -205,6 +205,12 @@ impl Tensor {
             });
         }
         backend_for(Op::KvWrite, k)?.kv_write(k, v, kc, vc, slots)
+    }
+
+    /// A fresh copy of the elements (contiguous), never sharing storage with `self`: what a
+    /// caller that writes in place (`kv_write`) clones with.
+    pub fn deep_copy(&self) -> Result<Tensor> {
+        backend_for(Op::Copy, self)?.copy(self)
     }
 
     /// Casts on the tensor's own device.

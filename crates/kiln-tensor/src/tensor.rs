@@ -349,4 +349,10 @@ impl Tensor {
         }
         self.to_vec_f32()
     }
+
+    /// Whether this tensor is the only user of its storage (an op may then write in place).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn is_unique(&mut self) -> bool {
+        Arc::get_mut(&mut self.storage).is_some()
+    }
 }

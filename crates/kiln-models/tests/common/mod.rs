@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+/// `tests/fixtures/<name>`; `KILN_FIXTURES` overrides the folder (a test binary run on another
+/// machine, scripts/test-gpu.sh).
 pub fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
+    match std::env::var_os("KILN_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(name),
+    }
 }
 
 /// A fixture's `reference.safetensors`.
