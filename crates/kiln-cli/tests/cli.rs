@@ -280,3 +280,32 @@ fn beam_search_json_lists_every_sequence() {
     }
     assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
 }
+
+/// `--device`: an unknown device is a usage error; CUDA without the feature (or without a
+/// driver/GPU) is one line saying what to do, on every model command, before any model loads.
+#[test]
+fn device_errors_are_one_clear_line() {
+    let out = kiln(&["generate", "--device", "tpu", "-p", "hi"]);
+    assert_clean_error(&out, 2, "unknown device `tpu`");
+    let fixture = root().join("tests/fixtures/llama");
+    let fixture = fixture.to_str().unwrap();
+    let minilm = root().join("tests/fixtures/minilm");
+    let minilm = minilm.to_str().unwrap();
+    let runs: [&[&str]; 6] = [
+        &["generate", "-m", fixture, "--device", "cuda", "-p", "hi"],
+        &["score", "-m", fixture, "--device", "cuda:1", "--text", "a b c"],
+        &["bench", "-m", fixture, "--device", "cuda"],
+        &["embed", "-m", minilm, "--device", "cuda", "--text", "hi"],
+        &["classify", "-m", minilm, "--device", "cuda", "--text", "hi"],
+        &["serve", "-m", fixture, "--device", "cuda", "--port", "0"],
+    ];
+    let needle = if cfg!(feature = "cuda") { "CUDA" } else { "--features cuda" };
+    for args in runs {
+        let out = kiln(args);
+        assert_clean_error(&out, 1, needle);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.trim().lines().count() <= 2, "{args:?}: {err}");
+    }
+    let out = kiln(&["generate", "-m", fixture, "--dtype", "bf16", "-p", "hi"]);
+    assert_clean_error(&out, 1, "--dtype bf16 is for GPUs");
+}

@@ -15,8 +15,6 @@
 //! buffers allocated once per call, not per layer: one gemm per Linear over all tokens.
 
 use kiln_nn::{Activation, Attention, AttentionSpec, Batch, Embedding, LayerNorm, Linear, Weights};
-use kiln_tensor::cpu::activation::{gelu_tanh, silu};
-use kiln_tensor::cpu::encoder::gelu_erf_in_place;
 use kiln_tensor::{Tensor, UnaryOp};
 
 use crate::config::HfConfig;
@@ -190,21 +188,13 @@ impl Block {
         )?;
         self.attention_norm.forward_add_in_place(x, &mut s.tmp)?; // h = LN(x + attn(x))
         self.intermediate.forward_into(x, n, &mut s.inter)?;
-        act_in_place(act, &mut s.inter, self.intermediate.out_features());
+        act.apply_host(&mut s.inter, self.intermediate.out_features());
         self.output.forward_into(&s.inter, n, &mut s.tmp)?;
         self.output_norm.forward_add_in_place(x, &mut s.tmp)?; // out = LN(h + ffn(h))
         Ok(())
     }
 }
 
-fn act_in_place(act: Activation, x: &mut [f32], cols: usize) {
-    match act {
-        Activation::Gelu => gelu_erf_in_place(x, cols),
-        Activation::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Silu => x.iter_mut().for_each(|v| *v = silu(*v)),
-    }
-}
 
 /// A classification head: `out(act(dense(features)))` for sequence heads (BERT's pooler + tanh,
 /// RoBERTa's `classifier.dense` + tanh, DistilBERT's `pre_classifier` + ReLU), or a single

@@ -11,7 +11,7 @@ use kiln_nn::{
     Activation, Attention, AttentionSpec, Batch, Embedding, GatedMlp, KvCache, KvStore, Linear,
     RmsNorm, Rope, Weights,
 };
-use kiln_tensor::cpu::rope::RopeStyle;
+use kiln_tensor::RopeStyle;
 use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_nn::{Batch, KvCache, KvStore, Placement, Weights};
-use kiln_tensor::cpu::rope::RopeStyle;
+use kiln_tensor::RopeStyle;
 use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;

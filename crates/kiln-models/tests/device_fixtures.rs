@@ -96,6 +96,7 @@ fn run(model: &Model, placement: Placement) -> Vec<Vec<f32>> {
     let toks: Vec<Vec<u32>> = (0..PLAN.len()).map(|s| tokens(s, vocab)).collect();
     let mut cached = vec![0usize; PLAN.len()];
     let mut out = Vec::new();
+    #[allow(clippy::needless_range_loop)] // `step` indexes every sequence's plan
     for step in 0..PLAN[0].len() {
         let live: Vec<usize> = (0..PLAN.len()).filter(|&s| PLAN[s][step] > 0).collect();
         let (mut step_tokens, mut positions, mut seqs) = (Vec::new(), Vec::new(), Vec::new());

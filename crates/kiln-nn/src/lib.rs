@@ -34,7 +34,7 @@ pub use kv_store::{KvStore, SeqCaches};
 pub use linear::Linear;
 pub use mlp::{Activation, GatedMlp, Mlp};
 pub use norm::{LayerNorm, RmsNorm};
-pub use paged_kv::{KvCacheDtype, PagedKv, PagedKvPool, NO_BLOCK};
+pub use paged_kv::{KvCacheDtype, PagedKv, PagedKvPool, DECODE_MAX_QUERIES, NO_BLOCK};
 pub use relative_bias::{PositionBias, RelativePositionBias};
 pub use rope::{Rope, RopeScaling};
 pub use sinusoidal::SinusoidalPositions;

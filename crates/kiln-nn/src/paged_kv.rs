@@ -20,6 +20,9 @@
 
 use kiln_tensor::cpu::attention::AttnParams;
 use kiln_tensor::cpu::paged_attention::PagedLayerKv;
+/// Query rows up to which the CPU kernels take the decode path (the step loop cuts prompts
+/// above it into blocked chunks, for batch invariance).
+pub use kiln_tensor::cpu::attention::DECODE_MAX_QUERIES;
 pub use kiln_tensor::cpu::paged_attention::{KvCacheDtype, NO_BLOCK};
 use kiln_tensor::{AttnArgs, AttnMeta, DType, Device, HostMeta, KvLayout, Tensor};
 use rayon::prelude::*;

@@ -122,13 +122,13 @@ impl AttnArgs<'_> {
     pub(crate) fn check(&self) -> Result<usize> {
         let row = self.n_heads * self.head_dim;
         let bad = |what: String| Err(Error::Invalid { op: "attention", reason: what });
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads are not a multiple of {} kv heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if row == 0 || self.q.elem_count() % row != 0 {
+        if row == 0 || !self.q.elem_count().is_multiple_of(row) {
             return bad(format!("q of shape {:?} is not rows of {row}", self.q.dims()));
         }
         let n = self.q.elem_count() / row;

@@ -144,7 +144,7 @@ impl Tensor {
         same_device("rope", &self, inv_freq)?;
         let n = positions.elem_count();
         let half = inv_freq.elem_count();
-        let ok = n > 0 && self.elem_count() % (n * n_heads.max(1)) == 0 && {
+        let ok = n > 0 && self.elem_count().is_multiple_of(n * n_heads.max(1)) && {
             let head_dim = self.elem_count() / (n * n_heads.max(1));
             2 * half <= head_dim
         };

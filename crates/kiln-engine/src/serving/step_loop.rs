@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use kiln_nn::{Batch, PagedKv, PagedKvPool, SeqSpan};
 use kiln_sched::{BlockPool, Scheduler, SchedulerConfig, StepPlan};
-use kiln_tensor::cpu::attention::DECODE_MAX_QUERIES;
+use kiln_nn::DECODE_MAX_QUERIES;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{Pending, Shared};

@@ -250,7 +250,7 @@ impl Backend for CudaBackend {
         };
         let dev = cuda_of(x)?.dev;
         let cols = *x.dims().last().unwrap_or(&0);
-        let rows = if cols == 0 { 0 } else { x.elem_count() / cols };
+        let rows = x.elem_count().checked_div(cols).unwrap_or(0);
         let (out, po) = new_like(dev, dt, x.dims())?;
         if rows > 0 {
             let (name, args) = match op {
@@ -272,7 +272,7 @@ impl Backend for CudaBackend {
         let (_x, px) = contiguous_ptr(x)?;
         let dev = cuda_of(x)?.dev;
         let cols = *x.dims().last().unwrap_or(&0);
-        let rows = if cols == 0 { 0 } else { x.elem_count() / cols };
+        let rows = x.elem_count().checked_div(cols).unwrap_or(0);
         let (out, po) = new_like(dev, x.dtype(), x.dims())?;
         if rows > 0 {
             let name = format!("softmax_{}", suffix(x.dtype()));

@@ -1,5 +1,6 @@
 //! The CUDA C++ kernel sources, embedded at build time and compiled at run time by NVRTC
-//! (`nvrtc::cached_cubin`), one module per file of `kernels/`.
+//! (`nvrtc::cached_cubin`), one module per file of `kernels/`, each with `kernels/common.cuh`
+//! (loads/stores, reductions, the grid-stride loop) prepended.
 //!
 //! Every exported kernel is `extern "C"` (no C++ name mangling) and named `<base>_<dtype>`, with
 //! the dtype suffix from [`DTYPE_SUFFIXES`] (`f32`, `bf16`, `f16`; `u32` for `copy_strided` only;
@@ -15,12 +16,12 @@ pub(crate) struct KernelSource {
 }
 
 pub(crate) const SOURCES: &[KernelSource] = &[
-    KernelSource { name: "elementwise", src: include_str!("kernels/elementwise.cu") },
-    KernelSource { name: "norm", src: include_str!("kernels/norm.cu") },
-    KernelSource { name: "rope", src: include_str!("kernels/rope.cu") },
-    KernelSource { name: "embedding", src: include_str!("kernels/embedding.cu") },
-    KernelSource { name: "kv", src: include_str!("kernels/kv.cu") },
-    KernelSource { name: "attention", src: include_str!("kernels/attention.cu") },
+    KernelSource { name: "elementwise", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/elementwise.cu")) },
+    KernelSource { name: "norm", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/norm.cu")) },
+    KernelSource { name: "rope", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/rope.cu")) },
+    KernelSource { name: "embedding", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/embedding.cu")) },
+    KernelSource { name: "kv", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/kv.cu")) },
+    KernelSource { name: "attention", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/attention.cu")) },
 ];
 
 /// The float dtypes every templated kernel is instantiated for, as name suffixes.

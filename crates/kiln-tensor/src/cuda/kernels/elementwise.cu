@@ -13,24 +13,6 @@
 // - Compiled with accurate libm (expf, erff, tanhf), not --use_fast_math: results must agree
 //   with the CPU reference to a few ulp in f32.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-__device__ __forceinline__ float kiln_load(float x) { return x; }
-__device__ __forceinline__ float kiln_load(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float kiln_load(__half x) { return __half2float(x); }
-
-template <typename T> __device__ __forceinline__ T kiln_store(float x);
-template <> __device__ __forceinline__ float kiln_store<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 kiln_store<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half kiln_store<__half>(float x) { return __float2half_rn(x); }
-
-#define KILN_GRID_STRIDE(i, n)                                                                 \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
-         i += (long long)blockDim.x * gridDim.x)
-
 // ---------------------------------------------------------------------------------------------
 // cast_{s}_to_{d}(const S* x, D* y, int n)
 

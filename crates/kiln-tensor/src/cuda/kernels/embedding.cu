@@ -7,9 +7,6 @@
 // the launcher uses blockDim 256, grid = min(ceil(n_ids * cols / 256), 65535). n_ids = 0 or
 // cols = 0 does nothing. dtype suffixes f32 (float), bf16 (__nv_bfloat16), f16 (__half).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 template <typename T>
 __device__ __forceinline__ void kiln_gather_rows(const T* __restrict__ table,
                                                  const unsigned* __restrict__ ids,

@@ -12,9 +12,6 @@
 // threads write consecutive head_dim elements of one row. Values are copied bit for bit.
 // dtype suffixes f32 (float), bf16 (__nv_bfloat16), f16 (__half).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 template <typename T>
 __device__ __forceinline__ void kiln_kv_write(const T* __restrict__ k, const T* __restrict__ v,
                                               T* __restrict__ kc, T* __restrict__ vc,

@@ -9,57 +9,6 @@
 // it matters: x * inv * w, 1 / sqrt(..), exp(x - max) * (1 / sum)). cols = 0 writes nothing.
 // y may equal x (in place): each element is read before it is written, by the thread writing it.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-// NVRTC has no <math.h>, so no INFINITY macro.
-#define KILN_NEG_INF (-__int_as_float(0x7f800000))
-
-__device__ __forceinline__ float kiln_load(float x) { return x; }
-__device__ __forceinline__ float kiln_load(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float kiln_load(__half x) { return __half2float(x); }
-
-template <typename T> __device__ __forceinline__ T kiln_store(float x);
-template <> __device__ __forceinline__ float kiln_store<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 kiln_store<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half kiln_store<__half>(float x) { return __float2half_rn(x); }
-
-__device__ __forceinline__ float kiln_warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float kiln_warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Block-wide sum / max; every thread gets the result. `red` holds 32 floats. The leading
-// __syncthreads makes back-to-back calls with the same `red` safe.
-__device__ __forceinline__ float kiln_block_sum(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n_warps = (blockDim.x + 31) >> 5;
-    v = kiln_warp_sum(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return kiln_warp_sum(lane < n_warps ? red[lane] : 0.0f);
-}
-
-__device__ __forceinline__ float kiln_block_max(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n_warps = (blockDim.x + 31) >> 5;
-    v = kiln_warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return kiln_warp_max(lane < n_warps ? red[lane] : KILN_NEG_INF);
-}
-
 // rms_norm_{t}(const T* x, const T* w, T* y, int cols, float eps):
 // y = x / sqrt(mean(x^2) + eps) * w.
 template <typename T>

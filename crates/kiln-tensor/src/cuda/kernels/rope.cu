@@ -13,20 +13,6 @@
 // Dims >= 2 * half are left untouched (partial rotary). See kiln-tensor/src/cpu/rope.rs.
 // dtype suffixes f32 / bf16 / f16: load to float, compute in float, round to nearest on store.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-__device__ __forceinline__ float kiln_load(float x) { return x; }
-__device__ __forceinline__ float kiln_load(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float kiln_load(__half x) { return __half2float(x); }
-
-template <typename T> __device__ __forceinline__ T kiln_store(float x);
-template <> __device__ __forceinline__ float kiln_store<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 kiln_store<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half kiln_store<__half>(float x) { return __float2half_rn(x); }
-
 // `half_dim` is the spec's `half` (renamed: cuda_fp16.h defines a type named `half`).
 template <typename T>
 __device__ __forceinline__ void kiln_rope(T* x, const unsigned* positions, const float* inv_freq,

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Invariants of the device layer that CI holds (ARCHITECTURE.md, "Layers and backends"):
+#   1. models, the engine, the server and the CLI never name `cpu::`: they call layers and
+#      tensor ops, which dispatch on the tensor's device (only kiln-tensor's backends and
+#      kiln-nn's CPU fast paths may reach the CPU kernels);
+#   2. kiln-tensor's Backend trait stays crate-private;
+#   3. every Storage match is exhaustive (no `_ =>` arm hides a device in storage.rs/backend.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fail=0
+if hits=$(grep -rnE '\bcpu::' crates/kiln-models/src crates/kiln-engine/src crates/kiln-server/src crates/kiln-cli/src | grep -vE '^\S+:\s*//'); then
+  echo "check-invariants: models/engine/server/CLI name cpu:: (go through kiln-nn layers or Tensor ops):"
+  echo "$hits"
+  fail=1
+fi
+if grep -nE '^\s*pub (trait|use .*Backend)' crates/kiln-tensor/src/backend.rs crates/kiln-tensor/src/lib.rs; then
+  echo "check-invariants: the Backend trait must stay pub(crate)"
+  fail=1
+fi
+if grep -nE '^\s*_ =>' crates/kiln-tensor/src/storage.rs crates/kiln-tensor/src/backend.rs; then
+  echo "check-invariants: a wildcard arm in a Storage/Device dispatch"
+  fail=1
+fi
+[[ $fail == 0 ]] && echo "check-invariants: ok"
+exit $fail
