@@ -36,7 +36,7 @@ _kiln_cuda_env() {
     done
   fi
 
-  site="$(compgen -G "$venv/lib/python3*/site-packages" | head -n 1)"
+  site="$(compgen -G "$venv/lib/python3*/site-packages" | head -n 1 || true)"
   if [[ -z "$site" || ! -f "$site/nvidia/cu13/lib/libnvrtc.so.13" \
         || ! -f "$site/nvidia/cu13/include/cuda_runtime.h" \
         || ! -d "$site/nvidia/cu13/include/cccl" ]]; then
@@ -50,7 +50,7 @@ _kiln_cuda_env() {
       echo "cuda-env: pip install ${pins[*]} into $venv failed" >&2
       return 1
     }
-    site="$(compgen -G "$venv/lib/python3*/site-packages" | head -n 1)"
+    site="$(compgen -G "$venv/lib/python3*/site-packages" | head -n 1 || true)"
   fi
   lib="$site/nvidia/cu13/lib"
   inc="$site/nvidia/cu13/include"

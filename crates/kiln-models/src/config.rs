@@ -34,7 +34,7 @@ impl HfConfig {
         })
     }
 
-    fn bad(&self, reason: String) -> Error {
+    pub(crate) fn bad(&self, reason: String) -> Error {
         Error::BadConfig {
             path: self.origin.clone(),
             reason,

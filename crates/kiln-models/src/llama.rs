@@ -43,7 +43,16 @@ impl LlamaConfig {
         let hidden = c.usize("hidden_size")?;
         let n_heads = c.usize("num_attention_heads")?;
         let n_layers = c.usize("num_hidden_layers")?;
-        let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / n_heads.max(1));
+        let n_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+            return Err(c.bad(format!(
+                "num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv_heads}"
+            )));
+        }
+        let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / n_heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(c.bad(format!("head size {head_dim} must be even and non-zero")));
+        }
         let model_type = c.str("model_type").unwrap_or("llama");
         let is_qwen2 = model_type == "qwen2";
         let window = c.opt_usize("sliding_window")?;
@@ -77,7 +86,7 @@ impl LlamaConfig {
             intermediate: c.usize("intermediate_size")?,
             n_layers,
             n_heads,
-            n_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+            n_kv_heads,
             head_dim,
             vocab: c.usize("vocab_size")?,
             rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
