@@ -19,7 +19,7 @@
 //! `CONTEXT_FACTOR` times the training length (`seq_length` when the config states it, else
 //! BLOOM's 2048), rather than an unbounded limit that would let a request exhaust memory.
 
-use kiln_nn::fused::{load_fused_qkv, QkvLayout};
+use kiln_nn::fused::load_per_head_qkv;
 use kiln_nn::{
     Activation, Alibi, Attention, AttentionSpec, Batch, Embedding, KvCache, KvStore, LayerNorm,
     Linear, Mlp, Weights,
@@ -106,16 +106,7 @@ impl Block {
             alibi: Some(Alibi::new(cfg.n_heads)),
         };
         let a = w.pp("self_attention");
-        // llama.cpp's converter regroups the rows to q | k | v.
-        let layout = if w.is_gguf() {
-            QkvLayout::Blocked
-        } else {
-            QkvLayout::PerHead {
-                n_heads: cfg.n_heads,
-                head_dim,
-            }
-        };
-        let [q, k, v] = load_fused_qkv(&a, "query_key_value", h, h, layout, true)?;
+        let [q, k, v] = load_per_head_qkv(&a, "query_key_value", h, cfg.n_heads, head_dim)?;
         let dense = Linear::load(&a, "dense", h, h, true)?;
         let m = w.pp("mlp");
         Ok(Block {

@@ -13,7 +13,7 @@
 //! the root (GPT2Model). Unsupported variants (`scale_attn_by_inverse_layer_idx`, unscaled
 //! attention, cross-attention) are config errors rather than silently wrong outputs.
 
-use kiln_nn::fused::{load_conv1d, load_conv1d_qkv, load_fused_qkv, QkvLayout};
+use kiln_nn::fused::{load_conv1d, load_conv1d_qkv};
 use kiln_nn::{
     Activation, Attention, AttentionSpec, Batch, Embedding, KvCache, KvStore, LayerNorm, Linear,
     Mlp, Weights,
@@ -107,11 +107,7 @@ impl Block {
             alibi: None,
         };
         let a = w.pp("attn");
-        let [q, k, v] = if w.is_gguf() {
-            load_fused_qkv(&a, "c_attn", h, h, QkvLayout::Blocked, true)?
-        } else {
-            load_conv1d_qkv(&a, "c_attn", h, h)?
-        };
+        let [q, k, v] = load_conv1d_qkv(&a, "c_attn", h, h)?;
         let m = w.pp("mlp");
         Ok(Block {
             ln_1: LayerNorm::load(w, "ln_1", h, eps, true)?,
@@ -141,14 +137,9 @@ impl Block {
     }
 }
 
-/// A Conv1D projection with bias: `(in, out)` in safetensors, already `(out, in)` in GGUF (kept
-/// quantized there).
+/// A Conv1D projection with bias (kiln-nn `fused` reads it from either file format).
 fn projection(w: &Weights, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
-    Ok(if w.is_gguf() {
-        Linear::load(w, name, in_features, out_features, true)?
-    } else {
-        load_conv1d(w, name, in_features, out_features, true)?
-    })
+    Ok(load_conv1d(w, name, in_features, out_features, true)?)
 }
 
 #[derive(Clone)]

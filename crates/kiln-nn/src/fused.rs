@@ -21,7 +21,9 @@ pub enum QkvLayout {
     PerHead { n_heads: usize, head_dim: usize },
 }
 
-/// `{name}.weight` stored `(in, out)` (transformers `Conv1D`), as a [`Linear`] `(out, in)`.
+/// `{name}.weight` stored `(in, out)` (transformers `Conv1D`), as a [`Linear`] `(out, in)`. A
+/// GGUF file already holds it `(out, in)` (llama.cpp's converter transposes it), and keeps it
+/// quantized.
 pub fn load_conv1d(
     w: &Weights,
     name: &str,
@@ -29,6 +31,9 @@ pub fn load_conv1d(
     out_features: usize,
     bias: bool,
 ) -> Result<Linear> {
+    if w.is_gguf() {
+        return Linear::load(w, name, in_features, out_features, bias);
+    }
     let (weight, bias) = load_conv1d_parts(w, name, in_features, out_features, bias)?;
     place_dense(w, weight, bias)
 }
@@ -87,10 +92,31 @@ pub fn load_fused_qkv(
     split_into(w.placement(), &weight, bias.as_ref(), d, layout)
 }
 
-/// GPT-2's `c_attn`: a Conv1D `(hidden, 3 * d)` holding q | k | v, split into three projections.
+/// GPT-2's `c_attn`: a Conv1D `(hidden, 3 * d)` holding q | k | v, split into three projections
+/// (in GGUF already `(3 * d, hidden)`).
 pub fn load_conv1d_qkv(w: &Weights, name: &str, hidden: usize, d: usize) -> Result<[Linear; 3]> {
+    if w.is_gguf() {
+        return load_fused_qkv(w, name, hidden, d, QkvLayout::Blocked, true);
+    }
     let (weight, bias) = load_conv1d_parts(w, name, hidden, 3 * d, true)?;
     split_into(w.placement(), &weight, bias.as_ref(), d, QkvLayout::Blocked)
+}
+
+/// BLOOM's `query_key_value`: rows `(n_heads, 3, head_dim)` in Hugging Face checkpoints, which
+/// llama.cpp's converter regroups to q | k | v in GGUF.
+pub fn load_per_head_qkv(
+    w: &Weights,
+    name: &str,
+    hidden: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> Result<[Linear; 3]> {
+    let layout = if w.is_gguf() {
+        QkvLayout::Blocked
+    } else {
+        QkvLayout::PerHead { n_heads, head_dim }
+    };
+    load_fused_qkv(w, name, hidden, n_heads * head_dim, layout, true)
 }
 
 /// Splits `weight (3 * d, hidden)` and `bias (3 * d,)` into q, k, v by `layout`.

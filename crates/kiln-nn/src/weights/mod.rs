@@ -164,7 +164,7 @@ impl Weights {
 
     /// True when the weights come from a GGUF file (whose q/k rows llama.cpp permuted for
     /// interleaved rotary pairs).
-    pub fn is_gguf(&self) -> bool {
+    pub(crate) fn is_gguf(&self) -> bool {
         matches!(*self.source, Source::Gguf(_))
     }
 
