@@ -9,11 +9,10 @@
 //! transformers' `pipeline("token-classification", aggregation_strategy="simple")`.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use kiln_models::pooling::Pooling;
-use kiln_models::{Bert, HeadKind, ModelInfo, Scratch};
+use kiln_models::{Bert, HeadKind, ModelInfo};
 use kiln_nn::Batch;
 use kiln_tokenizer::Tokenizer;
 
@@ -42,8 +41,6 @@ pub struct Encoder {
     /// The checkpoint's own pooling (modules.json), before any override.
     pub pooling: Pooling,
     encode: EncodeFn,
-    /// The encoder's working buffers, kept across batches.
-    scratch: Mutex<Scratch>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,7 +136,6 @@ impl Encoder {
             max_tokens,
             pooling,
             encode,
-            scratch: Mutex::default(),
         })
     }
 
@@ -187,15 +183,12 @@ impl Encoder {
                 types.extend(e.type_ids);
             }
             let batch = Batch::packed(&lens);
-            let h = {
-                let mut scratch = self
-                    .scratch
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                self.model
-                    .forward_with(&ids, Some(&types), &batch, &mut scratch, None)?
-            };
-            let h = h.as_f32_slice().map_err(kiln_models::Error::from)?;
+            // The hidden states come to the host for pooling (an edge: the output).
+            let h = self
+                .model
+                .forward(&ids, Some(&types), &batch, None)?
+                .try_to_vec_f32()
+                .map_err(kiln_models::Error::from)?;
             for span in &batch.seqs {
                 out.vectors.push(pooling.pool(
                     &h[span.start * hidden..(span.start + span.len) * hidden],

@@ -21,7 +21,7 @@ use kiln_nn::{
 use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;
-use crate::seq2seq::{seq2seq_info, EncoderMemory, Seq2SeqInfo};
+use crate::seq2seq::{seq2seq_info, Decoding, EncoderMemory, Seq2SeqInfo};
 use crate::{Error, Result};
 
 /// Learned positions are stored from row 2 on (fairseq kept rows 0/1 for padding).
@@ -242,22 +242,28 @@ impl Block {
         }
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        batch: &Batch,
-        layer: usize,
-        kv: &mut dyn KvStore,
-        memory: &[&EncoderMemory],
-    ) -> Result<Tensor> {
-        let mut h = self.residual(x, &self.self_attn_layer_norm, |a| {
-            Ok(self.self_attn.forward(a, batch, layer, kv)?)
-        })?;
-        if let Some((cross, norm)) = &self.cross {
-            let mem = EncoderMemory::layer(memory, layer);
-            h = self.residual(&h, norm, |a| Ok(cross.forward(a, batch, &mem)?))?;
-        }
-        self.residual(&h, &self.final_layer_norm, |a| Ok(self.ffn.forward(a)?))
+    /// One block: the encoder's (`dec` = None: each sequence attends to its own rows) or the
+    /// decoder's (self-attention through the KV store, then cross-attention to the memories).
+    fn forward(&self, x: &Tensor, batch: &Batch, layer: usize, dec: Option<Decoding<'_, '_>>) -> Result<Tensor> {
+        let mut h = match dec {
+            None => self.residual(x, &self.self_attn_layer_norm, |a| {
+                Ok(self.self_attn.forward_encoder(a, batch, None)?)
+            })?,
+            Some(Decoding { kv, cross: step, memory }) => {
+                let h = self.residual(x, &self.self_attn_layer_norm, |a| {
+                    Ok(self.self_attn.forward(a, batch, layer, kv)?)
+                })?;
+                match &self.cross {
+                    Some((cross, norm)) => {
+                        let mem = EncoderMemory::layer(memory, layer);
+                        self.residual(&h, norm, |a| Ok(cross.forward(a, step, &mem)?))?
+                    }
+                    None => h,
+                }
+            }
+        };
+        h = self.residual(&h, &self.final_layer_norm, |a| Ok(self.ffn.forward(a)?))?;
+        Ok(h)
     }
 }
 
@@ -297,18 +303,26 @@ impl Stack {
         })
     }
 
+    /// The encoder (`dec` = None) or the decoder over a packed step.
     fn forward(
         &self,
         tokens: &Tensor,
         batch: &Batch,
-        kv: &mut dyn KvStore,
-        memory: &[&EncoderMemory],
+        dec: Option<(&mut dyn KvStore, &[&EncoderMemory])>,
         trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let x = self.embeddings.forward(tokens, &batch.positions)?;
-        let x = crate::stack::run(x, self.layers.len(), batch, kv, trace, |i, x, kv| {
-            self.layers[i].forward(x, batch, i, kv, memory)
-        })?;
+        let n = self.layers.len();
+        let x = match dec {
+            None => crate::stack::layers(x, n, trace, |i, x| self.layers[i].forward(x, batch, i, None))?,
+            Some((kv, memory)) => {
+                let cross = EncoderMemory::step(batch, memory, x.device())?;
+                crate::stack::run(x, n, batch, kv, trace, |i, x, kv| {
+                    let dec = Decoding { kv, cross: &cross, memory };
+                    self.layers[i].forward(x, batch, i, Some(dec))
+                })?
+            }
+        };
         match &self.layer_norm {
             Some(ln) => Ok(ln.forward(&x)?),
             None => Ok(x),
@@ -386,14 +400,8 @@ impl Bart {
     }
 
     pub fn encode(&self, src: &[u32], trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
-        let mut kv = KvCache::new(self.cfg.encoder_layers, self.cfg.d_model);
-        self.encoder.forward(
-            &self.embed(src)?,
-            &Batch::single(0, src.len()),
-            &mut kv,
-            &[],
-            trace,
-        )
+        self.encoder
+            .forward(&self.embed(src)?, &Batch::single(0, src.len()), None, trace)
     }
 
     pub fn memory(&self, encoder_out: &Tensor) -> Result<EncoderMemory> {
@@ -416,7 +424,7 @@ impl Bart {
         trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         self.decoder
-            .forward(&self.embed(tokens)?, batch, kv, memory, trace)
+            .forward(&self.embed(tokens)?, batch, Some((kv, memory)), trace)
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -11,8 +11,10 @@
 //! classification) follows `architectures`.
 //!
 //! Inputs are packed flat: the sequences of a batch back to back with a `SeqSpan` each, never
-//! padded, so no output depends on what else is in the batch. The forward pass runs on a few
-//! buffers allocated once per call, not per layer: one gemm per Linear over all tokens.
+//! padded, so no output depends on what else is in the batch: one gemm per Linear over all
+//! tokens, and one encoder attention call per layer (`Attention::forward_encoder`) in which each
+//! sequence sees only its own rows. Every op is a tensor op, so the same code runs on any
+//! device the weights were placed on.
 
 use kiln_nn::{Activation, Attention, AttentionSpec, Batch, Embedding, LayerNorm, Linear, Weights};
 use kiln_tensor::{Tensor, UnaryOp};
@@ -160,41 +162,15 @@ pub(crate) struct Block {
     pub(crate) output_norm: LayerNorm,
 }
 
-/// Working buffers of a forward call, grown to its token count. Callers that run many batches
-/// keep one and pass it to [`Bert::forward_with`], so the buffers (megabytes, which the allocator
-/// would return to the OS and fault back in zeroed) are not reallocated per batch.
-#[derive(Default)]
-pub struct Scratch {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    ctx: Vec<f32>,
-    tmp: Vec<f32>,
-    inter: Vec<f32>,
-}
-
 impl Block {
-    /// `x (n_tokens, hidden)` updated in place.
-    fn forward(
-        &self,
-        x: &mut [f32],
-        batch: &Batch,
-        act: Activation,
-        s: &mut Scratch,
-    ) -> Result<()> {
-        let n = batch.n_tokens();
-        self.attention.forward_packed(
-            x, batch, &mut s.q, &mut s.k, &mut s.v, &mut s.ctx, &mut s.tmp,
-        )?;
-        self.attention_norm.forward_add_in_place(x, &mut s.tmp)?; // h = LN(x + attn(x))
-        self.intermediate.forward_into(x, n, &mut s.inter)?;
-        act.apply_host(&mut s.inter, self.intermediate.out_features());
-        self.output.forward_into(&s.inter, n, &mut s.tmp)?;
-        self.output_norm.forward_add_in_place(x, &mut s.tmp)?; // out = LN(h + ffn(h))
-        Ok(())
+    /// `x (n_tokens, hidden) -> (n_tokens, hidden)`.
+    fn forward(&self, x: Tensor, batch: &Batch, act: Activation) -> Result<Tensor> {
+        let a = self.attention.forward_encoder(&x, batch, None)?;
+        let h = self.attention_norm.forward_residual(x, &a)?; // h = LN(x + attn(x))
+        let f = self.output.forward(&act.apply(&self.intermediate.forward(&h)?)?)?;
+        Ok(self.output_norm.forward_residual(h, &f)?) // out = LN(h + ffn(h))
     }
 }
-
 
 /// A classification head: `out(act(dense(features)))` for sequence heads (BERT's pooler + tanh,
 /// RoBERTa's `classifier.dense` + tanh, DistilBERT's `pre_classifier` + ReLU), or a single
@@ -336,29 +312,17 @@ impl Bert {
         pos
     }
 
-    /// Final hidden states `(n_tokens, hidden)` of a packed batch. `type_ids` defaults to all
-    /// zeros. With `trace`, also the embedding output and every layer's output.
+    /// Final hidden states `(n_tokens, hidden)` of a packed batch, on the model's device.
+    /// `type_ids` defaults to all zeros. With `trace`, also the embedding output and every
+    /// layer's output.
     pub fn forward(
         &self,
         tokens: &[u32],
         type_ids: Option<&[u32]>,
         batch: &Batch,
-        trace: Option<&mut Vec<Tensor>>,
-    ) -> Result<Tensor> {
-        self.forward_with(tokens, type_ids, batch, &mut Scratch::default(), trace)
-    }
-
-    /// [`Bert::forward`] reusing the caller's working buffers.
-    pub fn forward_with(
-        &self,
-        tokens: &[u32],
-        type_ids: Option<&[u32]>,
-        batch: &Batch,
-        s: &mut Scratch,
         mut trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let n = tokens.len();
-        let h = self.cfg.hidden;
         if let Some(span) = batch.seqs.iter().find(|s| s.len > self.cfg.max_tokens()) {
             return Err(Error::InputTooLong {
                 n_tokens: span.len,
@@ -399,31 +363,17 @@ impl Bert {
             };
             e = e.add(&tt.forward(ids)?)?;
         }
-        let mut x = self.embeddings_norm.forward(&e)?.into_f32_vec(); // (n_tokens, hidden)
-        let qkv = n * self.cfg.n_heads * self.cfg.head_dim();
-        // Every buffer is fully overwritten before it is read (gemm outputs, attention rows of
-        // every span), so growing without clearing is enough.
-        for (buf, len) in [
-            (&mut s.q, qkv),
-            (&mut s.k, qkv),
-            (&mut s.v, qkv),
-            (&mut s.ctx, qkv),
-            (&mut s.tmp, n * h),
-            (&mut s.inter, n * self.cfg.intermediate),
-        ] {
-            buf.resize(len, 0.0);
-        }
+        let mut x = self.embeddings_norm.forward(&e)?; // (n_tokens, hidden)
         for layer in &self.layers {
             if let Some(t) = trace.as_deref_mut() {
-                t.push(Tensor::from_vec(x.clone(), [n, h])?);
+                t.push(x.clone());
             }
-            layer.forward(&mut x, batch, self.cfg.act, s)?;
+            x = layer.forward(x, batch, self.cfg.act)?;
         }
-        let out = Tensor::from_vec(x, [n, h])?;
         if let Some(t) = trace {
-            t.push(out.clone());
+            t.push(x.clone());
         }
-        Ok(out)
+        Ok(x)
     }
 
     pub fn has_head(&self) -> bool {

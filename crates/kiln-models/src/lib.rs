@@ -16,7 +16,7 @@ mod stack;
 mod t5;
 
 pub use bart::{Bart, BartConfig};
-pub use bert::{Bert, BertConfig, HeadKind, Scratch};
+pub use bert::{Bert, BertConfig, HeadKind};
 pub use bloom::{Bloom, BloomConfig};
 pub use config::HfConfig;
 pub use error::{Error, Result};

@@ -8,7 +8,8 @@
 //! `logits` applies the head. Generation (greedy in kiln-engine's seq2seq.rs, beam search) is
 //! written once against [`Seq2Seq`].
 
-use kiln_nn::{Batch, CrossAttention, CrossKv, KvCache, KvStore};
+use kiln_nn::{Batch, CrossAttention, CrossKv, CrossStep, KvCache, KvStore};
+use kiln_tensor::Device;
 use kiln_tensor::Tensor;
 
 use crate::config::{ids, HfConfig};
@@ -45,10 +46,28 @@ impl EncoderMemory {
         self.layers.iter().map(|l| l.bytes()).sum()
     }
 
+    /// The cross-attention layout of a step whose sequence `i` reads `memory[i]` (built once
+    /// per step, read by every decoder layer).
+    pub(crate) fn step(batch: &Batch, memory: &[&EncoderMemory], device: Device) -> Result<CrossStep> {
+        let sources: Vec<(usize, usize)> = memory
+            .iter()
+            .map(|m| (*m as *const EncoderMemory as usize, m.n_src))
+            .collect();
+        Ok(CrossStep::new(batch, &sources, device)?)
+    }
+
     /// Layer `i`'s keys/values for each sequence of a step.
     pub(crate) fn layer<'a>(memory: &[&'a EncoderMemory], i: usize) -> Vec<&'a CrossKv> {
         memory.iter().map(|m| &m.layers[i]).collect()
     }
+}
+
+/// A decoder block's inputs beyond the step: the KV store of its self-attention, the step's
+/// cross-attention layout and each sequence's encoder memory.
+pub(crate) struct Decoding<'k, 'm> {
+    pub kv: &'k mut dyn KvStore,
+    pub cross: &'m CrossStep,
+    pub memory: &'m [&'m EncoderMemory],
 }
 
 /// Generation facts from config.json / generation_config.json.

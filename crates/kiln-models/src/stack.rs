@@ -9,24 +9,36 @@ use kiln_tensor::Tensor;
 
 use crate::Result;
 
-/// Runs `block(i, x, kv)` for `i in 0..n_blocks`, each on the previous one's output.
-pub(crate) fn run(
+/// Runs `block(i, x)` for `i in 0..n_blocks`, each on the previous one's output, recording the
+/// trace (an encoder stack: nothing to advance).
+pub(crate) fn layers(
     mut x: Tensor,
     n_blocks: usize,
-    batch: &Batch,
-    kv: &mut dyn KvStore,
     mut trace: Option<&mut Vec<Tensor>>,
-    mut block: impl FnMut(usize, &Tensor, &mut dyn KvStore) -> Result<Tensor>,
+    mut block: impl FnMut(usize, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     for i in 0..n_blocks {
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());
         }
-        x = block(i, &x, kv)?;
+        x = block(i, &x)?;
     }
     if let Some(t) = trace {
         t.push(x.clone());
     }
+    Ok(x)
+}
+
+/// Runs `block(i, x, kv)` for `i in 0..n_blocks` as [`layers`] does, then advances `kv`.
+pub(crate) fn run(
+    x: Tensor,
+    n_blocks: usize,
+    batch: &Batch,
+    kv: &mut dyn KvStore,
+    trace: Option<&mut Vec<Tensor>>,
+    mut block: impl FnMut(usize, &Tensor, &mut dyn KvStore) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let x = layers(x, n_blocks, trace, |i, x| block(i, x, &mut *kv))?;
     kv.advance(batch);
     Ok(x)
 }

@@ -12,13 +12,13 @@
 //! Config branches: the feed-forward (`feed_forward_proj`: `relu` / `gated-gelu`), the head.
 
 use kiln_nn::{
-    Activation, Attention, AttentionSpec, Batch, CrossAttention, Embedding, GatedMlp, KvCache,
-    KvStore, Linear, Mlp, PositionBias, RelativePositionBias, RmsNorm, Weights,
+    Activation, Attention, AttentionSpec, Batch, CrossAttention, Embedding, GatedMlp,
+    KvCache, KvStore, Linear, Mlp, PositionBias, RelativePositionBias, RmsNorm, Weights,
 };
 use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;
-use crate::seq2seq::{seq2seq_info, EncoderMemory, Seq2SeqInfo};
+use crate::seq2seq::{seq2seq_info, Decoding, EncoderMemory, Seq2SeqInfo};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -189,25 +189,27 @@ impl Block {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One block: the encoder's (`dec` = None: each sequence attends to its own rows) or the
+    /// decoder's (self-attention through the KV store, then cross-attention to the memories).
     fn forward(
         &self,
         x: &Tensor,
         batch: &Batch,
         layer: usize,
-        kv: &mut dyn KvStore,
         bias: &PositionBias,
-        memory: &[&EncoderMemory],
+        dec: Option<Decoding<'_, '_>>,
     ) -> Result<Tensor> {
         let a = self.self_norm.forward(x)?;
-        let mut h = x.add(
-            &self
-                .self_attn
-                .forward_biased(&a, batch, layer, kv, Some(bias))?,
-        )?;
-        if let Some((norm, cross)) = &self.cross {
-            let mem = EncoderMemory::layer(memory, layer);
-            h = h.add(&cross.forward(&norm.forward(&h)?, batch, &mem)?)?;
+        let mut h = match &dec {
+            None => x.add(&self.self_attn.forward_encoder(&a, batch, Some(bias))?)?,
+            Some(_) => x.clone(),
+        };
+        if let Some(Decoding { kv, cross: step, memory }) = dec {
+            h = h.add(&self.self_attn.forward_biased(&a, batch, layer, kv, Some(bias))?)?;
+            if let Some((norm, cross)) = &self.cross {
+                let mem = EncoderMemory::layer(memory, layer);
+                h = h.add(&cross.forward(&norm.forward(&h)?, step, &mem)?)?;
+            }
         }
         Ok(h.add(&self.ff.forward(&self.ff_norm.forward(&h)?)?)?)
     }
@@ -240,12 +242,12 @@ impl Stack {
         })
     }
 
+    /// The encoder (`dec` = None) or the decoder over a packed step.
     fn forward(
         &self,
         x: Tensor,
         batch: &Batch,
-        kv: &mut dyn KvStore,
-        memory: &[&EncoderMemory],
+        dec: Option<(&mut dyn KvStore, &[&EncoderMemory])>,
         trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         // Distances key − query in this step: back to position 0, forward to the end of the
@@ -253,9 +255,17 @@ impl Stack {
         let max_pos = batch.positions.iter().copied().max().unwrap_or(0) as isize;
         let max_len = batch.seqs.iter().map(|s| s.len).max().unwrap_or(1) as isize;
         let bias = self.relative_attention_bias.table(-max_pos, max_len - 1);
-        let x = crate::stack::run(x, self.blocks.len(), batch, kv, trace, |i, x, kv| {
-            self.blocks[i].forward(x, batch, i, kv, &bias, memory)
-        })?;
+        let n = self.blocks.len();
+        let x = match dec {
+            None => crate::stack::layers(x, n, trace, |i, x| self.blocks[i].forward(x, batch, i, &bias, None))?,
+            Some((kv, memory)) => {
+                let cross = EncoderMemory::step(batch, memory, x.device())?;
+                crate::stack::run(x, n, batch, kv, trace, |i, x, kv| {
+                    let dec = Decoding { kv, cross: &cross, memory };
+                    self.blocks[i].forward(x, batch, i, &bias, Some(dec))
+                })?
+            }
+        };
         self.final_layer_norm.forward(&x).map_err(Error::from)
     }
 }
@@ -306,12 +316,8 @@ impl T5 {
     }
 
     pub fn encode(&self, src: &[u32], trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
-        // The encoder attends bidirectionally within the source; its keys/values live only for
-        // this call.
-        let mut kv = KvCache::new(self.cfg.n_layers, self.cfg.n_heads * self.cfg.d_kv);
         let x = self.shared.forward(src)?;
-        self.encoder
-            .forward(x, &Batch::single(0, src.len()), &mut kv, &[], trace)
+        self.encoder.forward(x, &Batch::single(0, src.len()), None, trace)
     }
 
     pub fn memory(&self, encoder_out: &Tensor) -> Result<EncoderMemory> {
@@ -334,7 +340,7 @@ impl T5 {
         trace: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let x = self.shared.forward(tokens)?;
-        self.decoder.forward(x, batch, kv, memory, trace)
+        self.decoder.forward(x, batch, Some((kv, memory)), trace)
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

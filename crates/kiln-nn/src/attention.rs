@@ -7,7 +7,7 @@
 //! appends its new keys/values to the [`KvStore`] and attends over everything cached there.
 
 use kiln_tensor::cpu::attention::AttnParams;
-use kiln_tensor::Tensor;
+use kiln_tensor::{AttnArgs, KvLayout, Tensor};
 
 use crate::weights::Weights;
 use crate::{Alibi, Batch, KvStore, Linear, PositionBias, Result, Rope};
@@ -131,44 +131,48 @@ impl Attention {
     }
 
     /// Bidirectional self-attention without a cache, for encoders: each sequence of `batch`
-    /// attends to all of its own rows and nothing else. Works on caller-owned buffers:
-    /// `x (n_tokens, hidden)`, scratch `q`, `k`, `v`, `ctx` (each n_tokens * n_heads * head_dim)
-    /// and `out (n_tokens, hidden)`. Rotary positions are applied when the spec has them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_packed(
-        &self,
-        x: &[f32],
-        batch: &Batch,
-        q: &mut [f32],
-        k: &mut [f32],
-        v: &mut [f32],
-        ctx: &mut [f32],
-        out: &mut [f32],
-    ) -> Result<()> {
+    /// attends to all of its own rows and nothing else, plus `bias` (T5's relative positions)
+    /// when given. `x (n_tokens, hidden) -> (n_tokens, hidden)` on any device: one
+    /// [`Tensor::attention`] over the step's own keys as packed rows, with the metadata
+    /// [`Batch::encoder_meta`] uploads once per step. Rotary positions are applied when the spec
+    /// has them.
+    pub fn forward_encoder(&self, x: &Tensor, batch: &Batch, bias: Option<&PositionBias>) -> Result<Tensor> {
         let s = &self.spec;
-        assert!(
-            !s.causal && s.n_kv_heads == s.n_heads && s.window.is_none() && s.alibi.is_none(),
-            "forward_packed: bidirectional MHA without ALiBi only"
-        );
-        let n = batch.n_tokens();
-        let row = s.n_heads * s.head_dim;
-        let (q, k, v, ctx) = (
-            &mut q[..n * row],
-            &mut k[..n * row],
-            &mut v[..n * row],
-            &mut ctx[..n * row],
-        );
-        self.q_proj.forward_into(x, n, q)?; // (n_tokens, n_heads, head_dim)
-        self.k_proj.forward_into(x, n, k)?;
-        self.v_proj.forward_into(x, n, v)?;
-        if let Some(rope) = &s.rope {
-            rope.apply(q, s.n_heads, s.head_dim, &batch.positions);
-            rope.apply(k, s.n_kv_heads, s.head_dim, &batch.positions);
+        if s.causal || s.window.is_some() {
+            return Err(crate::Error::Config(
+                "encoder attention is bidirectional: a causal or windowed spec needs a KV store".into(),
+            ));
         }
-        let spans: Vec<(usize, usize)> = batch.seqs.iter().map(|sp| (sp.start, sp.len)).collect();
-        kiln_tensor::cpu::encoder::attention_varlen(
-            q, k, v, &spans, s.n_heads, s.head_dim, self.scale, ctx,
-        );
-        self.o_proj.forward_into(ctx, n, out)
+        let device = x.device();
+        let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let (q, k) = match &s.rope {
+            Some(rope) => (rope.forward(q, s.n_heads, batch)?, rope.forward(k, s.n_kv_heads, batch)?),
+            None => (q, k),
+        };
+        let meta = batch.encoder_meta(device)?;
+        let slopes = match &s.alibi {
+            Some(a) => Some(Tensor::from_vec(a.slopes().to_vec(), [s.n_heads])?.to_device(device)?),
+            None => None,
+        };
+        let rel = match bias {
+            Some(b) => Some(b.values_on(device)?),
+            None => None,
+        };
+        let out = Tensor::attention(&AttnArgs {
+            q: &q,
+            k: &k,
+            v: &v,
+            layout: KvLayout::rows(s.n_kv_heads, s.head_dim),
+            meta: &meta,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            scale: self.scale,
+            causal: false,
+            window: None,
+            alibi: slopes.as_ref(),
+            rel_bias: bias.zip(rel.as_ref()).map(|(b, t)| b.args(t)),
+        })?;
+        self.o_proj.forward(&out)
     }
 }

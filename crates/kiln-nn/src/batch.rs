@@ -1,10 +1,11 @@
 //! [`Batch`]: the layout of one forward step — which packed rows belong to which sequence, at
-//! which positions — and the step's positions as a device tensor, uploaded once per step and
-//! read by every layer's rotary embedding.
+//! which positions — and the step's device metadata, uploaded once per step and read by every
+//! layer: the positions (rotary embeddings) and, for encoders, the attention metadata of each
+//! sequence attending to its own rows.
 
 use std::sync::OnceLock;
 
-use kiln_tensor::{Device, Tensor};
+use kiln_tensor::{AttnMeta, Device, HostMeta, Tensor};
 
 use crate::Result;
 
@@ -29,6 +30,8 @@ pub struct Batch {
     pub seqs: Vec<SeqSpan>,
     /// `positions` as a u32 tensor on the step's device, made on first use.
     on_device: OnceLock<Tensor>,
+    /// [`Batch::encoder_meta`], made on first use.
+    encoder_meta: OnceLock<AttnMeta>,
 }
 
 impl Batch {
@@ -37,6 +40,7 @@ impl Batch {
             positions,
             seqs,
             on_device: OnceLock::new(),
+            encoder_meta: OnceLock::new(),
         }
     }
 
@@ -84,5 +88,31 @@ impl Batch {
         // The first device asked keeps the memo (a step runs on one device).
         let _ = self.on_device.set(t.clone());
         Ok(t)
+    }
+
+    /// The attention metadata of bidirectional self-attention over the step's own rows (an
+    /// encoder): the rows of each span are its keys ([`kiln_tensor::KvLayout::rows`], table entry
+    /// = the span's first row), numbered from 0. Uploaded by the first layer that asks.
+    pub fn encoder_meta(&self, device: Device) -> Result<AttnMeta> {
+        if let Some(m) = self.encoder_meta.get().filter(|m| m.tok_seq.device() == device) {
+            return Ok(m.clone());
+        }
+        let mut host = HostMeta::default();
+        for (i, span) in self.seqs.iter().enumerate() {
+            host.tok_seq.extend(std::iter::repeat_n(i as u32, span.len));
+            host.tok_pos.extend(0..span.len as u32);
+            host.seq_len.push(span.len as u32);
+            host.tables.push(vec![span.start as u32]);
+        }
+        if host.tok_seq.len() != self.n_tokens() {
+            return Err(kiln_tensor::Error::Invalid {
+                op: "encoder attention",
+                reason: format!("spans cover {} of {} rows", host.tok_seq.len(), self.n_tokens()),
+            }
+            .into());
+        }
+        let meta = host.upload(device)?;
+        let _ = self.encoder_meta.set(meta.clone());
+        Ok(meta)
     }
 }

@@ -2,7 +2,7 @@
 //! packed `(len, n_kv_heads, head_dim)`. The paged block cache of the serving engine replaces the
 //! storage but not this contract: attention appends a step's rows, then reads all rows.
 
-use kiln_tensor::{AttnMeta, Tensor};
+use kiln_tensor::Tensor;
 
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv {
@@ -26,8 +26,8 @@ pub struct KvCache {
 #[derive(Debug)]
 pub(crate) struct DeviceRows {
     pub layers: Vec<Option<(Tensor, Tensor)>>,
-    /// (first position, rows) of the step `meta` and `slots` describe.
-    pub step: Option<(usize, usize, AttnMeta, Tensor)>,
+    /// The step being run, uploaded by its first layer.
+    pub step: Option<crate::kv_store::RowsStep>,
 }
 
 impl Clone for KvCache {

@@ -8,7 +8,7 @@
 //! its block tables without a copy.
 
 use kiln_tensor::cpu::attention::{attention, AttnParams};
-use kiln_tensor::{AttnArgs, Device, HostMeta, KvLayout, Tensor};
+use kiln_tensor::{AttnArgs, AttnMeta, Device, HostMeta, KvLayout, RelBias, Tensor};
 
 use crate::kv_cache::DeviceRows;
 use crate::{Batch, KvCache, Result};
@@ -56,6 +56,55 @@ pub(crate) fn per_sequence(
     Ok(Tensor::from_vec(out, [batch.n_tokens(), q_row])?)
 }
 
+/// A step's score biases on its device (ALiBi slopes, T5's relative-position table), uploaded
+/// by the step's first layer and read by the rest.
+#[derive(Debug)]
+pub(crate) struct StepBias {
+    alibi: Option<Tensor>,
+    rel: Option<(Tensor, isize, usize)>,
+}
+
+impl StepBias {
+    pub(crate) fn upload(params: &AttnParams, device: Device) -> Result<StepBias> {
+        let alibi = match params.alibi_slopes {
+            Some(a) => Some(Tensor::from_vec(a.to_vec(), [a.len()])?.to_device(device)?),
+            None => None,
+        };
+        let rel = match params.rel_bias {
+            Some(r) => {
+                let n_heads = r.values.len() / r.n_rel.max(1);
+                let t = Tensor::from_vec(r.values.to_vec(), [n_heads, r.n_rel])?.to_device(device)?;
+                Some((t, r.min_rel, r.n_rel))
+            }
+            None => None,
+        };
+        Ok(StepBias { alibi, rel })
+    }
+
+    pub(crate) fn alibi(&self) -> Option<&Tensor> {
+        self.alibi.as_ref()
+    }
+
+    pub(crate) fn rel(&self) -> Option<RelBias<'_>> {
+        self.rel.as_ref().map(|(values, min_rel, n_rel)| RelBias {
+            values,
+            min_rel: *min_rel,
+            n_rel: *n_rel,
+        })
+    }
+}
+
+/// The step a device [`KvCache`] is in: its first position and rows, their metadata, cache
+/// slots and score biases.
+#[derive(Debug)]
+pub(crate) struct RowsStep {
+    start: usize,
+    n: usize,
+    meta: AttnMeta,
+    slots: Tensor,
+    bias: StepBias,
+}
+
 fn append_attend_contiguous(
     cache: &mut KvCache,
     layer: usize,
@@ -84,11 +133,6 @@ fn append_attend_device(
     v: &Tensor,
     params: &AttnParams,
 ) -> Result<Tensor> {
-    if params.rel_bias.is_some() {
-        return Err(crate::Error::Config(
-            "relative position bias (T5) runs on the CPU only".into(),
-        ));
-    }
     let (device, start) = (q.device(), cache.len());
     let (n_kv, hd) = (params.n_kv_heads, params.head_dim);
     let n = k.elem_count() / (n_kv * hd).max(1);
@@ -97,7 +141,7 @@ fn append_attend_device(
         layers: vec![None; n_layers],
         step: None,
     });
-    if !matches!(d.step, Some((s, m, ..)) if s == start && m == n) {
+    if !matches!(&d.step, Some(st) if st.start == start && st.n == n) {
         let host = HostMeta {
             tok_seq: vec![0; n],
             tok_pos: (start..start + n).map(|p| p as u32).collect(),
@@ -105,14 +149,15 @@ fn append_attend_device(
             tables: vec![vec![0]],
         };
         let slots = (start..start + n).map(|p| p as u32).collect();
-        d.step = Some((
+        d.step = Some(RowsStep {
             start,
             n,
-            host.upload(device)?,
-            Tensor::from_u32(slots, [n])?.to_device(device)?,
-        ));
+            meta: host.upload(device)?,
+            slots: Tensor::from_u32(slots, [n])?.to_device(device)?,
+            bias: StepBias::upload(params, device)?,
+        });
     }
-    let Some((_, _, meta, slots)) = &d.step else {
+    let Some(RowsStep { meta, slots, bias, .. }) = &d.step else {
         unreachable!("set above")
     };
     let slot = &mut d.layers[layer];
@@ -134,10 +179,6 @@ fn append_attend_device(
     }
     let (kc, vc) = slot.as_mut().expect("allocated above");
     Tensor::kv_write(k, v, kc, vc, slots)?;
-    let alibi = match params.alibi_slopes {
-        Some(a) => Some(Tensor::from_vec(a.to_vec(), [a.len()])?.to_device(device)?),
-        None => None,
-    };
     Ok(Tensor::attention(&AttnArgs {
         q,
         k: kc,
@@ -150,8 +191,8 @@ fn append_attend_device(
         scale: params.scale,
         causal: params.causal,
         window: params.window,
-        alibi: alibi.as_ref(),
-        rel_bias: None,
+        alibi: bias.alibi(),
+        rel_bias: bias.rel(),
     })?)
 }
 
@@ -195,10 +236,13 @@ impl KvStore for SeqCaches<'_> {
         params: &AttnParams,
     ) -> Result<Tensor> {
         if q.device() != Device::Cpu {
-            return Err(crate::Error::Config(format!(
-                "several contiguous caches in one step (beam search) run on the CPU, not {}",
-                q.device()
-            )));
+            // One device cache per sequence (beam search): each attends over its own rows.
+            let mut outs = Vec::with_capacity(batch.seqs.len());
+            for (span, cache) in batch.seqs.iter().zip(self.0.iter_mut()) {
+                let rows = |t: &Tensor| t.narrow(0, span.start, span.len);
+                outs.push(append_attend_device(cache, layer, &rows(q)?, &rows(k)?, &rows(v)?, params)?);
+            }
+            return Ok(Tensor::cat_rows(&outs)?);
         }
         per_sequence(batch, q, k, v, params, |i, q, k, v, out| {
             append_attend_contiguous(self.0[i], layer, q, k, v, params, out)

@@ -26,7 +26,7 @@ pub mod weights;
 pub use alibi::Alibi;
 pub use attention::{Attention, AttentionSpec};
 pub use batch::{Batch, SeqSpan};
-pub use cross_attention::{CrossAttention, CrossKv};
+pub use cross_attention::{CrossAttention, CrossKv, CrossStep};
 pub use embedding::Embedding;
 pub use error::{Error, Result};
 pub use kv_cache::{KvCache, LayerKv};

@@ -129,29 +129,4 @@ impl Linear {
             None => Ok(y),
         }
     }
-
-    /// `out (n, out) = x (n, in) · Wᵀ + b` into a caller's buffer: the allocation-free path of
-    /// encoder forward passes (one gemm over every token of a packed batch).
-    pub fn forward_into(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-        let (k, m) = (self.in_features, self.out_features);
-        assert!(
-            x.len() >= n * k && out.len() >= n * m,
-            "Linear::forward_into: buffer sizes"
-        );
-        match &self.weight {
-            Param::Dense(w) => {
-                let w = w.as_f32_slice()?;
-                // rhs[p, j] = W[j, p]: the (out, in) weight read as its transpose in place.
-                kiln_tensor::cpu::matmul::gemm_f32(n, m, k, x, k, 1, w, 1, k, out, true);
-            }
-            Param::Quant(q) => q.matmul(&x[..n * k], n, &mut out[..n * m])?,
-        }
-        if let Some(b) = &self.bias {
-            let b = b.as_f32_slice()?;
-            out[..n * m]
-                .chunks_mut(m)
-                .for_each(|r| r.iter_mut().zip(b).for_each(|(y, &c)| *y += c));
-        }
-        Ok(())
-    }
 }

@@ -37,18 +37,6 @@ impl Activation {
         }
     }
 
-    /// In place on host rows of `cols` values (the encoders' allocation-free path); the same
-    /// kernels as [`apply`](Self::apply) on the CPU.
-    pub fn apply_host(self, x: &mut [f32], cols: usize) {
-        use kiln_tensor::cpu::activation::{gelu_tanh, silu};
-        match self {
-            Activation::Gelu => kiln_tensor::cpu::encoder::gelu_erf_in_place(x, cols),
-            Activation::GeluTanh => x.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-            Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Activation::Silu => x.iter_mut().for_each(|v| *v = silu(*v)),
-        }
-    }
-
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(x.unary(self.op())?)
     }

@@ -48,14 +48,9 @@ impl LayerNorm {
         Ok(x.layer_norm(&self.weight, self.bias.as_ref(), self.eps)?)
     }
 
-    /// Post-norm residual in place: `x = LayerNorm(x + y)`; `y` is clobbered (scratch).
-    pub fn forward_add_in_place(&self, x: &mut [f32], y: &mut [f32]) -> Result<()> {
-        let w = self.weight.as_f32_slice()?;
-        let b = match &self.bias {
-            Some(b) => Some(b.as_f32_slice()?),
-            None => None,
-        };
-        kiln_tensor::cpu::encoder::add_layer_norm_in_place(x, y, w, b, self.eps);
-        Ok(())
+    /// Post-norm residual: `LayerNorm(x + y)` (one pass on the CPU; `x`'s buffer is reused
+    /// when unshared).
+    pub fn forward_residual(&self, x: Tensor, y: &Tensor) -> Result<Tensor> {
+        Ok(x.add_layer_norm(y, &self.weight, self.bias.as_ref(), self.eps)?)
     }
 }

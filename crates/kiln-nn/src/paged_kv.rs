@@ -27,7 +27,7 @@ pub use kiln_tensor::cpu::paged_attention::{KvCacheDtype, NO_BLOCK};
 use kiln_tensor::{AttnArgs, AttnMeta, DType, Device, HostMeta, KvLayout, Tensor};
 use rayon::prelude::*;
 
-use crate::kv_store::per_sequence;
+use crate::kv_store::{per_sequence, StepBias};
 use crate::{Batch, Error, KvStore, Result};
 
 #[derive(Debug, Clone)]
@@ -212,7 +212,7 @@ struct DeviceStep {
     meta: AttnMeta,
     /// The cache slot of each new row (`block · block_size + offset`).
     slots: Tensor,
-    alibi: Option<Tensor>,
+    bias: StepBias,
 }
 
 impl<'a> PagedKv<'a> {
@@ -298,14 +298,10 @@ impl PagedKv<'_> {
                 host.seq_len.push((cached + span.len) as u32);
                 host.tables.push(table.to_vec());
             }
-            let alibi = match params.alibi_slopes {
-                Some(a) => Some(Tensor::from_vec(a.to_vec(), [a.len()])?.to_device(device)?),
-                None => None,
-            };
             self.step = Some(DeviceStep {
                 meta: host.upload(device)?,
                 slots: Tensor::from_u32(slots, [batch.n_tokens()])?.to_device(device)?,
-                alibi,
+                bias: StepBias::upload(params, device)?,
             });
         }
         Ok(self.step.as_ref().expect("built above"))
@@ -325,11 +321,6 @@ impl KvStore for PagedKv<'_> {
         params: &AttnParams,
     ) -> Result<Tensor> {
         if let Layers::Device(_) = self.pool.layers {
-            if params.rel_bias.is_some() {
-                return Err(Error::Config(
-                    "relative position bias (T5) is not supported by the device KV pool".into(),
-                ));
-            }
             let device = q.device();
             let layout = KvLayout::paged(self.pool.block_size, params.n_kv_heads, params.head_dim);
             self.device_step(batch, params, device)?;
@@ -351,8 +342,8 @@ impl KvStore for PagedKv<'_> {
                 scale: params.scale,
                 causal: params.causal,
                 window: params.window,
-                alibi: step.alibi.as_ref(),
-                rel_bias: None,
+                alibi: step.bias.alibi(),
+                rel_bias: step.bias.rel(),
             })?);
         }
         let Layers::Host(layers) = &mut self.pool.layers else {

@@ -12,7 +12,10 @@
 //! The bucket of a long distance goes through `ln` in f32, as transformers computes it, so
 //! distances at bucket edges round the same way.
 
+use std::sync::OnceLock;
+
 use kiln_tensor::cpu::attention::RelativeBias;
+use kiln_tensor::{Device, RelBias, Tensor};
 
 use crate::weights::Weights;
 use crate::Result;
@@ -85,6 +88,7 @@ impl RelativePositionBias {
             values,
             min_rel,
             n_rel,
+            on_device: OnceLock::new(),
         }
     }
 }
@@ -95,10 +99,33 @@ pub struct PositionBias {
     values: Vec<f32>,
     min_rel: isize,
     n_rel: usize,
+    /// `values` on the step's device, uploaded by the first layer that asks.
+    on_device: OnceLock<Tensor>,
 }
 
 impl PositionBias {
-    pub fn as_kernel(&self) -> RelativeBias<'_> {
+    /// The values as an `(n_heads, n_rel)` f32 tensor on `device`, uploaded once per step.
+    pub fn values_on(&self, device: Device) -> Result<Tensor> {
+        if let Some(t) = self.on_device.get().filter(|t| t.device() == device) {
+            return Ok(t.clone());
+        }
+        let n_heads = self.values.len() / self.n_rel.max(1);
+        let t = Tensor::from_vec(self.values.clone(), [n_heads, self.n_rel])?.to_device(device)?;
+        let _ = self.on_device.set(t.clone());
+        Ok(t)
+    }
+
+    /// The bias as [`Tensor::attention`] takes it, over `values` from [`Self::values_on`].
+    pub fn args<'a>(&self, values: &'a Tensor) -> RelBias<'a> {
+        RelBias {
+            values,
+            min_rel: self.min_rel,
+            n_rel: self.n_rel,
+        }
+    }
+
+    /// The host kernels' view (the CPU KV stores).
+    pub(crate) fn as_kernel(&self) -> RelativeBias<'_> {
         RelativeBias {
             values: &self.values,
             min_rel: self.min_rel,

@@ -149,7 +149,7 @@ impl Rope {
     }
 
     /// Rotates `x (n_tokens, n_heads, head_dim)` in place for the given positions.
-    pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize]) {
+    fn apply_host(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize]) {
         let (inv, mscale) = self.freqs(positions);
         apply_rope(x, n_heads, head_dim, positions, &inv, mscale, self.style);
     }
@@ -163,7 +163,7 @@ impl Rope {
             let shape = x.shape().clone();
             let head_dim = x.elem_count() / (batch.n_tokens() * n_heads).max(1);
             let mut data = x.into_f32_vec();
-            self.apply(&mut data, n_heads, head_dim, &batch.positions);
+            self.apply_host(&mut data, n_heads, head_dim, &batch.positions);
             return Ok(Tensor::from_vec(data, shape)?);
         }
         let (inv, mscale) = self.freqs(&batch.positions);

@@ -21,6 +21,13 @@ pub(crate) trait Backend {
     fn gated(&self, act: UnaryOp, gate: Tensor, up: &Tensor) -> Result<Tensor>;
     fn norm(&self, op: NormOp, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32)
         -> Result<Tensor>;
+    /// `norm(x + residual)`; backends without a fused kernel add, then normalise.
+    #[allow(clippy::too_many_arguments)]
+    fn add_norm(&self, op: NormOp, x: Tensor, residual: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32)
+        -> Result<Tensor> {
+        let sum = self.binary(BinaryOp::Add, &x, residual)?;
+        self.norm(op, &sum, w, b, eps)
+    }
     /// Softmax over the last dimension.
     fn softmax(&self, x: &Tensor) -> Result<Tensor>;
     /// Rotary embedding of `x (n_tokens, n_heads, head_dim)` at `positions (n_tokens,)` u32.
@@ -35,6 +42,8 @@ pub(crate) trait Backend {
         -> Result<()>;
     /// A contiguous copy.
     fn copy(&self, x: &Tensor) -> Result<Tensor>;
+    /// `parts` (same dtype, device and trailing dims, at least one) stacked along dim 0.
+    fn cat_rows(&self, parts: &[Tensor]) -> Result<Tensor>;
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor>;
 }
 

@@ -105,7 +105,7 @@ impl Tensor {
         backend_for(Op::Softmax, self)?.softmax(self)
     }
 
-    fn norm(&self, op: NormOp, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    fn norm_checks(&self, w: &Tensor, b: Option<&Tensor>) -> Result<()> {
         same_device("norm", self, w)?;
         if let Some(b) = b {
             same_device("norm", self, b)?;
@@ -118,8 +118,28 @@ impl Tensor {
                 rhs: w.dims().to_vec(),
             });
         }
+        Ok(())
+    }
+
+    fn norm(&self, op: NormOp, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        self.norm_checks(w, b)?;
         backend_for(Op::Norm(op), self)?.norm(op, self, w, b, eps)
     }
+    /// `LayerNorm(self + residual)` over the last dimension: a post-norm block's residual (BERT,
+    /// BART), one pass on the CPU; `self` is reused as the output when unshared.
+    pub fn add_layer_norm(self, residual: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        same_device("add_layer_norm", &self, residual)?;
+        if self.dims() != residual.dims() {
+            return Err(Error::ShapeMismatch {
+                op: "add_layer_norm",
+                lhs: self.dims().to_vec(),
+                rhs: residual.dims().to_vec(),
+            });
+        }
+        self.norm_checks(weight, bias)?;
+        backend_for(Op::Norm(NormOp::Layer), &self)?.add_norm(NormOp::Layer, self, residual, weight, bias, eps)
+    }
+
     /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
     pub fn rms_norm(&self, weight: &Tensor, eps: f32) -> Result<Tensor> {
         self.norm(NormOp::Rms, weight, None, eps)
@@ -209,6 +229,24 @@ impl Tensor {
 
     /// A fresh copy of the elements (contiguous), never sharing storage with `self`: what a
     /// caller that writes in place (`kv_write`) clones with.
+    /// `parts` stacked along dim 0: same dtype, device and trailing dims; at least one part.
+    pub fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
+        let Some(first) = parts.first() else {
+            return Err(Error::Invalid { op: "cat_rows", reason: "no tensors to stack".into() });
+        };
+        for p in parts {
+            same_device("cat_rows", first, p)?;
+            if p.rank() == 0 || p.dims()[1..] != first.dims()[1..] || p.dtype() != first.dtype() {
+                return Err(Error::ShapeMismatch {
+                    op: "cat_rows",
+                    lhs: first.dims().to_vec(),
+                    rhs: p.dims().to_vec(),
+                });
+            }
+        }
+        backend_for(Op::Copy, first)?.cat_rows(parts)
+    }
+
     pub fn deep_copy(&self) -> Result<Tensor> {
         backend_for(Op::Copy, self)?.copy(self)
     }

@@ -1,7 +1,8 @@
 //! The CPU backend: each method calls the kernels this module always had (so CPU results are
-//! bit-identical to before the device layer), plus a plain reference for the device-generic
-//! attention and KV-write ops, which the CPU engine's own KV stores do not use (they read their
-//! pools in place, `paged_attention.rs`) but which the conformance suite holds CUDA to.
+//! bit-identical to before the device layer). Attention over packed rows (encoders, cross
+//! attention) runs the engine's kernels (`rows_attention.rs`); other layouts, and the KV-write
+//! op, which the CPU engine's own KV stores do not use (they read their pools in place,
+//! `paged_attention.rs`), run a plain reference that the conformance suite holds CUDA to.
 
 use crate::attn::AttnArgs;
 use crate::backend::Backend;
@@ -41,7 +42,12 @@ impl Backend for CpuBackend {
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
         Ok(match op {
             UnaryOp::Silu => elementwise::unary(x, act::silu),
-            UnaryOp::Gelu => elementwise::unary(x, act::gelu_erf),
+            UnaryOp::Gelu => {
+                // The vectorised, parallel pass of the encoders (the same erf as `act::gelu_erf`).
+                let mut data = x.to_vec_f32();
+                super::encoder::gelu_erf_in_place(&mut data, *x.dims().last().unwrap_or(&1));
+                Tensor::from_vec(data, x.shape().clone())?
+            }
             UnaryOp::GeluTanh => elementwise::unary(x, act::gelu_tanh),
             UnaryOp::Relu => elementwise::unary(x, |v| v.max(0.0)),
             UnaryOp::Tanh => elementwise::unary(x, f32::tanh),
@@ -78,6 +84,23 @@ impl Backend for CpuBackend {
             NormOp::Rms => norm::rms_norm(x, w, eps),
             NormOp::Layer => norm::layer_norm(x, w, b, eps),
         }
+    }
+
+    fn add_norm(&self, op: NormOp, x: Tensor, residual: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        if op != NormOp::Layer {
+            let sum = self.binary(BinaryOp::Add, &x, residual)?;
+            return self.norm(op, &sum, w, b, eps);
+        }
+        let shape = x.shape().clone();
+        let (w, b) = (w.to_f32(), b.map(Tensor::to_f32));
+        let mut y = residual.to_vec_f32();
+        let mut out = x.into_f32_vec();
+        let bias = match &b {
+            Some(b) => Some(b.as_f32_slice()?),
+            None => None,
+        };
+        super::encoder::add_layer_norm_in_place(&mut out, &mut y, w.as_f32_slice()?, bias, eps);
+        Tensor::from_vec(out, shape)
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {
@@ -120,7 +143,8 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, a: &AttnArgs) -> Result<Tensor> {
-        reference_attention(a)
+        // Packed host f32 rows take the engine's kernels; anything else the plain definition.
+        super::rows_attention::rows_attention(a).unwrap_or_else(|| reference_attention(a))
     }
 
     fn kv_write(&self, k: &Tensor, v: &Tensor, kc: &mut Tensor, vc: &mut Tensor, slots: &Tensor) -> Result<()> {
@@ -158,6 +182,16 @@ impl Backend for CpuBackend {
             Storage::Cpu(CpuStorage::from_f32(x.to_vec_f32(), x.dtype())),
             x.shape().clone(),
         )
+    }
+
+    fn cat_rows(&self, parts: &[Tensor]) -> Result<Tensor> {
+        let mut dims = parts[0].dims().to_vec();
+        dims[0] = parts.iter().map(|p| p.dims()[0]).sum();
+        let mut data = Vec::with_capacity(dims.iter().product());
+        for p in parts {
+            data.extend(p.to_vec_f32());
+        }
+        Tensor::from_storage(Storage::Cpu(CpuStorage::from_f32(data, parts[0].dtype())), dims.into())
     }
 
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {

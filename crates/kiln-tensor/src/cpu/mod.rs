@@ -17,5 +17,6 @@ pub mod matmul;
 pub mod norm;
 pub mod paged_attention;
 pub mod rope;
+mod rows_attention;
 pub mod softmax;
 pub mod vec;

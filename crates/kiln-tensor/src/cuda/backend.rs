@@ -395,6 +395,27 @@ impl Backend for CudaBackend {
         self.strided_copy(x)
     }
 
+    fn cat_rows(&self, parts: &[Tensor]) -> Result<Tensor> {
+        let (dt, dev) = (parts[0].dtype(), cuda_of(&parts[0])?.dev);
+        let mut dims = parts[0].dims().to_vec();
+        dims[0] = parts.iter().map(|p| p.dims()[0]).sum();
+        let (out, po) = new_like(dev, dt, &dims)?;
+        let mut at = po;
+        dev.bind()?;
+        for p in parts {
+            let (_c, pp) = contiguous_ptr(p)?;
+            let bytes = p.elem_count() * dt.size_in_bytes();
+            if bytes > 0 {
+                // SAFETY: `pp` holds `bytes` bytes of a live buffer and `at..at + bytes` lies in
+                // `out` (the parts' sizes sum to its size); ordered on the device's stream.
+                unsafe { cudarc::driver::result::memcpy_dtod_async(at, pp, bytes, dev.cu_stream()) }
+                    .map_err(|e| cuda_err("device-to-device copy", e))?;
+            }
+            at += bytes as u64;
+        }
+        Ok(out)
+    }
+
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
         if !self.supports(Op::Cast(dtype), x.dtype()) {
             return Err(Error::Unsupported { op: Op::Cast(dtype).name(), dtype: x.dtype(), device: x.device() });
