@@ -7,9 +7,11 @@
 #   scripts/test-gpu.sh run     on the GPU machine, from the repo root with gpu/ carried: runs
 #                               the op-by-op conformance suite (CUDA vs the CPU backend by NMSE),
 #                               the decoder fixture models on CUDA vs the CPU (f32 within 1e-4,
-#                               bf16 within 5e-2 of the largest logit) and SmolLM2's chat answer
-#                               in f32 and bf16; prints one PASS/FAIL line per part and exits
-#                               non-zero on any failure.
+#                               bf16 within 1e-1 of the largest logit), the encoder (BERT family)
+#                               and encoder-decoder (T5, BART, mBART, Marian) fixtures (f32 within
+#                               1e-4 of transformers, bf16 within 1e-1 of the CPU), SmolLM2's chat
+#                               answer, perplexity and bench; prints one PASS/FAIL line per part
+#                               and exits non-zero on any failure.
 #
 # `gpu/` is git-ignored. On the device, `run` needs LD_LIBRARY_PATH with libcuda/libnvrtc/
 # libcublasLt (it adds /usr/local/cuda/lib64) and the CUDA headers for NVRTC (it sets
@@ -24,6 +26,7 @@ build() {
     "kiln-tensor device_ops"
     "kiln-tensor kernels_compile"
     "kiln-models device_fixtures"
+    "kiln-models device_encoders"
   )
   for t in "${tests[@]}"; do
     set -- $t
@@ -64,6 +67,35 @@ run() {
   part "kernels compile (sm_90a)" gpu/bin/kernels_compile --nocapture
   part "op conformance, CUDA vs CPU" gpu/bin/device_ops --nocapture --test-threads=1
   part "decoder fixtures, CUDA vs CPU" gpu/bin/device_fixtures --nocapture --test-threads=1
+  part "encoder and encoder-decoder fixtures on CUDA" gpu/bin/device_encoders --nocapture --test-threads=1
+  # The CLI end to end on the fixtures: seq2seq greedy and beam search, BERT classify and embed,
+  # on CUDA (f32) against the same binary on the CPU.
+  local fx
+  for fx in t5 flan_t5 bart mbart marian; do
+    for beams in 1 4; do
+      local want got
+      want=$(gpu/bin/kiln generate -m "tests/fixtures/$fx" -p "hello world" --max-tokens 8 --temperature 0 \
+        --num-beams $beams --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_ids"])') || want=cpu-failed
+      got=$(gpu/bin/kiln generate -m "tests/fixtures/$fx" -p "hello world" --max-tokens 8 --temperature 0 \
+        --num-beams $beams --json --device cuda --dtype f32 | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_ids"])') || got=cuda-failed
+      echo "$fx generate (beams $beams): cpu $want, cuda $got"
+      part "$fx generate on CUDA, $beams beam(s): the CPU's tokens" test "$want" == "$got"
+    done
+  done
+  for cmd in classify embed; do
+    local a b
+    a=$(gpu/bin/kiln $cmd -m tests/fixtures/bert --text "hello world" --json) || a='{}'
+    b=$(gpu/bin/kiln $cmd -m tests/fixtures/bert --text "hello world" --json --device cuda --dtype f32) || b='{}'
+    part "bert $cmd on CUDA equals the CPU within 1e-4" python3 -c '
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+flat = lambda v: [x for r in v for x in (r if isinstance(r, list) else [r])]
+va = flat(a.get("embeddings", [])) or [l["score"] for l in a.get("labels", [])]
+vb = flat(b.get("embeddings", [])) or [l["score"] for l in b.get("labels", [])]
+ok = len(va) > 0 and len(va) == len(vb) and max(abs(x - y) for x, y in zip(va, vb)) <= 1e-4 * max(map(abs, va))
+print("cpu", va[:3], "cuda", vb[:3])
+sys.exit(0 if ok else 1)' "$a" "$b"
+  done
   local model="${TMPDIR:-/tmp}/SmolLM2-135M-Instruct.Q4_1.gguf"
   if compgen -G "gpu/model.part-*" >/dev/null; then
     cat gpu/model.part-* > "$model"

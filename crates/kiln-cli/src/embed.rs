@@ -56,7 +56,7 @@ pub struct SimilarityArgs {
 /// Loads an encoder from `--model` (which is required: the default model is a decoder).
 pub fn load_encoder(common: &Common) -> Result<(Encoder, std::path::PathBuf)> {
     model_arg::set_threads(common.threads)?;
-    encoders_on_cpu(common)?;
+    let placement = common.placement()?;
     let Some(m) = common.model.as_deref() else {
         anyhow::bail!("give --model: a sentence-transformers or BERT-family model directory (e.g. models/all-MiniLM-L6-v2)");
     };
@@ -65,22 +65,9 @@ pub fn load_encoder(common: &Common) -> Result<(Encoder, std::path::PathBuf)> {
     {
         anyhow::bail!("{}: not an encoder model directory (expected config.json, model.safetensors, tokenizer.json)", path.display());
     }
-    let enc = Encoder::load(&path, &mut |_, _| {})
+    let enc = Encoder::load_on(&path, placement, &mut |_, _| {})
         .with_context(|| format!("loading {}", path.display()))?;
     Ok((enc, path))
-}
-
-/// Encoders run on the CPU only for now: any other `--device` is one clear error (after the
-/// device itself is checked, so a missing GPU says that first).
-pub fn encoders_on_cpu(common: &Common) -> Result<()> {
-    if common.device != kiln_tensor::Device::Cpu {
-        common.placement()?;
-        anyhow::bail!(
-            "encoder models (BERT, RoBERTa, DistilBERT, MiniLM) do not run on {} yet: use --device cpu",
-            common.device
-        );
-    }
-    Ok(())
 }
 
 pub fn pooling_for(enc: &Encoder, mode: Option<&str>, normalize: bool) -> Pooling {

@@ -84,8 +84,7 @@ pub fn run(a: Args) -> Result<()> {
     });
     let model = if is_encoder(&path) {
         model_arg::set_threads(a.common.threads)?;
-        crate::embed::encoders_on_cpu(&a.common)?;
-        let enc = Encoder::load(&path, &mut |_, _| {})
+        let enc = Encoder::load_on(&path, a.common.placement()?, &mut |_, _| {})
             .with_context(|| format!("loading {}", path.display()))?;
         ServedModel::Encoder(Arc::new(enc))
     } else {

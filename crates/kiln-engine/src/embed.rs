@@ -74,8 +74,18 @@ impl Encoder {
     /// Loads an encoder checkpoint directory (config.json, safetensors, tokenizer.json and, for
     /// sentence-transformers models, modules.json).
     pub fn load(root: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Encoder> {
+        Encoder::load_on(root, kiln_nn::Placement::default(), on_progress)
+    }
+
+    /// [`Encoder::load`] with the weights in `placement` (a device and compute dtype); pooling
+    /// and the heads' softmax read the hidden states back on the host.
+    pub fn load_on(
+        root: &Path,
+        placement: kiln_nn::Placement,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Encoder> {
         let path = &transformer_dir(root);
-        let loaded = kiln_models::load(path, on_progress)?;
+        let loaded = kiln_models::load_on(path, placement, on_progress)?;
         let model = match loaded.model {
             kiln_models::Model::Bert(m) => *m,
             _ => {

@@ -108,7 +108,7 @@ impl Embeddings {
                 cfg.d_model,
             )?),
             PositionKind::Sinusoidal => {
-                Positions::Sinusoidal(SinusoidalPositions::new(n, cfg.d_model))
+                Positions::Sinusoidal(SinusoidalPositions::new(n, cfg.d_model, w.placement())?)
             }
         };
         let layernorm_embedding = if cfg.layernorm_embedding {

@@ -34,11 +34,6 @@ pub enum Error {
     EncoderDecoder { arch: String, what: &'static str },
     #[error("the source text is empty (nothing for the encoder to read)")]
     EmptySource,
-    #[error(
-        "{arch} does not run on {device} yet (the decoders LLaMA/Mistral/Qwen2, GPT-2 and BLOOM \
-         do; run it with `--device cpu`)"
-    )]
-    NotOnDevice { arch: String, device: kiln_tensor::Device },
     #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
     TokenOutOfRange { id: u32, vocab: usize },
 }

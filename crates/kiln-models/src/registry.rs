@@ -245,20 +245,6 @@ pub struct Loaded {
     pub config: HfConfig,
 }
 
-/// The architectures whose every layer runs on device tensors (the encoders and encoder-decoders
-/// still run parts of their forward pass on host slices).
-const DEVICE_ARCHITECTURES: &[&str] = &[
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "GPT2LMHeadModel",
-    "GPT2Model",
-    "gpt2",
-    "BloomForCausalLM",
-    "BloomModel",
-    "bloom",
-];
-
 /// Loads a model from a GGUF file or a Hugging Face directory. `on_progress(done, total)` is
 /// called as layers are constructed.
 pub fn load(path: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<Loaded> {
@@ -291,12 +277,6 @@ pub fn load_on(
     };
     let arch = arch_of(&config)?;
     let weights = weights.placed(placement);
-    if !placement.is_host_f32() && !DEVICE_ARCHITECTURES.contains(&arch) {
-        return Err(Error::NotOnDevice {
-            arch: arch.to_string(),
-            device: placement.device,
-        });
-    }
     let model = match arch {
         "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => Model::Llama(
             Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?,

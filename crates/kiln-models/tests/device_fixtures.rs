@@ -175,27 +175,3 @@ fn f32_on_cuda_equals_the_cpu_within_1e_4() {
 fn bf16_on_cuda_within_bound_of_the_cpu() {
     compare(DType::BF16, 1e-1, "bf16_on_cuda_within_bound_of_the_cpu");
 }
-
-#[test]
-fn encoders_refuse_a_device_with_a_clear_error() {
-    if !kiln_tensor::cuda::ENABLED {
-        // Without the feature the device check fails first, with its own clear error.
-        let e = load_on(
-            &fixture_dir("bert"),
-            Placement {
-                device: Device::Cuda(0),
-                dtype: DType::F32,
-            },
-            &mut |_, _| {},
-        )
-        .err()
-        .expect("no CUDA in this build");
-        assert!(e.to_string().contains("--features cuda"), "{e}");
-        return;
-    }
-    let Some(device) = gpu("encoders_refuse_a_device_with_a_clear_error") else { return };
-    let e = load_on(&fixture_dir("bert"), Placement { device, dtype: DType::F32 }, &mut |_, _| {})
-        .err()
-        .expect("BERT is host-only for now");
-    assert!(e.to_string().contains("does not run on cuda:0"), "{e}");
-}

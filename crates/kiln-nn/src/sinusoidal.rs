@@ -9,18 +9,19 @@
 
 use kiln_tensor::Tensor;
 
-use crate::{Error, Result};
+use crate::{Error, Placement, Result};
 
 #[derive(Clone)]
 pub struct SinusoidalPositions {
-    /// `(n_positions, dim)`.
-    table: Vec<f32>,
+    /// `(n_positions, dim)`, on the model's device.
+    table: Tensor,
     n_positions: usize,
     dim: usize,
 }
 
 impl SinusoidalPositions {
-    pub fn new(n_positions: usize, dim: usize) -> SinusoidalPositions {
+    /// The table for `n_positions` positions of `dim` values, placed as the model's weights.
+    pub fn new(n_positions: usize, dim: usize, placement: Placement) -> Result<SinusoidalPositions> {
         // Odd dims: transformers puts ceil(dim/2) sines first; the formula below does the same.
         let n_sin = dim.div_ceil(2);
         let mut table = vec![0.0f32; n_positions * dim];
@@ -36,11 +37,11 @@ impl SinusoidalPositions {
                 }
             }
         }
-        SinusoidalPositions {
-            table,
+        Ok(SinusoidalPositions {
+            table: placement.tensor(Tensor::from_vec(table, [n_positions, dim])?)?,
             n_positions,
             dim,
-        }
+        })
     }
 
     pub fn n_positions(&self) -> usize {
@@ -49,7 +50,7 @@ impl SinusoidalPositions {
 
     /// `(n,) positions -> (n, dim)`; a position past the table is an error.
     pub fn forward(&self, positions: &[usize]) -> Result<Tensor> {
-        let mut out = Vec::with_capacity(positions.len() * self.dim);
+        let mut ids = Vec::with_capacity(positions.len());
         for &p in positions {
             if p >= self.n_positions {
                 return Err(Error::Config(format!(
@@ -57,9 +58,10 @@ impl SinusoidalPositions {
                     self.n_positions
                 )));
             }
-            out.extend_from_slice(&self.table[p * self.dim..(p + 1) * self.dim]);
+            ids.push(p as u32);
         }
-        Ok(Tensor::from_vec(out, [positions.len(), self.dim])?)
+        debug_assert_eq!(self.table.dims()[1], self.dim);
+        Ok(self.table.gather_rows(&ids)?)
     }
 }
 
@@ -69,7 +71,7 @@ mod tests {
 
     #[test]
     fn halves_of_sines_then_cosines() {
-        let s = SinusoidalPositions::new(5, 6);
+        let s = SinusoidalPositions::new(5, 6, Placement::default()).unwrap();
         let row = s.forward(&[3]).unwrap().to_vec_f32();
         for i in 0..3 {
             let angle = 3.0f64 / 10000f64.powf(2.0 * i as f64 / 6.0);

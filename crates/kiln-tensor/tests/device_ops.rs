@@ -1,5 +1,6 @@
 //! Every backend op on CUDA against the CPU backend (the oracle), by NMSE: f32, bf16 and f16
-//! operands, odd sizes, strided (transposed, narrowed) inputs and empty shapes; paged attention
+//! operands, odd sizes, strided (transposed, narrowed) inputs and empty shapes (norms, the fused
+//! residual LayerNorm, row stacking, softmax, RoPE, gather, matmul, elementwise); paged attention
 //! over scattered block tables with GQA, windows, ALiBi and T5 bias; the KV write. Without a
 //! GPU each test prints why and passes, unless `KILN_REQUIRE_GPU=1` (scripts/test-gpu.sh).
 
@@ -131,6 +132,14 @@ fn norms_softmax_rope_gather() {
             check(&format!("layer_norm {what}"), dtype, &gx.layer_norm(&gw, Some(&gb), 1e-5).unwrap(), &x.layer_norm(&w, Some(&b), 1e-5).unwrap());
             check(&format!("layer_norm no bias {what}"), dtype, &gx.layer_norm(&gw, None, 1e-5).unwrap(), &x.layer_norm(&w, None, 1e-5).unwrap());
             check(&format!("softmax {what}"), dtype, &gx.softmax_last().unwrap(), &x.softmax_last().unwrap());
+            let y = rounded(&Tensor::from_vec(rand(rows * cols, 9), [rows, cols]).unwrap(), dtype);
+            let gy = on(&y, dtype, dev);
+            check(&format!("add_layer_norm {what}"), dtype, &gx.clone().add_layer_norm(&gy, &gw, Some(&gb), 1e-5).unwrap(), &x.clone().add_layer_norm(&y, &w, Some(&b), 1e-5).unwrap());
+            // Stacking rows: parts of odd sizes, an empty one, a strided (transposed) one.
+            let t = Tensor::from_vec(rand(cols * 2, 10), [cols, 2]).unwrap().transpose(0, 1).unwrap();
+            let parts = [x.clone(), Tensor::zeros([0, cols]), rounded(&t.contiguous(), dtype), y.clone()];
+            let gparts = [gx.clone(), on(&parts[1], dtype, dev), on(&t, dtype, dev), gy.clone()];
+            assert_eq!(Tensor::cat_rows(&gparts).unwrap().to_vec_f32(), Tensor::cat_rows(&parts).unwrap().to_vec_f32(), "cat_rows {what} {dtype}");
             if rows > 0 {
                 let ids: Vec<u32> = (0..9).map(|i| (i * 7 % rows) as u32).collect();
                 assert_eq!(gx.gather_rows(&ids).unwrap().to_vec_f32(), x.gather_rows(&ids).unwrap().to_vec_f32(), "gather {what} {dtype}");
