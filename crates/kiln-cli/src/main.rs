@@ -98,7 +98,29 @@ enum Command {
     Serve(serve::Args),
 }
 
+/// Keeps freed activation buffers in the heap for the next op (glibc): a forward pass is a
+/// chain of tensor ops whose outputs are megabytes each, and glibc would otherwise hand each one
+/// to `mmap` and back to the OS on free, so every op faults its output in zeroed again — 35%
+/// of MiniLM's embedding throughput on this machine (BENCHMARKS.md). Large buffers stay
+/// reusable; memory is returned when the process ends.
+fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 256 << 20);
+            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_buffers();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
