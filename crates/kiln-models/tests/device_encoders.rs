@@ -14,7 +14,7 @@ use kiln_tensor::{DType, Device};
 
 #[allow(dead_code)] // the trace helpers are for the CPU fixture tests
 mod common;
-use common::{fixture_dir, rel_err, Reference};
+use common::{fixture_dir, gpu, rel_err, Reference};
 
 const ENCODERS: &[&str] = &["bert", "roberta", "distilbert", "roberta_xlm", "distilbert_cls"];
 const SEQ2SEQ: &[&str] = &["t5", "flan_t5", "bart", "mbart", "marian"];
@@ -27,18 +27,6 @@ const BF16_BOUND: f32 = 1e-1;
 /// largest logit (measured on an H200; every other fixture stays under 10%), so the bound is
 /// 20% and the greedy token must also be the CPU's wherever the CPU's margin is decisive.
 const BF16_LOGITS_BOUND: f32 = 2e-1;
-
-fn gpu(test: &str) -> Option<Device> {
-    let required = std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match Device::Cuda(0).check() {
-        Ok(()) => Some(Device::Cuda(0)),
-        Err(e) if !required => {
-            println!("skipping {test}: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: KILN_REQUIRE_GPU=1 but {e}"),
-    }
-}
 
 fn model(name: &str, placement: Placement) -> Model {
     load_on(&fixture_dir(name), placement, &mut |_, _| {})

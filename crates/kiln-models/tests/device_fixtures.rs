@@ -12,11 +12,11 @@
 
 use kiln_models::{load_on, Model};
 use kiln_nn::{Batch, PagedKv, PagedKvPool, Placement, SeqSpan, NO_BLOCK};
-use kiln_tensor::{DType, Device};
+use kiln_tensor::DType;
 
 #[allow(dead_code)] // the reference-tensor helpers are for the fixture tests
 mod common;
-use common::{fixture_dir, rel_err};
+use common::{fixture_dir, gpu, rel_err};
 
 const BS: usize = 4;
 
@@ -40,18 +40,6 @@ const DECODERS: &[&str] = &[
     "bloom",
     "bloom_post_ln",
 ];
-
-fn gpu(test: &str) -> Option<Device> {
-    let required = std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match Device::Cuda(0).check() {
-        Ok(()) => Some(Device::Cuda(0)),
-        Err(e) if !required => {
-            println!("skipping {test}: {e}");
-            None
-        }
-        Err(e) => panic!("{test}: KILN_REQUIRE_GPU=1 but {e}"),
-    }
-}
 
 fn tokens(seq: usize, vocab: usize) -> Vec<u32> {
     let n: usize = PLAN[seq].iter().sum();

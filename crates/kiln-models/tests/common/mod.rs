@@ -59,3 +59,18 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
         / scale
 }
+
+/// CUDA device 0 for the GPU tests, or `None` with the reason printed (no GPU, or a build
+/// without `--features cuda`); with `KILN_REQUIRE_GPU=1` (scripts/test-gpu.sh) that is a failure.
+#[allow(dead_code)] // only the device tests call it
+pub fn gpu(test: &str) -> Option<kiln_tensor::Device> {
+    let required = std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    match kiln_tensor::Device::Cuda(0).check() {
+        Ok(()) => Some(kiln_tensor::Device::Cuda(0)),
+        Err(e) if !required => {
+            println!("skipping {test}: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: KILN_REQUIRE_GPU=1 but {e}"),
+    }
+}
