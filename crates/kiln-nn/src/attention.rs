@@ -6,7 +6,7 @@
 //! [`Batch`] saying which rows belong to which sequence and at which positions. Each sequence
 //! appends its new keys/values to the [`KvStore`] and attends over everything cached there.
 
-use kiln_tensor::cpu::attention::AttnParams;
+use kiln_tensor::host_kv::AttnParams;
 use kiln_tensor::{AttnArgs, KvLayout, Tensor};
 
 use crate::weights::Weights;
@@ -136,17 +136,26 @@ impl Attention {
     /// [`Tensor::attention`] over the step's own keys as packed rows, with the metadata
     /// [`Batch::encoder_meta`] uploads once per step. Rotary positions are applied when the spec
     /// has them.
-    pub fn forward_encoder(&self, x: &Tensor, batch: &Batch, bias: Option<&PositionBias>) -> Result<Tensor> {
+    pub fn forward_encoder(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        bias: Option<&PositionBias>,
+    ) -> Result<Tensor> {
         let s = &self.spec;
         if s.causal || s.window.is_some() {
             return Err(crate::Error::Config(
-                "encoder attention is bidirectional: a causal or windowed spec needs a KV store".into(),
+                "encoder attention is bidirectional: a causal or windowed spec needs a KV store"
+                    .into(),
             ));
         }
         let device = x.device();
         let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         let (q, k) = match &s.rope {
-            Some(rope) => (rope.forward(q, s.n_heads, batch)?, rope.forward(k, s.n_kv_heads, batch)?),
+            Some(rope) => (
+                rope.forward(q, s.n_heads, batch)?,
+                rope.forward(k, s.n_kv_heads, batch)?,
+            ),
             None => (q, k),
         };
         let meta = batch.encoder_meta(device)?;

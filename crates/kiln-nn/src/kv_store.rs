@@ -7,7 +7,7 @@
 //! runs attention over everything it holds for each sequence, so a paged store can read through
 //! its block tables without a copy.
 
-use kiln_tensor::cpu::attention::{attention, AttnParams};
+use kiln_tensor::host_kv::{attention, AttnParams};
 use kiln_tensor::{AttnArgs, AttnMeta, Device, HostMeta, KvLayout, RelBias, Tensor};
 
 use crate::kv_cache::DeviceRows;
@@ -73,7 +73,8 @@ impl StepBias {
         let rel = match params.rel_bias {
             Some(r) => {
                 let n_heads = r.values.len() / r.n_rel.max(1);
-                let t = Tensor::from_vec(r.values.to_vec(), [n_heads, r.n_rel])?.to_device(device)?;
+                let t =
+                    Tensor::from_vec(r.values.to_vec(), [n_heads, r.n_rel])?.to_device(device)?;
                 Some((t, r.min_rel, r.n_rel))
             }
             None => None,
@@ -157,7 +158,10 @@ fn append_attend_device(
             bias: StepBias::upload(params, device)?,
         });
     }
-    let Some(RowsStep { meta, slots, bias, .. }) = &d.step else {
+    let Some(RowsStep {
+        meta, slots, bias, ..
+    }) = &d.step
+    else {
         unreachable!("set above")
     };
     let slot = &mut d.layers[layer];
@@ -240,7 +244,14 @@ impl KvStore for SeqCaches<'_> {
             let mut outs = Vec::with_capacity(batch.seqs.len());
             for (span, cache) in batch.seqs.iter().zip(self.0.iter_mut()) {
                 let rows = |t: &Tensor| t.narrow(0, span.start, span.len);
-                outs.push(append_attend_device(cache, layer, &rows(q)?, &rows(k)?, &rows(v)?, params)?);
+                outs.push(append_attend_device(
+                    cache,
+                    layer,
+                    &rows(q)?,
+                    &rows(k)?,
+                    &rows(v)?,
+                    params,
+                )?);
             }
             return Ok(Tensor::cat_rows(&outs)?);
         }

@@ -18,12 +18,10 @@
 //! step. Positions the kernel reads must not be `NO_BLOCK` (the kernel asserts it): release only
 //! blocks that every layer's window has left behind.
 
-use kiln_tensor::cpu::attention::AttnParams;
-use kiln_tensor::cpu::paged_attention::PagedLayerKv;
+use kiln_tensor::host_kv::{AttnParams, PagedLayerKv};
 /// Query rows up to which the CPU kernels take the decode path (the step loop cuts prompts
 /// above it into blocked chunks, for batch invariance).
-pub use kiln_tensor::cpu::attention::DECODE_MAX_QUERIES;
-pub use kiln_tensor::cpu::paged_attention::{KvCacheDtype, NO_BLOCK};
+pub use kiln_tensor::host_kv::{KvCacheDtype, DECODE_MAX_QUERIES, NO_BLOCK};
 use kiln_tensor::{AttnArgs, AttnMeta, DType, Device, HostMeta, KvLayout, Tensor};
 use rayon::prelude::*;
 
@@ -88,7 +86,9 @@ impl PagedKvPool {
             _ => KvCacheDtype::F32,
         };
         if device == Device::Cpu {
-            return Ok(PagedKvPool::new(n_layers, n_kv_heads, head_dim, n_blocks, block_size, dtype));
+            return Ok(PagedKvPool::new(
+                n_layers, n_kv_heads, head_dim, n_blocks, block_size, dtype,
+            ));
         }
         let shape = [n_blocks, n_kv_heads, block_size, head_dim];
         let layers = (0..n_layers)
@@ -151,7 +151,13 @@ impl PagedKvPool {
     /// Bytes of storage held by the pool.
     pub fn bytes(&self) -> usize {
         if let Layers::Device(l) = &self.layers {
-            return l.iter().map(|(k, v)| k.elem_count() * k.dtype().size_in_bytes() + v.elem_count() * v.dtype().size_in_bytes()).sum();
+            return l
+                .iter()
+                .map(|(k, v)| {
+                    k.elem_count() * k.dtype().size_in_bytes()
+                        + v.elem_count() * v.dtype().size_in_bytes()
+                })
+                .sum();
         }
         self.n_blocks
             * Self::bytes_per_block(
@@ -282,7 +288,12 @@ impl<'a> PagedKv<'a> {
 
 impl PagedKv<'_> {
     /// The step's device metadata, built and uploaded on first use.
-    fn device_step(&mut self, batch: &Batch, params: &AttnParams, device: Device) -> Result<&DeviceStep> {
+    fn device_step(
+        &mut self,
+        batch: &Batch,
+        params: &AttnParams,
+        device: Device,
+    ) -> Result<&DeviceStep> {
         if self.step.is_none() {
             let bs = self.pool.block_size;
             let mut host = HostMeta::default();
@@ -362,7 +373,15 @@ impl KvStore for PagedKv<'_> {
         let (tables, cached, blocked) = (&self.tables, &self.cached, &self.blocked);
         if batch.seqs.len() == 1 {
             return per_sequence(batch, q, k, v, params, |i, q, _, _, out| {
-                l.attend_with(q, tables[i], cached[i] + batch.seqs[i].len, cached[i], params, blocked[i], out)
+                l.attend_with(
+                    q,
+                    tables[i],
+                    cached[i] + batch.seqs[i].len,
+                    cached[i],
+                    params,
+                    blocked[i],
+                    out,
+                )
             });
         }
         let q_row = params.n_heads * params.head_dim;

@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-use kiln_tensor::cpu::attention::RelativeBias;
+use kiln_tensor::host_kv::RelativeBias;
 use kiln_tensor::{Device, RelBias, Tensor};
 
 use crate::weights::Weights;

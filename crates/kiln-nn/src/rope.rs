@@ -7,7 +7,8 @@
 
 use std::borrow::Cow;
 
-use kiln_tensor::cpu::rope::{apply_rope, RopeStyle};
+use kiln_tensor::host_kv::apply_rope;
+use kiln_tensor::RopeStyle;
 use kiln_tensor::{DType, Device, Tensor};
 use serde_json::Value;
 

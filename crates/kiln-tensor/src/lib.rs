@@ -28,6 +28,15 @@ mod tensor;
 pub mod cpu;
 pub mod cuda;
 
+/// The host kernels kiln-nn's CPU KV stores call in place (`KvCache`, `PagedKv` on the host:
+/// attention read straight from their own buffers, RoPE in place): the one named seam to the
+/// CPU kernels outside this crate. Everything else reaches them through `Tensor` ops.
+pub mod host_kv {
+    pub use crate::cpu::attention::{attention, AttnParams, RelativeBias, DECODE_MAX_QUERIES};
+    pub use crate::cpu::paged_attention::{KvCacheDtype, PagedLayerKv, NO_BLOCK};
+    pub use crate::cpu::rope::apply_rope;
+}
+
 pub use attn::{AttnArgs, AttnMeta, HostMeta, KvLayout, RelBias};
 pub use device::Device;
 pub use dtype::DType;
