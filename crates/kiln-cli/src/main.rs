@@ -70,7 +70,9 @@ impl Common {
             kiln_tensor::Device::Cuda(_) => kiln_tensor::DType::BF16,
         });
         if self.device == kiln_tensor::Device::Cpu && dtype != kiln_tensor::DType::F32 {
-            anyhow::bail!("--dtype {dtype} is for GPUs: the CPU engine computes in f32 (drop --dtype)");
+            anyhow::bail!(
+                "--dtype {dtype} is for GPUs: the CPU engine computes in f32 (drop --dtype)"
+            );
         }
         self.device.check()?;
         Ok(kiln_nn::Placement {

@@ -293,13 +293,19 @@ fn device_errors_are_one_clear_line() {
     let minilm = minilm.to_str().unwrap();
     let runs: [&[&str]; 6] = [
         &["generate", "-m", fixture, "--device", "cuda", "-p", "hi"],
-        &["score", "-m", fixture, "--device", "cuda:1", "--text", "a b c"],
+        &[
+            "score", "-m", fixture, "--device", "cuda:1", "--text", "a b c",
+        ],
         &["bench", "-m", fixture, "--device", "cuda"],
         &["embed", "-m", minilm, "--device", "cuda", "--text", "hi"],
         &["classify", "-m", minilm, "--device", "cuda", "--text", "hi"],
         &["serve", "-m", fixture, "--device", "cuda", "--port", "0"],
     ];
-    let needle = if cfg!(feature = "cuda") { "CUDA" } else { "--features cuda" };
+    let needle = if cfg!(feature = "cuda") {
+        "CUDA"
+    } else {
+        "--features cuda"
+    };
     for args in runs {
         let out = kiln(args);
         assert_clean_error(&out, 1, needle);

@@ -244,12 +244,22 @@ impl Block {
 
     /// One block: the encoder's (`dec` = None: each sequence attends to its own rows) or the
     /// decoder's (self-attention through the KV store, then cross-attention to the memories).
-    fn forward(&self, x: &Tensor, batch: &Batch, layer: usize, dec: Option<Decoding<'_, '_>>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        layer: usize,
+        dec: Option<Decoding<'_, '_>>,
+    ) -> Result<Tensor> {
         let mut h = match dec {
             None => self.residual(x, &self.self_attn_layer_norm, |a| {
                 Ok(self.self_attn.forward_encoder(a, batch, None)?)
             })?,
-            Some(Decoding { kv, cross: step, memory }) => {
+            Some(Decoding {
+                kv,
+                cross: step,
+                memory,
+            }) => {
                 let h = self.residual(x, &self.self_attn_layer_norm, |a| {
                     Ok(self.self_attn.forward(a, batch, layer, kv)?)
                 })?;
@@ -314,11 +324,17 @@ impl Stack {
         let x = self.embeddings.forward(tokens, &batch.positions)?;
         let n = self.layers.len();
         let x = match dec {
-            None => crate::stack::layers(x, n, trace, |i, x| self.layers[i].forward(x, batch, i, None))?,
+            None => crate::stack::layers(x, n, trace, |i, x| {
+                self.layers[i].forward(x, batch, i, None)
+            })?,
             Some((kv, memory)) => {
                 let cross = EncoderMemory::step(batch, memory, x.device())?;
                 crate::stack::run(x, n, batch, kv, trace, |i, x, kv| {
-                    let dec = Decoding { kv, cross: &cross, memory };
+                    let dec = Decoding {
+                        kv,
+                        cross: &cross,
+                        memory,
+                    };
                     self.layers[i].forward(x, batch, i, Some(dec))
                 })?
             }

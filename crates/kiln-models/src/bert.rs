@@ -167,7 +167,9 @@ impl Block {
     fn forward(&self, x: Tensor, batch: &Batch, act: Activation) -> Result<Tensor> {
         let a = self.attention.forward_encoder(&x, batch, None)?;
         let h = self.attention_norm.forward_residual(x, &a)?; // h = LN(x + attn(x))
-        let f = self.output.forward(&act.apply(&self.intermediate.forward(&h)?)?)?;
+        let f = self
+            .output
+            .forward(&act.apply(&self.intermediate.forward(&h)?)?)?;
         Ok(self.output_norm.forward_residual(h, &f)?) // out = LN(h + ffn(h))
     }
 }
@@ -396,4 +398,3 @@ impl Bert {
         }
     }
 }
-

@@ -225,7 +225,7 @@ impl Model {
             Model::Seq2Seq(m) => {
                 let i = m.info();
                 ModelInfo {
-                placement: Placement::default(),
+                    placement: Placement::default(),
                     architecture: i.architecture.clone(),
                     vocab_size: i.vocab_size,
                     max_context: i.max_target_tokens.unwrap_or(usize::MAX),

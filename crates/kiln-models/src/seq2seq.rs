@@ -48,7 +48,11 @@ impl EncoderMemory {
 
     /// The cross-attention layout of a step whose sequence `i` reads `memory[i]` (built once
     /// per step, read by every decoder layer).
-    pub(crate) fn step(batch: &Batch, memory: &[&EncoderMemory], device: Device) -> Result<CrossStep> {
+    pub(crate) fn step(
+        batch: &Batch,
+        memory: &[&EncoderMemory],
+        device: Device,
+    ) -> Result<CrossStep> {
         let sources: Vec<(usize, usize)> = memory
             .iter()
             .map(|m| (*m as *const EncoderMemory as usize, m.n_src))

@@ -12,8 +12,8 @@
 //! Config branches: the feed-forward (`feed_forward_proj`: `relu` / `gated-gelu`), the head.
 
 use kiln_nn::{
-    Activation, Attention, AttentionSpec, Batch, CrossAttention, Embedding, GatedMlp,
-    KvCache, KvStore, Linear, Mlp, PositionBias, RelativePositionBias, RmsNorm, Weights,
+    Activation, Attention, AttentionSpec, Batch, CrossAttention, Embedding, GatedMlp, KvCache,
+    KvStore, Linear, Mlp, PositionBias, RelativePositionBias, RmsNorm, Weights,
 };
 use kiln_tensor::Tensor;
 
@@ -204,8 +204,17 @@ impl Block {
             None => x.add(&self.self_attn.forward_encoder(&a, batch, Some(bias))?)?,
             Some(_) => x.clone(),
         };
-        if let Some(Decoding { kv, cross: step, memory }) = dec {
-            h = h.add(&self.self_attn.forward_biased(&a, batch, layer, kv, Some(bias))?)?;
+        if let Some(Decoding {
+            kv,
+            cross: step,
+            memory,
+        }) = dec
+        {
+            h = h.add(
+                &self
+                    .self_attn
+                    .forward_biased(&a, batch, layer, kv, Some(bias))?,
+            )?;
             if let Some((norm, cross)) = &self.cross {
                 let mem = EncoderMemory::layer(memory, layer);
                 h = h.add(&cross.forward(&norm.forward(&h)?, step, &mem)?)?;
@@ -257,11 +266,17 @@ impl Stack {
         let bias = self.relative_attention_bias.table(-max_pos, max_len - 1);
         let n = self.blocks.len();
         let x = match dec {
-            None => crate::stack::layers(x, n, trace, |i, x| self.blocks[i].forward(x, batch, i, &bias, None))?,
+            None => crate::stack::layers(x, n, trace, |i, x| {
+                self.blocks[i].forward(x, batch, i, &bias, None)
+            })?,
             Some((kv, memory)) => {
                 let cross = EncoderMemory::step(batch, memory, x.device())?;
                 crate::stack::run(x, n, batch, kv, trace, |i, x, kv| {
-                    let dec = Decoding { kv, cross: &cross, memory };
+                    let dec = Decoding {
+                        kv,
+                        cross: &cross,
+                        memory,
+                    };
                     self.blocks[i].forward(x, batch, i, &bias, Some(dec))
                 })?
             }
@@ -317,7 +332,8 @@ impl T5 {
 
     pub fn encode(&self, src: &[u32], trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let x = self.shared.forward(src)?;
-        self.encoder.forward(x, &Batch::single(0, src.len()), None, trace)
+        self.encoder
+            .forward(x, &Batch::single(0, src.len()), None, trace)
     }
 
     pub fn memory(&self, encoder_out: &Tensor) -> Result<EncoderMemory> {

@@ -16,7 +16,13 @@ use kiln_tensor::{DType, Device};
 mod common;
 use common::{fixture_dir, gpu, rel_err, Reference};
 
-const ENCODERS: &[&str] = &["bert", "roberta", "distilbert", "roberta_xlm", "distilbert_cls"];
+const ENCODERS: &[&str] = &[
+    "bert",
+    "roberta",
+    "distilbert",
+    "roberta_xlm",
+    "distilbert_cls",
+];
 const SEQ2SEQ: &[&str] = &["t5", "flan_t5", "bart", "mbart", "marian"];
 
 /// bf16 against the CPU: the bound of the decoder fixtures (device_fixtures.rs), 10% of the
@@ -43,7 +49,11 @@ struct Checks {
 
 impl Checks {
     fn new(bound: f32) -> Checks {
-        Checks { bound, worst: 0.0, over: Vec::new() }
+        Checks {
+            bound,
+            worst: 0.0,
+            over: Vec::new(),
+        }
     }
     fn check(&mut self, what: String, got: &[f32], want: &[f32]) {
         self.check_within(what, got, want, self.bound)
@@ -59,11 +69,18 @@ impl Checks {
     /// Rows of `vocab` logits: where the CPU's best token leads the runner-up by more than
     /// `margin` of the row's largest |logit|, the device must pick the same token.
     fn greedy(&mut self, what: String, got: &[f32], want: &[f32], vocab: usize, margin: f32) {
-        let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap_or(0);
+        let argmax = |r: &[f32]| {
+            (0..r.len())
+                .max_by(|&a, &b| r[a].total_cmp(&r[b]))
+                .unwrap_or(0)
+        };
         let (mut decisive, mut differ) = (0, 0);
         for (g, w) in got.chunks(vocab).zip(want.chunks(vocab)) {
             let best = argmax(w);
-            let second = (0..vocab).filter(|&j| j != best).map(|j| w[j]).fold(f32::NEG_INFINITY, f32::max);
+            let second = (0..vocab)
+                .filter(|&j| j != best)
+                .map(|j| w[j])
+                .fold(f32::NEG_INFINITY, f32::max);
             let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
             if w[best] - second > margin * scale {
                 decisive += 1;
@@ -72,11 +89,16 @@ impl Checks {
         }
         println!("{what}: greedy token differs in {differ} of {decisive} decisive rows");
         if differ > 0 {
-            self.over.push(format!("{what}: greedy token differs in {differ} of {decisive} decisive rows"));
+            self.over.push(format!(
+                "{what}: greedy token differs in {differ} of {decisive} decisive rows"
+            ));
         }
     }
     fn finish(self, test: &str) {
-        println!("{test}: worst {:.3e} (bound {}; bf16 seq2seq logits {BF16_LOGITS_BOUND})", self.worst, self.bound);
+        println!(
+            "{test}: worst {:.3e} (bound {}; bf16 seq2seq logits {BF16_LOGITS_BOUND})",
+            self.worst, self.bound
+        );
         assert!(self.over.is_empty(), "over {}: {:?}", self.bound, self.over);
     }
 }
@@ -86,7 +108,14 @@ fn encoder_outputs(m: &Model, r: &Reference) -> (Vec<f32>, Option<Vec<f32>>) {
     let bert = m.as_encoder().expect("an encoder");
     let lens: Vec<usize> = r.ids("seq_lens").iter().map(|&l| l as usize).collect();
     let batch = Batch::packed(&lens);
-    let h = bert.forward(&r.ids("input_ids"), Some(&r.ids("token_type_ids")), &batch, None).unwrap();
+    let h = bert
+        .forward(
+            &r.ids("input_ids"),
+            Some(&r.ids("token_type_ids")),
+            &batch,
+            None,
+        )
+        .unwrap();
     let logits = bert.classify(&h, &batch).unwrap().map(|l| l.to_vec_f32());
     (h.to_vec_f32(), logits)
 }
@@ -94,21 +123,45 @@ fn encoder_outputs(m: &Model, r: &Reference) -> (Vec<f32>, Option<Vec<f32>>) {
 fn encoders(dtype: DType, test: &str) {
     let Some(device) = gpu(test) else { return };
     let placement = Placement { device, dtype };
-    let mut c = Checks::new(if dtype == DType::F32 { 1e-4 } else { BF16_BOUND });
+    let mut c = Checks::new(if dtype == DType::F32 {
+        1e-4
+    } else {
+        BF16_BOUND
+    });
     for name in ENCODERS {
         let r = Reference::open(name);
-        let n_layers = model(name, Placement::default()).as_encoder().unwrap().cfg.n_layers;
+        let n_layers = model(name, Placement::default())
+            .as_encoder()
+            .unwrap()
+            .cfg
+            .n_layers;
         let (h, logits) = encoder_outputs(&model(name, placement), &r);
         if dtype == DType::F32 {
-            c.check(format!("{name} hidden states, f32 on {device} vs transformers"), &h, &r.f32(&format!("hidden_states.{n_layers}")));
+            c.check(
+                format!("{name} hidden states, f32 on {device} vs transformers"),
+                &h,
+                &r.f32(&format!("hidden_states.{n_layers}")),
+            );
             if let Some(l) = logits {
-                c.check(format!("{name} head logits, f32 on {device} vs transformers"), &l, &r.f32("logits"));
+                c.check(
+                    format!("{name} head logits, f32 on {device} vs transformers"),
+                    &l,
+                    &r.f32("logits"),
+                );
             }
         } else {
             let (want_h, want_l) = encoder_outputs(&model(name, Placement::default()), &r);
-            c.check(format!("{name} hidden states, {dtype} on {device} vs the CPU"), &h, &want_h);
+            c.check(
+                format!("{name} hidden states, {dtype} on {device} vs the CPU"),
+                &h,
+                &want_h,
+            );
             if let (Some(l), Some(w)) = (logits, want_l) {
-                c.check(format!("{name} head logits, {dtype} on {device} vs the CPU"), &l, &w);
+                c.check(
+                    format!("{name} head logits, {dtype} on {device} vs the CPU"),
+                    &l,
+                    &w,
+                );
             }
         }
     }
@@ -117,7 +170,10 @@ fn encoders(dtype: DType, test: &str) {
 
 #[test]
 fn encoders_f32_on_cuda_match_transformers_within_1e_4() {
-    encoders(DType::F32, "encoders_f32_on_cuda_match_transformers_within_1e_4");
+    encoders(
+        DType::F32,
+        "encoders_f32_on_cuda_match_transformers_within_1e_4",
+    );
 }
 
 #[test]
@@ -132,13 +188,20 @@ fn seq2seq(m: &Model) -> &Seq2Seq {
 /// Logits of `ids` fed to the decoder in one step through a contiguous cache.
 fn one_shot(m: &Seq2Seq, mem: &EncoderMemory, ids: &[u32]) -> Vec<f32> {
     let mut cache = m.new_cache();
-    let h = m.decode(ids, &Batch::single(0, ids.len()), &mut cache, &[mem], None).unwrap();
+    let h = m
+        .decode(ids, &Batch::single(0, ids.len()), &mut cache, &[mem], None)
+        .unwrap();
     m.logits(&h).unwrap().to_vec_f32()
 }
 
 /// Every output the checks compare: the encoder's output, one-shot logits, logits of steps
 /// through a paged pool on the model's device, and two requests packed into one step.
-fn seq2seq_outputs(m: &Seq2Seq, r: &Reference, device: Device, dtype: DType) -> Vec<(&'static str, Vec<f32>)> {
+fn seq2seq_outputs(
+    m: &Seq2Seq,
+    r: &Reference,
+    device: Device,
+    dtype: DType,
+) -> Vec<(&'static str, Vec<f32>)> {
     let src = r.ids("input_ids");
     let ids = r.ids("decoder_input_ids");
     let vocab = m.info().vocab_size;
@@ -154,7 +217,9 @@ fn seq2seq_outputs(m: &Seq2Seq, r: &Reference, device: Device, dtype: DType) -> 
     for n in [3usize, 1, 1, ids.len() - 5] {
         let batch = Batch::single(at, n);
         let mut kv = PagedKv::new(&mut pool, vec![&table[..]], vec![at], &batch).unwrap();
-        let h = m.decode(&ids[at..at + n], &batch, &mut kv, &[&mem], None).unwrap();
+        let h = m
+            .decode(&ids[at..at + n], &batch, &mut kv, &[&mem], None)
+            .unwrap();
         paged.extend(m.logits(&h).unwrap().to_vec_f32());
         at += n;
     }
@@ -163,20 +228,42 @@ fn seq2seq_outputs(m: &Seq2Seq, r: &Reference, device: Device, dtype: DType) -> 
     let mem_b = m.encode_memory(&src[3..15]).unwrap();
     let (a, b) = (&ids[..6], &ids[..4]);
     let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
-    m.decode(&a[..4], &Batch::single(0, 4), &mut ca, &[&mem], None).unwrap();
-    m.decode(&b[..2], &Batch::single(0, 2), &mut cb, &[&mem_b], None).unwrap();
-    let batch = Batch::new(vec![4, 5, 2, 3], vec![SeqSpan { start: 0, len: 2 }, SeqSpan { start: 2, len: 2 }]);
+    m.decode(&a[..4], &Batch::single(0, 4), &mut ca, &[&mem], None)
+        .unwrap();
+    m.decode(&b[..2], &Batch::single(0, 2), &mut cb, &[&mem_b], None)
+        .unwrap();
+    let batch = Batch::new(
+        vec![4, 5, 2, 3],
+        vec![SeqSpan { start: 0, len: 2 }, SeqSpan { start: 2, len: 2 }],
+    );
     let mut store = SeqCaches(vec![&mut ca, &mut cb]);
-    let h = m.decode(&[a[4], a[5], b[2], b[3]], &batch, &mut store, &[&mem, &mem_b], None).unwrap();
+    let h = m
+        .decode(
+            &[a[4], a[5], b[2], b[3]],
+            &batch,
+            &mut store,
+            &[&mem, &mem_b],
+            None,
+        )
+        .unwrap();
     let packed = m.logits(&h).unwrap().to_vec_f32();
     assert_eq!(packed.len(), 4 * vocab);
-    vec![("encoder output", enc.to_vec_f32()), ("one-shot logits", full), ("paged-pool step logits", paged), ("packed two-request logits", packed)]
+    vec![
+        ("encoder output", enc.to_vec_f32()),
+        ("one-shot logits", full),
+        ("paged-pool step logits", paged),
+        ("packed two-request logits", packed),
+    ]
 }
 
 fn encoder_decoders(dtype: DType, test: &str) {
     let Some(device) = gpu(test) else { return };
     let placement = Placement { device, dtype };
-    let mut c = Checks::new(if dtype == DType::F32 { 1e-4 } else { BF16_BOUND });
+    let mut c = Checks::new(if dtype == DType::F32 {
+        1e-4
+    } else {
+        BF16_BOUND
+    });
     for name in SEQ2SEQ {
         let r = Reference::open(name);
         let cpu = model(name, Placement::default());
@@ -185,10 +272,20 @@ fn encoder_decoders(dtype: DType, test: &str) {
         let got = seq2seq_outputs(seq2seq(&gpu), &r, device, dtype);
         if dtype == DType::F32 {
             let mut trace = Vec::new();
-            seq2seq(&gpu).encode(&r.ids("input_ids"), Some(&mut trace)).unwrap();
+            seq2seq(&gpu)
+                .encode(&r.ids("input_ids"), Some(&mut trace))
+                .unwrap();
             let top = format!("encoder.hidden_states.{}", trace.len() - 1);
-            c.check(format!("{name} encoder output, f32 on {device} vs transformers"), &got[0].1, &r.f32(&top));
-            c.check(format!("{name} logits, f32 on {device} vs transformers"), &got[1].1, &r.f32("logits"));
+            c.check(
+                format!("{name} encoder output, f32 on {device} vs transformers"),
+                &got[0].1,
+                &r.f32(&top),
+            );
+            c.check(
+                format!("{name} logits, f32 on {device} vs transformers"),
+                &got[1].1,
+                &r.f32("logits"),
+            );
         }
         let vocab = seq2seq(&cpu).info().vocab_size;
         for ((what, g), (_, w)) in got.iter().zip(&want) {
@@ -206,10 +303,16 @@ fn encoder_decoders(dtype: DType, test: &str) {
 
 #[test]
 fn encoder_decoders_f32_on_cuda_match_transformers_within_1e_4() {
-    encoder_decoders(DType::F32, "encoder_decoders_f32_on_cuda_match_transformers_within_1e_4");
+    encoder_decoders(
+        DType::F32,
+        "encoder_decoders_f32_on_cuda_match_transformers_within_1e_4",
+    );
 }
 
 #[test]
 fn encoder_decoders_bf16_on_cuda_within_bound_of_the_cpu() {
-    encoder_decoders(DType::BF16, "encoder_decoders_bf16_on_cuda_within_bound_of_the_cpu");
+    encoder_decoders(
+        DType::BF16,
+        "encoder_decoders_bf16_on_cuda_within_bound_of_the_cpu",
+    );
 }

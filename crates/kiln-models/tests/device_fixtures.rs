@@ -56,8 +56,20 @@ fn shape(model: &Model) -> (usize, usize, usize, usize, Option<usize>) {
             let window = c.windows.iter().copied().flatten().min();
             (c.n_layers, c.n_kv_heads, c.head_dim, c.vocab, window)
         }
-        Model::Gpt2(m) => (m.cfg.n_layers, m.cfg.n_heads, m.cfg.head_dim(), m.cfg.vocab, None),
-        Model::Bloom(m) => (m.cfg.n_layers, m.cfg.n_heads, m.cfg.head_dim(), m.cfg.vocab, None),
+        Model::Gpt2(m) => (
+            m.cfg.n_layers,
+            m.cfg.n_heads,
+            m.cfg.head_dim(),
+            m.cfg.vocab,
+            None,
+        ),
+        Model::Bloom(m) => (
+            m.cfg.n_layers,
+            m.cfg.n_heads,
+            m.cfg.head_dim(),
+            m.cfg.vocab,
+            None,
+        ),
         _ => panic!("a decoder fixture"),
     }
 }
@@ -79,7 +91,9 @@ fn run(model: &Model, placement: Placement) -> Vec<Vec<f32>> {
     .unwrap();
     assert_eq!(pool.device(), placement.device);
     // Scattered block ids: a fixed permutation of the pool, dealt out round robin.
-    let mut ids: Vec<u32> = (0..n_blocks as u32).map(|i| (i * 17 + 3) % n_blocks as u32).collect();
+    let mut ids: Vec<u32> = (0..n_blocks as u32)
+        .map(|i| (i * 17 + 3) % n_blocks as u32)
+        .collect();
     let mut tables: Vec<Vec<u32>> = vec![Vec::new(); PLAN.len()];
     let toks: Vec<Vec<u32>> = (0..PLAN.len()).map(|s| tokens(s, vocab)).collect();
     let mut cached = vec![0usize; PLAN.len()];
@@ -145,7 +159,10 @@ fn compare(dtype: DType, bound: f32, test: &str) {
         worst_all = worst_all.max(worst);
     }
     println!("{test}: worst over the fixtures {worst_all:.3e} (bound {bound})");
-    assert!(over.is_empty(), "{dtype} logits rel err over {bound}: {over:?}");
+    assert!(
+        over.is_empty(),
+        "{dtype} logits rel err over {bound}: {over:?}"
+    );
 }
 
 #[test]

@@ -46,7 +46,10 @@ impl Batch {
 
     /// One sequence of `n` new tokens following `cached` already-cached positions.
     pub fn single(cached: usize, n: usize) -> Batch {
-        Batch::new((cached..cached + n).collect(), vec![SeqSpan { start: 0, len: n }])
+        Batch::new(
+            (cached..cached + n).collect(),
+            vec![SeqSpan { start: 0, len: n }],
+        )
     }
 
     /// Sequences of the given lengths packed back to back, each at positions `0..len` (an
@@ -94,7 +97,11 @@ impl Batch {
     /// encoder): the rows of each span are its keys ([`kiln_tensor::KvLayout::rows`], table entry
     /// = the span's first row), numbered from 0. Uploaded by the first layer that asks.
     pub fn encoder_meta(&self, device: Device) -> Result<AttnMeta> {
-        if let Some(m) = self.encoder_meta.get().filter(|m| m.tok_seq.device() == device) {
+        if let Some(m) = self
+            .encoder_meta
+            .get()
+            .filter(|m| m.tok_seq.device() == device)
+        {
             return Ok(m.clone());
         }
         let mut host = HostMeta::default();
@@ -107,7 +114,11 @@ impl Batch {
         if host.tok_seq.len() != self.n_tokens() {
             return Err(kiln_tensor::Error::Invalid {
                 op: "encoder attention",
-                reason: format!("spans cover {} of {} rows", host.tok_seq.len(), self.n_tokens()),
+                reason: format!(
+                    "spans cover {} of {} rows",
+                    host.tok_seq.len(),
+                    self.n_tokens()
+                ),
             }
             .into());
         }

@@ -62,7 +62,9 @@ impl CrossStep {
         let mut host = HostMeta::default();
         for (i, (span, &(id, n_src))) in batch.seqs.iter().zip(sources).enumerate() {
             match runs.last_mut() {
-                Some((r0, rows, first, n)) if sources[*first].0 == id && *r0 + *rows == span.start => {
+                Some((r0, rows, first, n))
+                    if sources[*first].0 == id && *r0 + *rows == span.start =>
+                {
                     *rows += span.len;
                     *n += 1;
                 }
@@ -70,8 +72,13 @@ impl CrossStep {
             }
             let first = runs.last().expect("pushed above").2;
             // Within a run, every row reads sequence `i`'s entry: the run's one memory.
-            host.tok_seq.extend(std::iter::repeat_n((i - first) as u32, span.len));
-            host.tok_pos.extend(batch.positions[span.start..span.start + span.len].iter().map(|&p| p as u32));
+            host.tok_seq
+                .extend(std::iter::repeat_n((i - first) as u32, span.len));
+            host.tok_pos.extend(
+                batch.positions[span.start..span.start + span.len]
+                    .iter()
+                    .map(|&p| p as u32),
+            );
             host.seq_len.push(n_src as u32);
             host.tables.push(vec![0]);
         }
@@ -133,7 +140,9 @@ impl CrossAttention {
         let mut outs = Vec::with_capacity(step.runs.len());
         for &(r0, rows, first, n_seqs) in &step.runs {
             let mem = memory.get(first).ok_or_else(|| {
-                crate::Error::Config(format!("cross attention: no encoder memory for sequence {first}"))
+                crate::Error::Config(format!(
+                    "cross attention: no encoder memory for sequence {first}"
+                ))
             })?;
             let meta = AttnMeta {
                 tok_seq: step.meta.tok_seq.narrow(0, r0, rows)?,
@@ -141,7 +150,11 @@ impl CrossAttention {
                 seq_len: step.meta.seq_len.narrow(0, first, n_seqs)?,
                 block_tables: step.meta.block_tables.narrow(0, first, n_seqs)?,
             };
-            let q_run = if step.runs.len() == 1 && rows == n { q.clone() } else { q.narrow(0, r0, rows)? };
+            let q_run = if step.runs.len() == 1 && rows == n {
+                q.clone()
+            } else {
+                q.narrow(0, r0, rows)?
+            };
             outs.push(Tensor::attention(&AttnArgs {
                 q: &q_run,
                 k: &mem.k,

@@ -44,7 +44,9 @@ impl Clone for KvCache {
                     .iter()
                     .map(|l| {
                         l.as_ref().map(|(k, v)| {
-                            let copy = |t: &Tensor| t.deep_copy().expect("device memory for a KV cache copy");
+                            let copy = |t: &Tensor| {
+                                t.deep_copy().expect("device memory for a KV cache copy")
+                            };
                             (copy(k), copy(v))
                         })
                     })
@@ -103,9 +105,12 @@ impl KvCache {
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        let device: usize = self.device.iter().flat_map(|d| d.layers.iter().flatten()).map(|(k, v)| {
-            (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()
-        }).sum();
+        let device: usize = self
+            .device
+            .iter()
+            .flat_map(|d| d.layers.iter().flatten())
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum();
         device
             + self
                 .layers

@@ -21,7 +21,11 @@ pub struct SinusoidalPositions {
 
 impl SinusoidalPositions {
     /// The table for `n_positions` positions of `dim` values, placed as the model's weights.
-    pub fn new(n_positions: usize, dim: usize, placement: Placement) -> Result<SinusoidalPositions> {
+    pub fn new(
+        n_positions: usize,
+        dim: usize,
+        placement: Placement,
+    ) -> Result<SinusoidalPositions> {
         // Odd dims: transformers puts ceil(dim/2) sines first; the formula below does the same.
         let n_sin = dim.div_ceil(2);
         let mut table = vec![0.0f32; n_positions * dim];

@@ -79,7 +79,8 @@ impl HostMeta {
         for (row, t) in flat.chunks_mut(width).zip(&self.tables) {
             row[..t.len()].copy_from_slice(t);
         }
-        let up = |v: &[u32], shape: Vec<usize>| Tensor::from_u32(v.to_vec(), shape)?.to_device(device);
+        let up =
+            |v: &[u32], shape: Vec<usize>| Tensor::from_u32(v.to_vec(), shape)?.to_device(device);
         Ok(AttnMeta {
             tok_seq: up(&self.tok_seq, vec![self.tok_seq.len()])?,
             tok_pos: up(&self.tok_pos, vec![self.tok_pos.len()])?,
@@ -121,7 +122,12 @@ pub struct AttnArgs<'a> {
 impl AttnArgs<'_> {
     pub(crate) fn check(&self) -> Result<usize> {
         let row = self.n_heads * self.head_dim;
-        let bad = |what: String| Err(Error::Invalid { op: "attention", reason: what });
+        let bad = |what: String| {
+            Err(Error::Invalid {
+                op: "attention",
+                reason: what,
+            })
+        };
         if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads are not a multiple of {} kv heads",
@@ -129,11 +135,17 @@ impl AttnArgs<'_> {
             ));
         }
         if row == 0 || !self.q.elem_count().is_multiple_of(row) {
-            return bad(format!("q of shape {:?} is not rows of {row}", self.q.dims()));
+            return bad(format!(
+                "q of shape {:?} is not rows of {row}",
+                self.q.dims()
+            ));
         }
         let n = self.q.elem_count() / row;
         if self.meta.tok_seq.elem_count() != n || self.meta.tok_pos.elem_count() != n {
-            return bad(format!("metadata for {} tokens, q has {n}", self.meta.tok_seq.elem_count()));
+            return bad(format!(
+                "metadata for {} tokens, q has {n}",
+                self.meta.tok_seq.elem_count()
+            ));
         }
         Ok(n)
     }

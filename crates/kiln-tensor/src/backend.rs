@@ -19,27 +19,52 @@ pub(crate) trait Backend {
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `act(gate) * up`, written over `gate` when it is unshared.
     fn gated(&self, act: UnaryOp, gate: Tensor, up: &Tensor) -> Result<Tensor>;
-    fn norm(&self, op: NormOp, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32)
-        -> Result<Tensor>;
+    fn norm(
+        &self,
+        op: NormOp,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor>;
     /// `norm(x + residual)`; backends without a fused kernel add, then normalise.
     #[allow(clippy::too_many_arguments)]
-    fn add_norm(&self, op: NormOp, x: Tensor, residual: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32)
-        -> Result<Tensor> {
+    fn add_norm(
+        &self,
+        op: NormOp,
+        x: Tensor,
+        residual: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
         let sum = self.binary(BinaryOp::Add, &x, residual)?;
         self.norm(op, &sum, w, b, eps)
     }
     /// Softmax over the last dimension.
     fn softmax(&self, x: &Tensor) -> Result<Tensor>;
     /// Rotary embedding of `x (n_tokens, n_heads, head_dim)` at `positions (n_tokens,)` u32.
-    fn rope(&self, x: Tensor, positions: &Tensor, inv_freq: &Tensor, mscale: f32, style: RopeStyle)
-        -> Result<Tensor>;
+    fn rope(
+        &self,
+        x: Tensor,
+        positions: &Tensor,
+        inv_freq: &Tensor,
+        mscale: f32,
+        style: RopeStyle,
+    ) -> Result<Tensor>;
     /// Rows `ids` (u32) of a rank-2 table.
     fn gather(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor>;
     fn attention(&self, a: &AttnArgs) -> Result<Tensor>;
     /// Writes rows of `k`, `v` `(n, n_kv_heads, head_dim)` into paged caches
     /// `(n_blocks, n_kv_heads, block_size, head_dim)` at `slots` (block * block_size + offset).
-    fn kv_write(&self, k: &Tensor, v: &Tensor, kc: &mut Tensor, vc: &mut Tensor, slots: &Tensor)
-        -> Result<()>;
+    fn kv_write(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        slots: &Tensor,
+    ) -> Result<()>;
     /// A contiguous copy.
     fn copy(&self, x: &Tensor) -> Result<Tensor>;
     /// `parts` (same dtype, device and trailing dims, at least one) stacked along dim 0.

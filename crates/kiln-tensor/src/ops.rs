@@ -127,7 +127,13 @@ impl Tensor {
     }
     /// `LayerNorm(self + residual)` over the last dimension: a post-norm block's residual (BERT,
     /// BART), one pass on the CPU; `self` is reused as the output when unshared.
-    pub fn add_layer_norm(self, residual: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    pub fn add_layer_norm(
+        self,
+        residual: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
         same_device("add_layer_norm", &self, residual)?;
         if self.dims() != residual.dims() {
             return Err(Error::ShapeMismatch {
@@ -137,7 +143,14 @@ impl Tensor {
             });
         }
         self.norm_checks(weight, bias)?;
-        backend_for(Op::Norm(NormOp::Layer), &self)?.add_norm(NormOp::Layer, self, residual, weight, bias, eps)
+        backend_for(Op::Norm(NormOp::Layer), &self)?.add_norm(
+            NormOp::Layer,
+            self,
+            residual,
+            weight,
+            bias,
+            eps,
+        )
     }
 
     /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
@@ -214,7 +227,13 @@ impl Tensor {
 
     /// Writes `k`, `v` rows into the paged caches `kc`, `vc` at `slots` (see
     /// [`Backend::kv_write`](crate::backend)).
-    pub fn kv_write(k: &Tensor, v: &Tensor, kc: &mut Tensor, vc: &mut Tensor, slots: &Tensor) -> Result<()> {
+    pub fn kv_write(
+        k: &Tensor,
+        v: &Tensor,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        slots: &Tensor,
+    ) -> Result<()> {
         for t in [v, &*kc, &*vc, slots] {
             same_device("kv_write", k, t)?;
         }
@@ -232,7 +251,10 @@ impl Tensor {
     /// `parts` stacked along dim 0: same dtype, device and trailing dims; at least one part.
     pub fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
         let Some(first) = parts.first() else {
-            return Err(Error::Invalid { op: "cat_rows", reason: "no tensors to stack".into() });
+            return Err(Error::Invalid {
+                op: "cat_rows",
+                reason: "no tensors to stack".into(),
+            });
         };
         for p in parts {
             same_device("cat_rows", first, p)?;

@@ -138,7 +138,9 @@ impl Tensor {
             });
         }
         match self.host("as_f32_slice")? {
-            CpuStorage::F32(v) => Ok(&v[self.layout.offset..self.layout.offset + self.elem_count()]),
+            CpuStorage::F32(v) => {
+                Ok(&v[self.layout.offset..self.layout.offset + self.elem_count()])
+            }
             s => Err(Error::DType {
                 op: "as_f32_slice",
                 dtype: s.dtype(),

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use kiln_nn::DECODE_MAX_QUERIES;
 use kiln_nn::{Batch, PagedKv, PagedKvPool, SeqSpan};
 use kiln_sched::{BlockPool, Scheduler, SchedulerConfig, StepPlan};
-use kiln_nn::DECODE_MAX_QUERIES;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{Pending, Shared};

@@ -75,7 +75,11 @@ impl Placement {
         if self.is_host_f32() {
             return Ok(t);
         }
-        let t = if t.dtype() == self.dtype { t } else { t.to_dtype(self.dtype)? };
+        let t = if t.dtype() == self.dtype {
+            t
+        } else {
+            t.to_dtype(self.dtype)?
+        };
         Ok(t.to_device(self.device)?)
     }
 

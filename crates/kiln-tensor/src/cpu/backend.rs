@@ -79,14 +79,29 @@ impl Backend for CpuBackend {
         Tensor::from_vec(h, shape)
     }
 
-    fn norm(&self, op: NormOp, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    fn norm(
+        &self,
+        op: NormOp,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
         match op {
             NormOp::Rms => norm::rms_norm(x, w, eps),
             NormOp::Layer => norm::layer_norm(x, w, b, eps),
         }
     }
 
-    fn add_norm(&self, op: NormOp, x: Tensor, residual: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    fn add_norm(
+        &self,
+        op: NormOp,
+        x: Tensor,
+        residual: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
         if op != NormOp::Layer {
             let sum = self.binary(BinaryOp::Add, &x, residual)?;
             return self.norm(op, &sum, w, b, eps);
@@ -112,13 +127,31 @@ impl Backend for CpuBackend {
         Tensor::from_vec(data, x.shape().clone())
     }
 
-    fn rope(&self, x: Tensor, positions: &Tensor, inv_freq: &Tensor, mscale: f32, style: RopeStyle) -> Result<Tensor> {
+    fn rope(
+        &self,
+        x: Tensor,
+        positions: &Tensor,
+        inv_freq: &Tensor,
+        mscale: f32,
+        style: RopeStyle,
+    ) -> Result<Tensor> {
         let d = x.dims().to_vec();
         let (n_heads, head_dim) = (d[1], d[2]);
-        let pos: Vec<usize> = u32s(positions, "rope positions")?.iter().map(|&p| p as usize).collect();
+        let pos: Vec<usize> = u32s(positions, "rope positions")?
+            .iter()
+            .map(|&p| p as usize)
+            .collect();
         let inv = inv_freq.to_f32();
         let mut data = x.into_f32_vec();
-        rope::apply_rope(&mut data, n_heads, head_dim, &pos, inv.as_f32_slice()?, mscale, style);
+        rope::apply_rope(
+            &mut data,
+            n_heads,
+            head_dim,
+            &pos,
+            inv.as_f32_slice()?,
+            mscale,
+            style,
+        );
         Tensor::from_vec(data, d)
     }
 
@@ -147,8 +180,18 @@ impl Backend for CpuBackend {
         super::rows_attention::rows_attention(a).unwrap_or_else(|| reference_attention(a))
     }
 
-    fn kv_write(&self, k: &Tensor, v: &Tensor, kc: &mut Tensor, vc: &mut Tensor, slots: &Tensor) -> Result<()> {
-        let (kd, slots) = (kc.dims().to_vec(), u32s(slots, "kv_write slots")?.into_owned());
+    fn kv_write(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        slots: &Tensor,
+    ) -> Result<()> {
+        let (kd, slots) = (
+            kc.dims().to_vec(),
+            u32s(slots, "kv_write slots")?.into_owned(),
+        );
         let [_, n_kv_heads, block_size, head_dim] = kd[..] else {
             return Err(Error::Rank {
                 op: "kv_write cache",
@@ -170,7 +213,10 @@ impl Backend for CpuBackend {
                     }
                 }
             }
-            *cache = Tensor::from_storage(Storage::Cpu(CpuStorage::from_f32(c, dtype)), cache.shape().clone())?;
+            *cache = Tensor::from_storage(
+                Storage::Cpu(CpuStorage::from_f32(c, dtype)),
+                cache.shape().clone(),
+            )?;
             Ok(())
         };
         write(k, kc)?;
@@ -191,7 +237,10 @@ impl Backend for CpuBackend {
         for p in parts {
             data.extend(p.to_vec_f32());
         }
-        Tensor::from_storage(Storage::Cpu(CpuStorage::from_f32(data, parts[0].dtype())), dims.into())
+        Tensor::from_storage(
+            Storage::Cpu(CpuStorage::from_f32(data, parts[0].dtype())),
+            dims.into(),
+        )
     }
 
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
@@ -213,7 +262,9 @@ pub(crate) fn reference_attention(a: &AttnArgs) -> Result<Tensor> {
     let tables = u32s(&a.meta.block_tables, "attention block_tables")?;
     let width = *a.meta.block_tables.dims().last().unwrap_or(&1);
     let alibi = a.alibi.map(|t| t.to_vec_f32());
-    let rel = a.rel_bias.map(|r| (r.values.to_vec_f32(), r.min_rel, r.n_rel));
+    let rel = a
+        .rel_bias
+        .map(|r| (r.values.to_vec_f32(), r.min_rel, r.n_rel));
     let l = a.layout;
     let mut out = vec![0.0f32; n * h_n * hd];
     for t in 0..n {

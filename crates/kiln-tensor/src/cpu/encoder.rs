@@ -29,7 +29,8 @@ pub fn gelu_erf_in_place(x: &mut [f32], cols: usize) {
 
 #[inline(always)]
 fn gelu_slice(c: &mut [f32]) {
-    c.iter_mut().for_each(|v| *v = super::activation::gelu_erf(*v));
+    c.iter_mut()
+        .for_each(|v| *v = super::activation::gelu_erf(*v));
 }
 
 /// `x = LayerNorm(x + y)` row by row (`cols` = width), with `y` used as scratch.
@@ -303,9 +304,16 @@ mod tests {
         for i in -4000..4000 {
             let x = i as f32 * 1e-3;
             let want = erf_series(x as f64);
-            assert!((erf(x) as f64 - want).abs() < 1e-6, "erf({x}) {} {want}", erf(x));
+            assert!(
+                (erf(x) as f64 - want).abs() < 1e-6,
+                "erf({x}) {} {want}",
+                erf(x)
+            );
             let g = 0.5 * x as f64 * (1.0 + erf_series(x as f64 / std::f64::consts::SQRT_2));
-            assert!((gelu_erf(x) as f64 - g).abs() < 1e-6 * (x.abs() as f64).max(1.0), "gelu({x})");
+            assert!(
+                (gelu_erf(x) as f64 - g).abs() < 1e-6 * (x.abs() as f64).max(1.0),
+                "gelu({x})"
+            );
         }
         assert!((erf(10.0) - 1.0).abs() < 1e-6 && (erf(-10.0) + 1.0).abs() < 1e-6);
     }

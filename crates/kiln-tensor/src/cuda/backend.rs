@@ -67,10 +67,19 @@ fn new_like(dev: &'static CudaDev, dtype: DType, dims: &[usize]) -> Result<(Tens
     let n = dims.iter().product();
     let s = CudaStorage::alloc(dev, dtype, n)?;
     let p = s.ptr();
-    Ok((Tensor::from_storage(Storage::Cuda(s), dims.to_vec().into())?, p))
+    Ok((
+        Tensor::from_storage(Storage::Cuda(s), dims.to_vec().into())?,
+        p,
+    ))
 }
 
-fn launch(dev: &CudaDev, module: &'static str, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+fn launch(
+    dev: &CudaDev,
+    module: &'static str,
+    name: &str,
+    cfg: LaunchConfig,
+    args: &[Arg],
+) -> Result<()> {
     let f = dev.function(module, name)?;
     dev.bind()?;
     let mut b = dev.stream.launch_builder(&f);
@@ -136,9 +145,18 @@ impl CudaBackend {
         let (out, po) = new_like(s.dev, x.dtype(), x.dims())?;
         if n > 0 {
             let name = format!("copy_strided_{}", suffix(x.dtype()));
-            launch(s.dev, "elementwise", &name, flat(n), &[
-                Arg::P(s.ptr_at(l.offset)), Arg::P(po), Arg::I(check_len("copy", n)?), Arg::S(st),
-            ])?;
+            launch(
+                s.dev,
+                "elementwise",
+                &name,
+                flat(n),
+                &[
+                    Arg::P(s.ptr_at(l.offset)),
+                    Arg::P(po),
+                    Arg::I(check_len("copy", n)?),
+                    Arg::S(st),
+                ],
+            )?;
         }
         Ok(out)
     }
@@ -150,7 +168,11 @@ impl Backend for CudaBackend {
             Op::Copy => true,
             Op::Cast(to) => {
                 dtype == to
-                    || matches!((dtype, to), (DType::F32, DType::BF16 | DType::F16) | (DType::BF16 | DType::F16, DType::F32))
+                    || matches!(
+                        (dtype, to),
+                        (DType::F32, DType::BF16 | DType::F16)
+                            | (DType::BF16 | DType::F16, DType::F32)
+                    )
             }
             _ => matches!(dtype, DType::F32 | DType::F16 | DType::BF16),
         }
@@ -182,7 +204,19 @@ impl Backend for CudaBackend {
             cuda_of(&out)?.memset_zero()?;
             return Ok(out);
         }
-        gemm(dev, &Gemm { m, n, k, a: pa, b: pb, b_trans, c: pc, dtype: a.dtype() })?;
+        gemm(
+            dev,
+            &Gemm {
+                m,
+                n,
+                k,
+                a: pa,
+                b: pb,
+                b_trans,
+                c: pc,
+                dtype: a.dtype(),
+            },
+        )?;
         drop(b_keep);
         Ok(out)
     }
@@ -195,15 +229,28 @@ impl Backend for CudaBackend {
         if n > 0 {
             let alpha = if let UnaryOp::Scale(s) = op { s } else { 0.0 };
             let name = format!("unary_{}_{}", op.name(), suffix(x.dtype()));
-            launch(dev, "elementwise", &name, flat(n), &[
-                Arg::P(px), Arg::P(po), Arg::I(check_len("unary", n)?), Arg::F(alpha),
-            ])?;
+            launch(
+                dev,
+                "elementwise",
+                &name,
+                flat(n),
+                &[
+                    Arg::P(px),
+                    Arg::P(po),
+                    Arg::I(check_len("unary", n)?),
+                    Arg::F(alpha),
+                ],
+            )?;
         }
         Ok(out)
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let b = if b.dtype() != a.dtype() { b.to_dtype(a.dtype())? } else { b.clone() };
+        let b = if b.dtype() != a.dtype() {
+            b.to_dtype(a.dtype())?
+        } else {
+            b.clone()
+        };
         let (_a, pa) = contiguous_ptr(a)?;
         let (_b, pb) = contiguous_ptr(&b)?;
         let dev = cuda_of(a)?.dev;
@@ -211,10 +258,19 @@ impl Backend for CudaBackend {
         let (out, po) = new_like(dev, a.dtype(), a.dims())?;
         if n > 0 && b.elem_count() > 0 {
             let name = format!("binary_{}_{}", op.name(), suffix(a.dtype()));
-            launch(dev, "elementwise", &name, flat(n), &[
-                Arg::P(pa), Arg::P(pb), Arg::P(po), Arg::I(check_len("binary", n)?),
-                Arg::I(b.elem_count() as i32),
-            ])?;
+            launch(
+                dev,
+                "elementwise",
+                &name,
+                flat(n),
+                &[
+                    Arg::P(pa),
+                    Arg::P(pb),
+                    Arg::P(po),
+                    Arg::I(check_len("binary", n)?),
+                    Arg::I(b.elem_count() as i32),
+                ],
+            )?;
         } else if n > 0 {
             return a.try_contiguous();
         }
@@ -223,7 +279,11 @@ impl Backend for CudaBackend {
 
     fn gated(&self, act: UnaryOp, gate: Tensor, up: &Tensor) -> Result<Tensor> {
         if let UnaryOp::Scale(_) = act {
-            return Err(Error::Unsupported { op: "gated scale".into(), dtype: gate.dtype(), device: gate.device() });
+            return Err(Error::Unsupported {
+                op: "gated scale".into(),
+                dtype: gate.dtype(),
+                device: gate.device(),
+            });
         }
         let (_g, pg) = contiguous_ptr(&gate)?;
         let (_u, pu) = contiguous_ptr(up)?;
@@ -232,14 +292,30 @@ impl Backend for CudaBackend {
         let (out, po) = new_like(dev, gate.dtype(), gate.dims())?;
         if n > 0 {
             let name = format!("gated_{}_{}", act.name(), suffix(gate.dtype()));
-            launch(dev, "elementwise", &name, flat(n), &[
-                Arg::P(pg), Arg::P(pu), Arg::P(po), Arg::I(check_len("gated", n)?),
-            ])?;
+            launch(
+                dev,
+                "elementwise",
+                &name,
+                flat(n),
+                &[
+                    Arg::P(pg),
+                    Arg::P(pu),
+                    Arg::P(po),
+                    Arg::I(check_len("gated", n)?),
+                ],
+            )?;
         }
         Ok(out)
     }
 
-    fn norm(&self, op: NormOp, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    fn norm(
+        &self,
+        op: NormOp,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
         let dt = x.dtype();
         let (_x, px) = contiguous_ptr(x)?;
         let (_w, pw) = contiguous_ptr(&w.to_dtype(dt)?)?;
@@ -256,11 +332,24 @@ impl Backend for CudaBackend {
             let (name, args) = match op {
                 NormOp::Rms => (
                     format!("rms_norm_{}", suffix(dt)),
-                    vec![Arg::P(px), Arg::P(pw), Arg::P(po), Arg::I(cols as i32), Arg::F(eps)],
+                    vec![
+                        Arg::P(px),
+                        Arg::P(pw),
+                        Arg::P(po),
+                        Arg::I(cols as i32),
+                        Arg::F(eps),
+                    ],
                 ),
                 NormOp::Layer => (
                     format!("layer_norm_{}", suffix(dt)),
-                    vec![Arg::P(px), Arg::P(pw), Arg::P(pb), Arg::P(po), Arg::I(cols as i32), Arg::F(eps)],
+                    vec![
+                        Arg::P(px),
+                        Arg::P(pw),
+                        Arg::P(pb),
+                        Arg::P(po),
+                        Arg::I(cols as i32),
+                        Arg::F(eps),
+                    ],
                 ),
             };
             launch(dev, "norm", &name, rows_cfg(rows), &args)?;
@@ -276,17 +365,34 @@ impl Backend for CudaBackend {
         let (out, po) = new_like(dev, x.dtype(), x.dims())?;
         if rows > 0 {
             let name = format!("softmax_{}", suffix(x.dtype()));
-            launch(dev, "norm", &name, rows_cfg(rows), &[Arg::P(px), Arg::P(po), Arg::I(cols as i32)])?;
+            launch(
+                dev,
+                "norm",
+                &name,
+                rows_cfg(rows),
+                &[Arg::P(px), Arg::P(po), Arg::I(cols as i32)],
+            )?;
         }
         Ok(out)
     }
 
-    fn rope(&self, x: Tensor, positions: &Tensor, inv_freq: &Tensor, mscale: f32, style: RopeStyle) -> Result<Tensor> {
+    fn rope(
+        &self,
+        x: Tensor,
+        positions: &Tensor,
+        inv_freq: &Tensor,
+        mscale: f32,
+        style: RopeStyle,
+    ) -> Result<Tensor> {
         let d = x.dims().to_vec();
         let (n, n_heads, head_dim) = (d[0], d[1], d[2]);
         // The kernel rotates in place: work on a private contiguous copy unless `x` is one.
         let mut x = x;
-        let x = if x.is_contiguous() && x.is_unique() { x } else { self.strided_copy(&x)? };
+        let x = if x.is_contiguous() && x.is_unique() {
+            x
+        } else {
+            self.strided_copy(&x)?
+        };
         let px = cuda_of(&x)?.ptr_at(x.layout.offset);
         let (_p, pp) = contiguous_ptr(positions)?;
         let (_f, pf) = contiguous_ptr(&inv_freq.to_dtype(DType::F32)?)?;
@@ -298,10 +404,22 @@ impl Backend for CudaBackend {
                 block_dim: (half.clamp(32, 256) as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch(cuda_of(&x)?.dev, "rope", &name, cfg, &[
-                Arg::P(px), Arg::P(pp), Arg::P(pf), Arg::I(n_heads as i32), Arg::I(head_dim as i32),
-                Arg::I(half as i32), Arg::F(mscale), Arg::I((style == RopeStyle::Interleaved) as i32),
-            ])?;
+            launch(
+                cuda_of(&x)?.dev,
+                "rope",
+                &name,
+                cfg,
+                &[
+                    Arg::P(px),
+                    Arg::P(pp),
+                    Arg::P(pf),
+                    Arg::I(n_heads as i32),
+                    Arg::I(head_dim as i32),
+                    Arg::I(half as i32),
+                    Arg::F(mscale),
+                    Arg::I((style == RopeStyle::Interleaved) as i32),
+                ],
+            )?;
         }
         Ok(x)
     }
@@ -316,9 +434,19 @@ impl Backend for CudaBackend {
         if n_ids * cols > 0 {
             check_len("gather", n_ids * cols)?;
             let name = format!("gather_rows_{}", suffix(table.dtype()));
-            launch(dev, "embedding", &name, flat(n_ids * cols), &[
-                Arg::P(pt), Arg::P(pi), Arg::P(po), Arg::I(n_ids as i32), Arg::I(cols as i32),
-            ])?;
+            launch(
+                dev,
+                "embedding",
+                &name,
+                flat(n_ids * cols),
+                &[
+                    Arg::P(pt),
+                    Arg::P(pi),
+                    Arg::P(po),
+                    Arg::I(n_ids as i32),
+                    Arg::I(cols as i32),
+                ],
+            )?;
         }
         Ok(out)
     }
@@ -326,14 +454,21 @@ impl Backend for CudaBackend {
     fn attention(&self, a: &AttnArgs) -> Result<Tensor> {
         let n = a.check()?;
         if a.head_dim > 256 {
-            return Err(Error::Unsupported { op: format!("attention with head_dim {}", a.head_dim), dtype: a.q.dtype(), device: a.q.device() });
+            return Err(Error::Unsupported {
+                op: format!("attention with head_dim {}", a.head_dim),
+                dtype: a.q.dtype(),
+                device: a.q.device(),
+            });
         }
         let dt = a.q.dtype();
         let (_q, pq) = contiguous_ptr(a.q)?;
         let kc = cuda_of(a.k)?.ptr_at(a.k.layout.offset);
         let vc = cuda_of(a.v)?.ptr_at(a.v.layout.offset);
         if a.k.dtype() != dt || a.v.dtype() != dt {
-            return Err(Error::DType { op: "attention (q and kv dtypes differ)", dtype: a.k.dtype() });
+            return Err(Error::DType {
+                op: "attention (q and kv dtypes differ)",
+                dtype: a.k.dtype(),
+            });
         }
         let m = a.meta;
         let (_s, ps) = contiguous_ptr(&m.tok_seq)?;
@@ -342,10 +477,21 @@ impl Backend for CudaBackend {
         let (_t, pt) = contiguous_ptr(&m.block_tables)?;
         let max_blocks = *m.block_tables.dims().last().unwrap_or(&1);
         let alibi = a.alibi.map(|t| t.to_dtype(DType::F32)).transpose()?;
-        let pa = match &alibi { Some(t) => contiguous_ptr(t)?.1, None => 0 };
-        let rel = a.rel_bias.map(|r| r.values.to_dtype(DType::F32)).transpose()?;
-        let pr = match &rel { Some(t) => contiguous_ptr(t)?.1, None => 0 };
-        let (min_rel, n_rel) = a.rel_bias.map_or((0, 0), |r| (r.min_rel as i32, r.n_rel as i32));
+        let pa = match &alibi {
+            Some(t) => contiguous_ptr(t)?.1,
+            None => 0,
+        };
+        let rel = a
+            .rel_bias
+            .map(|r| r.values.to_dtype(DType::F32))
+            .transpose()?;
+        let pr = match &rel {
+            Some(t) => contiguous_ptr(t)?.1,
+            None => 0,
+        };
+        let (min_rel, n_rel) = a
+            .rel_bias
+            .map_or((0, 0), |r| (r.min_rel as i32, r.n_rel as i32));
         let dev = cuda_of(a.q)?.dev;
         let (out, po) = new_like(dev, dt, &[n, a.n_heads * a.head_dim])?;
         if n > 0 && a.n_heads > 0 {
@@ -356,23 +502,56 @@ impl Backend for CudaBackend {
                 shared_mem_bytes: 0,
             };
             let name = format!("attention_{}", suffix(dt));
-            launch(dev, "attention", &name, cfg, &[
-                Arg::P(pq), Arg::P(kc), Arg::P(vc), Arg::P(po),
-                Arg::P(ps), Arg::P(pp), Arg::P(pl), Arg::P(pt), Arg::I(max_blocks as i32),
-                Arg::I(a.n_heads as i32), Arg::I(a.n_kv_heads as i32), Arg::I(a.head_dim as i32),
-                Arg::I(l.block_size.min(i32::MAX as usize) as i32),
-                Arg::L(l.block_stride as i64), Arg::L(l.head_stride as i64), Arg::L(l.row_stride as i64),
-                Arg::F(a.scale), Arg::I(a.causal as i32), Arg::I(a.window.unwrap_or(0) as i32),
-                Arg::P(pa), Arg::P(pr), Arg::I(min_rel), Arg::I(n_rel),
-            ])?;
+            launch(
+                dev,
+                "attention",
+                &name,
+                cfg,
+                &[
+                    Arg::P(pq),
+                    Arg::P(kc),
+                    Arg::P(vc),
+                    Arg::P(po),
+                    Arg::P(ps),
+                    Arg::P(pp),
+                    Arg::P(pl),
+                    Arg::P(pt),
+                    Arg::I(max_blocks as i32),
+                    Arg::I(a.n_heads as i32),
+                    Arg::I(a.n_kv_heads as i32),
+                    Arg::I(a.head_dim as i32),
+                    Arg::I(l.block_size.min(i32::MAX as usize) as i32),
+                    Arg::L(l.block_stride as i64),
+                    Arg::L(l.head_stride as i64),
+                    Arg::L(l.row_stride as i64),
+                    Arg::F(a.scale),
+                    Arg::I(a.causal as i32),
+                    Arg::I(a.window.unwrap_or(0) as i32),
+                    Arg::P(pa),
+                    Arg::P(pr),
+                    Arg::I(min_rel),
+                    Arg::I(n_rel),
+                ],
+            )?;
         }
         Ok(out)
     }
 
-    fn kv_write(&self, k: &Tensor, v: &Tensor, kc: &mut Tensor, vc: &mut Tensor, slots: &Tensor) -> Result<()> {
+    fn kv_write(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        slots: &Tensor,
+    ) -> Result<()> {
         let kd = kc.dims().to_vec();
         let [_, n_kv_heads, block_size, head_dim] = kd[..] else {
-            return Err(Error::Rank { op: "kv_write cache", expected: 4, got: kd });
+            return Err(Error::Rank {
+                op: "kv_write cache",
+                expected: 4,
+                got: kd,
+            });
         };
         let (_k, pk) = contiguous_ptr(k)?;
         let (_v, pv) = contiguous_ptr(v)?;
@@ -383,10 +562,23 @@ impl Backend for CudaBackend {
         if n_tokens > 0 {
             let name = format!("kv_write_{}", suffix(k.dtype()));
             let dev = cuda_of(k)?.dev;
-            launch(dev, "kv", &name, flat(n_tokens * n_kv_heads * head_dim), &[
-                Arg::P(pk), Arg::P(pv), Arg::P(pkc), Arg::P(pvc), Arg::P(psl), Arg::I(n_tokens as i32),
-                Arg::I(n_kv_heads as i32), Arg::I(head_dim as i32), Arg::I(block_size as i32),
-            ])?;
+            launch(
+                dev,
+                "kv",
+                &name,
+                flat(n_tokens * n_kv_heads * head_dim),
+                &[
+                    Arg::P(pk),
+                    Arg::P(pv),
+                    Arg::P(pkc),
+                    Arg::P(pvc),
+                    Arg::P(psl),
+                    Arg::I(n_tokens as i32),
+                    Arg::I(n_kv_heads as i32),
+                    Arg::I(head_dim as i32),
+                    Arg::I(block_size as i32),
+                ],
+            )?;
         }
         Ok(())
     }
@@ -408,8 +600,10 @@ impl Backend for CudaBackend {
             if bytes > 0 {
                 // SAFETY: `pp` holds `bytes` bytes of a live buffer and `at..at + bytes` lies in
                 // `out` (the parts' sizes sum to its size); ordered on the device's stream.
-                unsafe { cudarc::driver::result::memcpy_dtod_async(at, pp, bytes, dev.cu_stream()) }
-                    .map_err(|e| cuda_err("device-to-device copy", e))?;
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(at, pp, bytes, dev.cu_stream())
+                }
+                .map_err(|e| cuda_err("device-to-device copy", e))?;
             }
             at += bytes as u64;
         }
@@ -418,7 +612,11 @@ impl Backend for CudaBackend {
 
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
         if !self.supports(Op::Cast(dtype), x.dtype()) {
-            return Err(Error::Unsupported { op: Op::Cast(dtype).name(), dtype: x.dtype(), device: x.device() });
+            return Err(Error::Unsupported {
+                op: Op::Cast(dtype).name(),
+                dtype: x.dtype(),
+                device: x.device(),
+            });
         }
         let (c, px) = contiguous_ptr(x)?;
         if dtype == x.dtype() {
@@ -429,7 +627,13 @@ impl Backend for CudaBackend {
         let (out, po) = new_like(dev, dtype, x.dims())?;
         if n > 0 {
             let name = format!("cast_{}_to_{}", suffix(x.dtype()), suffix(dtype));
-            launch(dev, "elementwise", &name, flat(n), &[Arg::P(px), Arg::P(po), Arg::I(check_len("cast", n)?)])?;
+            launch(
+                dev,
+                "elementwise",
+                &name,
+                flat(n),
+                &[Arg::P(px), Arg::P(po), Arg::I(check_len("cast", n)?)],
+            )?;
         }
         Ok(out)
     }

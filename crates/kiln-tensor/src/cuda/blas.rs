@@ -100,8 +100,11 @@ pub(crate) fn gemm(d: &CudaDev, g: &Gemm) -> Result<()> {
             lt::create_matrix_layout(t, k, m, k as i64).map_err(e("layout"))?,
             lt::create_matrix_layout(t, n, m, n as i64).map_err(e("layout"))?,
         ],
-        lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
-            .map_err(e("descriptor"))?,
+        lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(e("descriptor"))?,
     );
     let trans_a: i32 = g.b_trans as i32;
     // SAFETY: the attribute buffer is a live i32, as cuBLASLt expects for TRANSA.

@@ -106,7 +106,9 @@ pub(crate) fn check(ordinal: usize) -> Result<()> {
 
 impl CudaDev {
     pub fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| cuda_err("context bind", e))
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("context bind", e))
     }
 
     pub fn cu_stream(&self) -> sys::CUstream {
@@ -116,7 +118,13 @@ impl CudaDev {
     /// A buffer of at least `bytes`, from the free lists when one of its class is there.
     pub fn alloc(&self, bytes: usize) -> Result<(sys::CUdeviceptr, usize)> {
         let class = size_class(bytes);
-        if let Some(p) = self.free.lock().expect("allocator lock").get_mut(&class).and_then(Vec::pop) {
+        if let Some(p) = self
+            .free
+            .lock()
+            .expect("allocator lock")
+            .get_mut(&class)
+            .and_then(Vec::pop)
+        {
             return Ok((p, class));
         }
         self.bind()?;
@@ -159,21 +167,31 @@ impl CudaDev {
     }
 
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| cuda_err("stream synchronize", e))
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda_err("stream synchronize", e))
     }
 
     /// Kernel `name` of the embedded source `module`, compiled (or read from the disk cache)
     /// and loaded on first use.
     pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
         let key = format!("{module}/{name}");
-        if let Some(f) = self.functions.lock().expect("function cache lock").get(&key) {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .expect("function cache lock")
+            .get(&key)
+        {
             return Ok(f.clone());
         }
         let m = self.module(module)?;
         let f = m
             .load_function(name)
             .map_err(|e| cuda_err(&format!("loading kernel {key}"), e))?;
-        self.functions.lock().expect("function cache lock").insert(key, f.clone());
+        self.functions
+            .lock()
+            .expect("function cache lock")
+            .insert(key, f.clone());
         Ok(f)
     }
 
@@ -185,13 +203,20 @@ impl CudaDev {
             .iter()
             .find(|s| s.name == module)
             .ok_or_else(|| Error::Cuda(format!("no embedded kernel source `{module}`")))?;
-        let cubin = nvrtc::cached_cubin(src.name, src.src, &self.arch)
-            .map_err(|log| Error::Cuda(format!("NVRTC could not compile `{module}` for {}: {log}", self.arch)))?;
+        let cubin = nvrtc::cached_cubin(src.name, src.src, &self.arch).map_err(|log| {
+            Error::Cuda(format!(
+                "NVRTC could not compile `{module}` for {}: {log}",
+                self.arch
+            ))
+        })?;
         let m = self
             .ctx
             .load_module(Ptx::from_binary(cubin))
             .map_err(|e| cuda_err(&format!("loading module `{module}`"), e))?;
-        self.modules.lock().expect("module cache lock").insert(module, m.clone());
+        self.modules
+            .lock()
+            .expect("module cache lock")
+            .insert(module, m.clone());
         Ok(m)
     }
 }
@@ -206,7 +231,12 @@ fn host_bytes(s: &CpuStorage, offset: usize, n: usize) -> (&[u8], DType) {
 }
 
 /// Copies `n` host elements from `offset` to a new buffer on `ordinal`.
-pub(crate) fn upload(ordinal: usize, s: &CpuStorage, offset: usize, n: usize) -> Result<CudaStorage> {
+pub(crate) fn upload(
+    ordinal: usize,
+    s: &CpuStorage,
+    offset: usize,
+    n: usize,
+) -> Result<CudaStorage> {
     let d = dev(ordinal)?;
     let (bytes, dtype) = host_bytes(s, offset, n);
     let out = CudaStorage::alloc(d, dtype, n)?;
@@ -231,7 +261,10 @@ pub(crate) fn zeros(ordinal: usize, dtype: DType, n: usize) -> Result<CudaStorag
 pub fn device_info(ordinal: usize) -> Result<String> {
     let d = dev(ordinal)?;
     let name = d.ctx.name().map_err(|e| cuda_err("device name", e))?;
-    let (free, total) = d.ctx.mem_get_info().map_err(|e| cuda_err("memory info", e))?;
+    let (free, total) = d
+        .ctx
+        .mem_get_info()
+        .map_err(|e| cuda_err("memory info", e))?;
     Ok(format!(
         "cuda:{ordinal} {name}, {:.1} of {:.1} GiB free, kernels for {}",
         free as f64 / (1u64 << 30) as f64,
@@ -244,7 +277,10 @@ pub fn device_info(ordinal: usize) -> Result<String> {
 /// that each kernel builds. Returns each source's name and cubin size.
 pub fn compile_all_kernels(arch: &str) -> Result<Vec<(String, usize)>> {
     let done = nvrtc::compile_and_check_all(arch).map_err(Error::Cuda)?;
-    Ok(done.into_iter().map(|(name, size, _)| (name, size)).collect())
+    Ok(done
+        .into_iter()
+        .map(|(name, size, _)| (name, size))
+        .collect())
 }
 
 #[cfg(test)]

@@ -34,7 +34,12 @@ pub(crate) fn check(_ordinal: usize) -> Result<()> {
     Err(Error::Cuda(NOT_BUILT.into()))
 }
 
-pub(crate) fn upload(_ordinal: usize, _s: &CpuStorage, _offset: usize, _n: usize) -> Result<CudaStorage> {
+pub(crate) fn upload(
+    _ordinal: usize,
+    _s: &CpuStorage,
+    _offset: usize,
+    _n: usize,
+) -> Result<CudaStorage> {
     Err(Error::Cuda(NOT_BUILT.into()))
 }
 

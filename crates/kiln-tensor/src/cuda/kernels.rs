@@ -16,12 +16,48 @@ pub(crate) struct KernelSource {
 }
 
 pub(crate) const SOURCES: &[KernelSource] = &[
-    KernelSource { name: "elementwise", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/elementwise.cu")) },
-    KernelSource { name: "norm", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/norm.cu")) },
-    KernelSource { name: "rope", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/rope.cu")) },
-    KernelSource { name: "embedding", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/embedding.cu")) },
-    KernelSource { name: "kv", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/kv.cu")) },
-    KernelSource { name: "attention", src: concat!(include_str!("kernels/common.cuh"), include_str!("kernels/attention.cu")) },
+    KernelSource {
+        name: "elementwise",
+        src: concat!(
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/elementwise.cu")
+        ),
+    },
+    KernelSource {
+        name: "norm",
+        src: concat!(
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/norm.cu")
+        ),
+    },
+    KernelSource {
+        name: "rope",
+        src: concat!(
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/rope.cu")
+        ),
+    },
+    KernelSource {
+        name: "embedding",
+        src: concat!(
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/embedding.cu")
+        ),
+    },
+    KernelSource {
+        name: "kv",
+        src: concat!(
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/kv.cu")
+        ),
+    },
+    KernelSource {
+        name: "attention",
+        src: concat!(
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/attention.cu")
+        ),
+    },
 ];
 
 /// The float dtypes every templated kernel is instantiated for, as name suffixes.
@@ -63,7 +99,13 @@ const BASES: &[(&str, &[&str])] = &[
 /// Kernels of a source that are not `<base>_<float dtype>`.
 const EXTRA: &[(&str, &[&str])] = &[(
     "elementwise",
-    &["cast_f32_to_bf16", "cast_bf16_to_f32", "cast_f32_to_f16", "cast_f16_to_f32", "copy_strided_u32"],
+    &[
+        "cast_f32_to_bf16",
+        "cast_bf16_to_f32",
+        "cast_f32_to_f16",
+        "cast_f16_to_f32",
+        "copy_strided_u32",
+    ],
 )];
 
 /// Every `extern "C"` kernel that source `source` (a [`KernelSource::name`]) exports; empty for
@@ -95,7 +137,11 @@ mod tests {
                 // of the full name (compile tests check the real symbols).
                 let base = n.rsplit_once('_').map_or(n.as_str(), |(b, _)| b);
                 let stem = base.split('_').next().unwrap_or(base);
-                assert!(s.src.contains(stem), "{}: nothing like {n} in the source", s.name);
+                assert!(
+                    s.src.contains(stem),
+                    "{}: nothing like {n} in the source",
+                    s.name
+                );
             }
         }
         assert_eq!(kernel_names("elementwise").len(), 14 * 3 + 5);

@@ -20,9 +20,9 @@ pub(crate) mod nvrtc;
 mod storage;
 
 #[cfg(feature = "cuda")]
-pub use context::{compile_all_kernels, device_info};
-#[cfg(feature = "cuda")]
 pub(crate) use context::{check, upload, zeros};
+#[cfg(feature = "cuda")]
+pub use context::{compile_all_kernels, device_info};
 #[cfg(feature = "cuda")]
 pub use storage::CudaStorage;
 

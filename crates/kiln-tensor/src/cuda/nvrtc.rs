@@ -68,7 +68,10 @@ pub(crate) fn nvrtc_version() -> Result<(i32, i32), String> {
 
 /// Splits a `:`-separated list of directories, dropping empty entries.
 fn split_dirs(list: &str) -> Vec<PathBuf> {
-    list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect()
+    list.split(':')
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// Header directories for NVRTC: `KILN_CUDA_INCLUDE` (`:`-separated) when set, else those of
@@ -102,7 +105,11 @@ fn options(arch: &str, includes: &[PathBuf]) -> Vec<String> {
         "-std=c++17".to_string(),
         "-default-device".to_string(),
     ];
-    opts.extend(includes.iter().map(|d| format!("--include-path={}", d.display())));
+    opts.extend(
+        includes
+            .iter()
+            .map(|d| format!("--include-path={}", d.display())),
+    );
     opts
 }
 
@@ -120,7 +127,11 @@ fn program_log(prog: &Program) -> String {
     // SAFETY: `prog` is a live program (destroyed only on drop).
     match unsafe { result::get_program_log(prog.0) } {
         Ok(log) => {
-            let bytes: Vec<u8> = log.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+            let bytes: Vec<u8> = log
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
             String::from_utf8_lossy(&bytes).trim_end().to_string()
         }
         Err(e) => format!("(no log: {e:?})"),
@@ -133,18 +144,33 @@ pub(crate) fn compile_cubin(name: &str, src: &str, arch: &str) -> Result<Vec<u8>
     compile_with(name, src, arch, &include_dirs())
 }
 
-fn compile_with(name: &str, src: &str, arch: &str, includes: &[PathBuf]) -> Result<Vec<u8>, String> {
+fn compile_with(
+    name: &str,
+    src: &str,
+    arch: &str,
+    includes: &[PathBuf],
+) -> Result<Vec<u8>, String> {
     if !arch.starts_with("sm_") {
-        return Err(format!("a cubin needs a real architecture such as sm_90a, not `{arch}`"));
+        return Err(format!(
+            "a cubin needs a real architecture such as sm_90a, not `{arch}`"
+        ));
     }
     nvrtc_available()?;
     let c_src = CString::new(src).map_err(|_| format!("{name}.cu contains a NUL byte"))?;
-    let c_name = CString::new(format!("{name}.cu")).map_err(|_| format!("bad source name {name:?}"))?;
-    let prog = Program(result::create_program(&c_src, Some(&c_name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?);
+    let c_name =
+        CString::new(format!("{name}.cu")).map_err(|_| format!("bad source name {name:?}"))?;
+    let prog = Program(
+        result::create_program(&c_src, Some(&c_name))
+            .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?,
+    );
     let opts = options(arch, includes);
     // SAFETY: `prog` is live; `c_src` and `c_name`, which it may point into, outlive it.
     if let Err(e) = unsafe { result::compile_program(prog.0, &opts) } {
-        return Err(format!("{e:?} compiling {name}.cu ({}):\n{}", opts.join(" "), program_log(&prog)));
+        return Err(format!(
+            "{e:?} compiling {name}.cu ({}):\n{}",
+            opts.join(" "),
+            program_log(&prog)
+        ));
     }
     let mut size = 0usize;
     // SAFETY: `prog` is live and compiled; `size` is valid for one write.
@@ -157,14 +183,18 @@ fn compile_with(name: &str, src: &str, arch: &str, includes: &[PathBuf]) -> Resu
         .result()
         .map_err(|e| format!("nvrtcGetCUBIN for {name}.cu: {e:?}"))?;
     if cubin.is_empty() {
-        return Err(format!("NVRTC returned an empty cubin for {name}.cu ({arch})"));
+        return Err(format!(
+            "NVRTC returned an empty cubin for {name}.cu ({arch})"
+        ));
     }
     Ok(cubin)
 }
 
 /// 64-bit FNV-1a: stable across Rust releases and platforms, unlike `DefaultHasher`.
 fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(h, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -174,7 +204,11 @@ const MAGIC: &[u8; 8] = b"KILNCUB1";
 const HEADER: usize = 8 + 8 + 8; // magic, payload length, payload hash (little endian)
 
 fn cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("KILN_KERNEL_CACHE")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kiln").join("kernels")))
         .or_else(|| var("HOME").map(|d| d.join(".cache").join("kiln").join("kernels")))
@@ -182,7 +216,11 @@ fn cache_dir() -> Option<PathBuf> {
 
 fn cache_key(src: &str, arch: &str, version: (i32, i32), opts: &[String]) -> u64 {
     let mut h = fnv1a(FNV_OFFSET, CACHE_FORMAT);
-    for part in [src.as_bytes(), arch.as_bytes(), format!("{}.{}", version.0, version.1).as_bytes()] {
+    for part in [
+        src.as_bytes(),
+        arch.as_bytes(),
+        format!("{}.{}", version.0, version.1).as_bytes(),
+    ] {
         h = fnv1a(fnv1a(h, part), &[0]);
     }
     for o in opts {
@@ -218,7 +256,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let file = path.file_name().map_or_else(|| "cubin".into(), |f| f.to_string_lossy().into_owned());
+    let file = path
+        .file_name()
+        .map_or_else(|| "cubin".into(), |f| f.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{file}.{}.{nanos}.tmp", std::process::id()));
     let r = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
     if r.is_err() {
@@ -233,7 +273,12 @@ pub(crate) fn cached_cubin(name: &str, src: &str, arch: &str) -> Result<Vec<u8>,
     cached_cubin_in(cache_dir().as_deref(), name, src, arch)
 }
 
-fn cached_cubin_in(dir: Option<&Path>, name: &str, src: &str, arch: &str) -> Result<Vec<u8>, String> {
+fn cached_cubin_in(
+    dir: Option<&Path>,
+    name: &str,
+    src: &str,
+    arch: &str,
+) -> Result<Vec<u8>, String> {
     let includes = include_dirs();
     let Some(dir) = dir else {
         return compile_with(name, src, arch, &includes);
@@ -255,9 +300,21 @@ fn cached_cubin_in(dir: Option<&Path>, name: &str, src: &str, arch: &str) -> Res
 /// The kernels (defined global functions) in an ELF cubin's symbol table, sorted.
 pub(crate) fn cubin_kernels(cubin: &[u8]) -> Result<Vec<String>, String> {
     let bad = |what: &str| format!("malformed cubin: {what}");
-    let u16_at = |o: usize| cubin.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| cubin.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize);
-    let u64_at = |o: usize| cubin.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
+    let u16_at = |o: usize| {
+        cubin
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        cubin
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize)
+    };
+    let u64_at = |o: usize| {
+        cubin
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+    };
     // ELF64, little endian.
     if cubin.len() < 64 || &cubin[..4] != b"\x7fELF" || cubin[4] != 2 || cubin[5] != 1 {
         return Err(bad("not a little-endian ELF64 file"));
@@ -268,7 +325,12 @@ pub(crate) fn cubin_kernels(cubin: &[u8]) -> Result<Vec<String>, String> {
     let section = |i: usize| -> Option<(usize, usize, usize, usize)> {
         let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
         // (type, offset, size, link)
-        Some((u32_at(h + 4)?, u64_at(h + 24)?, u64_at(h + 32)?, u32_at(h + 40)?))
+        Some((
+            u32_at(h + 4)?,
+            u64_at(h + 24)?,
+            u64_at(h + 32)?,
+            u32_at(h + 40)?,
+        ))
     };
     let mut names = Vec::new();
     for i in 0..shnum {
@@ -277,8 +339,12 @@ pub(crate) fn cubin_kernels(cubin: &[u8]) -> Result<Vec<String>, String> {
             continue; // SHT_SYMTAB only
         }
         let (_, str_off, str_size, _) = section(link).ok_or_else(|| bad("string table header"))?;
-        let strtab = cubin.get(str_off..str_off + str_size).ok_or_else(|| bad("string table"))?;
-        let syms = cubin.get(off..off + size).ok_or_else(|| bad("symbol table"))?;
+        let strtab = cubin
+            .get(str_off..str_off + str_size)
+            .ok_or_else(|| bad("string table"))?;
+        let syms = cubin
+            .get(off..off + size)
+            .ok_or_else(|| bad("symbol table"))?;
         for sym in syms.chunks_exact(24) {
             let (info, shndx) = (sym[4], u16::from_le_bytes([sym[6], sym[7]]));
             // STT_FUNC, STB_GLOBAL, defined
@@ -287,7 +353,10 @@ pub(crate) fn cubin_kernels(cubin: &[u8]) -> Result<Vec<String>, String> {
             }
             let at = u32::from_le_bytes([sym[0], sym[1], sym[2], sym[3]]) as usize;
             let rest = strtab.get(at..).ok_or_else(|| bad("symbol name"))?;
-            let end = rest.iter().position(|&c| c == 0).ok_or_else(|| bad("symbol name"))?;
+            let end = rest
+                .iter()
+                .position(|&c| c == 0)
+                .ok_or_else(|| bad("symbol name"))?;
             names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
         }
     }
@@ -303,8 +372,12 @@ pub(crate) fn compile_and_check_all(arch: &str) -> Result<Vec<(String, usize, f6
     let mut out = Vec::new();
     for s in super::kernels::SOURCES {
         let t0 = std::time::Instant::now();
-        let cubin = compile_cubin(s.name, s.src, arch)
-            .map_err(|log| format!("kernel source `{}` does not compile for {arch}: {log}", s.name))?;
+        let cubin = compile_cubin(s.name, s.src, arch).map_err(|log| {
+            format!(
+                "kernel source `{}` does not compile for {arch}: {log}",
+                s.name
+            )
+        })?;
         let secs = t0.elapsed().as_secs_f64();
         let have = cubin_kernels(&cubin).map_err(|e| format!("{}.cu: {e}", s.name))?;
         let mut want = super::kernels::kernel_names(s.name);
@@ -373,7 +446,10 @@ extern "C" __global__ void kiln_tiny(const __half* x, float* y, int n) {
 
     #[test]
     fn include_lists_split_on_colons() {
-        assert_eq!(split_dirs("/a:/b/c::"), vec![PathBuf::from("/a"), PathBuf::from("/b/c")]);
+        assert_eq!(
+            split_dirs("/a:/b/c::"),
+            vec![PathBuf::from("/a"), PathBuf::from("/b/c")]
+        );
         assert!(split_dirs("").is_empty());
     }
 
@@ -400,9 +476,16 @@ extern "C" __global__ void kiln_tiny(const __half* x, float* y, int n) {
         if !have_nvrtc("compile_errors_carry_the_log") {
             return;
         }
-        let e = compile_cubin("broken", "extern \"C\" __global__ void f() { undeclared_thing(); }", "sm_90a")
-            .unwrap_err();
-        assert!(e.contains("undeclared_thing") && e.contains("broken.cu"), "{e}");
+        let e = compile_cubin(
+            "broken",
+            "extern \"C\" __global__ void f() { undeclared_thing(); }",
+            "sm_90a",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("undeclared_thing") && e.contains("broken.cu"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -412,19 +495,34 @@ extern "C" __global__ void kiln_tiny(const __half* x, float* y, int n) {
         }
         let dir = scratch_dir("cache");
         let first = cached_cubin_in(Some(&dir), "tiny", TINY, "sm_90a").unwrap();
-        let files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         assert_eq!(files.len(), 1, "one entry, no temporary left: {files:?}");
         let path = &files[0];
-        assert_eq!(decode_entry(&std::fs::read(path).unwrap()), Some(&first[..]));
+        assert_eq!(
+            decode_entry(&std::fs::read(path).unwrap()),
+            Some(&first[..])
+        );
 
         // A hit returns the stored bytes: plant a different valid entry and read it back.
         std::fs::write(path, encode_entry(b"planted")).unwrap();
-        assert_eq!(cached_cubin_in(Some(&dir), "tiny", TINY, "sm_90a").unwrap(), b"planted");
+        assert_eq!(
+            cached_cubin_in(Some(&dir), "tiny", TINY, "sm_90a").unwrap(),
+            b"planted"
+        );
 
         // A truncated entry is recompiled and rewritten.
         std::fs::write(path, &encode_entry(&first)[..100]).unwrap();
-        assert_eq!(cached_cubin_in(Some(&dir), "tiny", TINY, "sm_90a").unwrap(), first);
-        assert_eq!(decode_entry(&std::fs::read(path).unwrap()), Some(&first[..]));
+        assert_eq!(
+            cached_cubin_in(Some(&dir), "tiny", TINY, "sm_90a").unwrap(),
+            first
+        );
+        assert_eq!(
+            decode_entry(&std::fs::read(path).unwrap()),
+            Some(&first[..])
+        );
 
         // Another arch is another entry.
         cached_cubin_in(Some(&dir), "tiny", TINY, "sm_80").unwrap();
@@ -433,7 +531,10 @@ extern "C" __global__ void kiln_tiny(const __half* x, float* y, int n) {
         // An unwritable cache still returns the cubin.
         let blocker = dir.join("not-a-dir");
         std::fs::write(&blocker, b"x").unwrap();
-        assert_eq!(cached_cubin_in(Some(&blocker), "tiny", TINY, "sm_90a").unwrap(), first);
+        assert_eq!(
+            cached_cubin_in(Some(&blocker), "tiny", TINY, "sm_90a").unwrap(),
+            first
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

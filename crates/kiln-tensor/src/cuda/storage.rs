@@ -19,7 +19,11 @@ pub struct CudaStorage {
 
 impl std::fmt::Debug for CudaStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaStorage(cuda:{}, {} x {})", self.dev.ordinal, self.len, self.dtype)
+        write!(
+            f,
+            "CudaStorage(cuda:{}, {} x {})",
+            self.dev.ordinal, self.len, self.dtype
+        )
     }
 }
 
