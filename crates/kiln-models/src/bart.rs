@@ -381,7 +381,7 @@ impl Bart {
         let decoder = Stack::load(&m.pp("decoder"), &cfg, true)?;
         on_layer(total, total);
         let lm_head = if c.bool_or("tie_word_embeddings", true) || !w.contains("lm_head.weight") {
-            Linear::from_param(shared.param().clone())
+            Linear::tied(shared.table().clone())
         } else {
             Linear::load(w, "lm_head", cfg.d_model, cfg.vocab, false)?
         };

@@ -172,7 +172,7 @@ impl Bloom {
         let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
             Linear::load(w, "lm_head", h, cfg.vocab, false)?
         } else {
-            Linear::from_param(word_embeddings.param().clone())
+            Linear::tied(word_embeddings.table().clone())
         };
         Ok(Bloom {
             word_embeddings,

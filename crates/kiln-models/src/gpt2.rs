@@ -176,7 +176,7 @@ impl Gpt2 {
         let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
             Linear::load(w, "lm_head", cfg.hidden, cfg.vocab, false)?
         } else {
-            Linear::from_param(wte.param().clone())
+            Linear::tied(wte.table().clone())
         };
         Ok(Gpt2 {
             wte,

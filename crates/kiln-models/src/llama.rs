@@ -203,7 +203,7 @@ impl Llama {
         }
         let norm = RmsNorm::load(&m, "norm", cfg.hidden, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
-            Linear::from_param(embed_tokens.param().clone())
+            Linear::tied(embed_tokens.table().clone())
         } else {
             Linear::load(w, "lm_head", cfg.hidden, cfg.vocab, false)?
         };

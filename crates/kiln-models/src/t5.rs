@@ -313,7 +313,7 @@ impl T5 {
         let lm_head = if w.contains("lm_head.weight") {
             Linear::load(w, "lm_head", cfg.d_model, cfg.vocab, false)?
         } else {
-            Linear::from_param(shared.param().clone())
+            Linear::tied(shared.table().clone())
         };
         let info = seq2seq_info(c, architecture, cfg.vocab, cfg.n_positions, None)?;
         Ok(T5 {

@@ -34,7 +34,7 @@ impl CrossKv {
     }
 
     pub fn bytes(&self) -> usize {
-        (self.k.elem_count() + self.v.elem_count()) * self.k.dtype().size_in_bytes()
+        self.k.dtype().bytes_for(self.k.elem_count() + self.v.elem_count())
     }
 }
 

@@ -1,50 +1,37 @@
 //! Token embedding lookup over a dense or quantized table (a GGUF Q8_0 table is read row by row,
 //! never dequantized whole).
 
-use kiln_tensor::Tensor;
+use kiln_tensor::{DType, Tensor};
 
-use crate::weights::{Param, Weights};
-use crate::{Error, Result};
+use crate::weights::Weights;
+use crate::Result;
 
 #[derive(Clone)]
 pub struct Embedding {
-    table: Param,
-    vocab: usize,
-    dim: usize,
+    table: Tensor,
+    /// The placement's compute dtype (a quantized table's rows come back in f32).
+    dtype: DType,
 }
 
 impl Embedding {
     pub fn load(w: &Weights, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
         Ok(Embedding {
             table: w.matrix(name, vocab, dim)?,
-            vocab,
-            dim,
+            dtype: w.placement().dtype,
         })
     }
 
     /// The table itself, for a tied output projection.
-    pub fn param(&self) -> &Param {
+    pub fn table(&self) -> &Tensor {
         &self.table
     }
 
     /// `(n_tokens,) ids -> (n_tokens, dim)`.
     pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
-        match &self.table {
-            Param::Dense(t) => Ok(t.gather_rows(ids)?),
-            Param::Quant(q) => {
-                let mut out = vec![0.0f32; ids.len() * self.dim];
-                for (row, &id) in out.chunks_mut(self.dim).zip(ids) {
-                    if id as usize >= self.vocab {
-                        return Err(Error::Tensor(kiln_tensor::Error::Index {
-                            op: "embedding",
-                            index: id as usize,
-                            size: self.vocab,
-                        }));
-                    }
-                    q.dequantize_row(id as usize, row)?;
-                }
-                Ok(Tensor::from_vec(out, [ids.len(), self.dim])?)
-            }
+        let x = self.table.gather_rows(ids)?;
+        if x.dtype() == self.dtype {
+            return Ok(x);
         }
+        Ok(x.to_dtype(self.dtype)?)
     }
 }

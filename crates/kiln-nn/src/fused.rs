@@ -7,7 +7,7 @@
 //! per row; it saves two small gemm calls per layer but needs a second attention entry point.
 //! Quantized (GGUF) fused weights are dequantized here; splitting keeps dense f32.
 
-use kiln_tensor::Tensor;
+use kiln_tensor::{DType, Tensor};
 
 use crate::weights::{Placement, Weights};
 use crate::{Error, Linear, Result};
@@ -55,8 +55,7 @@ fn load_conv1d_parts(
     let w = w.host().pp(name);
     let t = w
         .matrix("weight", in_features, out_features)?
-        .into_dense()?;
-    let t = t.to_f32();
+        .to_dtype(DType::F32)?;
     let src = t.as_f32_slice()?;
     let mut out = vec![0.0f32; src.len()];
     for (i, row) in src.chunks_exact(out_features).enumerate() {
@@ -83,7 +82,7 @@ pub fn load_fused_qkv(
     bias: bool,
 ) -> Result<[Linear; 3]> {
     let p = w.host().pp(name);
-    let weight = p.matrix("weight", 3 * d, hidden)?.into_dense()?;
+    let weight = p.matrix("weight", 3 * d, hidden)?.to_dtype(DType::F32)?;
     let bias = if bias {
         Some(p.tensor("bias", &[3 * d])?)
     } else {

@@ -109,7 +109,7 @@ impl KvCache {
             .device
             .iter()
             .flat_map(|d| d.layers.iter().flatten())
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .map(|(k, v)| k.dtype().bytes_for(k.elem_count() + v.elem_count()))
             .sum();
         device
             + self

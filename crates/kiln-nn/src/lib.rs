@@ -38,4 +38,4 @@ pub use paged_kv::{KvCacheDtype, PagedKv, PagedKvPool, DECODE_MAX_QUERIES, NO_BL
 pub use relative_bias::{PositionBias, RelativePositionBias};
 pub use rope::{Rope, RopeScaling};
 pub use sinusoidal::SinusoidalPositions;
-pub use weights::{Param, Placement, Weights};
+pub use weights::{Placement, Weights};

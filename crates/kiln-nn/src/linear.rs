@@ -1,15 +1,15 @@
-//! `Linear`: `y = x · Wᵀ + b`, with W dense (gemm) or quantized (kiln-quant kernels).
-//! This is the only place a model's matmuls meet a storage format.
+//! `Linear`: `y = x · Wᵀ + b`, with W dense or in a block format: the weight's dtype picks the
+//! backend's matmul or quantized matmul (`Tensor::matmul_t`). This is the only place a model's
+//! matmuls meet a storage format.
 
-use kiln_quant::QMatrix;
 use kiln_tensor::Tensor;
 
-use crate::weights::{Param, Weights};
+use crate::weights::Weights;
 use crate::Result;
 
 #[derive(Clone)]
 pub struct Linear {
-    weight: Param,
+    weight: Tensor,
     bias: Option<Tensor>,
     in_features: usize,
     out_features: usize,
@@ -54,16 +54,17 @@ impl Linear {
             }
         }
         Ok(Linear {
-            weight: Param::Dense(weight),
+            weight,
             bias,
             in_features,
             out_features,
         })
     }
 
-    /// A bias-free projection sharing an existing matrix (tied embeddings).
-    pub fn from_param(weight: Param) -> Linear {
-        let d = weight.dims();
+    /// A bias-free projection sharing an existing `(out, in)` matrix, dense or quantized (tied
+    /// embeddings).
+    pub fn tied(weight: Tensor) -> Linear {
+        let d = weight.dims().to_vec();
         Linear {
             weight,
             bias: None,
@@ -78,49 +79,20 @@ impl Linear {
 
     /// `x (n_tokens, in) -> (n_tokens, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, _) = x.dims2("linear")?;
-        let y = match &self.weight {
-            Param::Dense(w) => x.matmul_t(w)?,
-            Param::Quant(q) => {
-                let x = x.to_f32();
-                let mut out = vec![0.0f32; n * self.out_features];
-                q.matmul(x.as_f32_slice()?, n, &mut out)?;
-                Tensor::from_vec(out, [n, self.out_features])?
-            }
-        };
-        debug_assert_eq!(x.dims()[1], self.in_features);
-        self.add_bias(y)
+        debug_assert_eq!(x.dims().get(1), Some(&self.in_features));
+        self.add_bias(x.matmul_t(&self.weight)?)
     }
 
-    /// Several projections of one input (a layer's q/k/v, gate/up). Quantized weights run as
-    /// one kiln-quant call (`QMatrix::matmul_many`: the input is quantized once, one parallel
-    /// region); results are the same as [`forward`](Self::forward) each.
+    /// Several projections of one input (a layer's q/k/v, gate/up): quantized weights run as
+    /// one quantized-matmul call (`Tensor::matmul_t_many`: on the CPU the input is quantized
+    /// once, one parallel region); results are the same as [`forward`](Self::forward) each.
     pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-        let quant: Option<Vec<&QMatrix>> = ls
-            .iter()
-            .map(|l| match &l.weight {
-                Param::Quant(q) => Some(q),
-                Param::Dense(_) => None,
-            })
-            .collect();
-        let ys: Vec<Tensor> = match quant {
-            Some(mats) => {
-                let (n, _) = x.dims2("linear")?;
-                let x = x.to_f32();
-                let mut outs: Vec<Vec<f32>> = ls
-                    .iter()
-                    .map(|l| vec![0.0f32; n * l.out_features])
-                    .collect();
-                let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
-                QMatrix::matmul_many(&mats, x.as_f32_slice()?, n, &mut slices)?;
-                ls.iter()
-                    .zip(outs)
-                    .map(|(l, y)| l.add_bias(Tensor::from_vec(y, [n, l.out_features])?))
-                    .collect::<Result<_>>()?
-            }
-            None => ls.iter().map(|l| l.forward(x)).collect::<Result<_>>()?,
-        };
-        Ok(ys.try_into().expect("one output per projection"))
+        let ys = x.matmul_t_many(ls.map(|l| &l.weight))?;
+        let mut out = Vec::with_capacity(N);
+        for (l, y) in ls.iter().zip(ys) {
+            out.push(l.add_bias(y)?);
+        }
+        Ok(out.try_into().expect("one output per projection"))
     }
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {

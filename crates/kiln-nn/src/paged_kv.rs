@@ -154,8 +154,8 @@ impl PagedKvPool {
             return l
                 .iter()
                 .map(|(k, v)| {
-                    k.elem_count() * k.dtype().size_in_bytes()
-                        + v.elem_count() * v.dtype().size_in_bytes()
+                    k.dtype().bytes_for(k.elem_count())
+                        + v.dtype().bytes_for(v.elem_count())
                 })
                 .sum();
         }

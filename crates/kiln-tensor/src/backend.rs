@@ -14,6 +14,9 @@ pub(crate) trait Backend {
     fn supports(&self, op: Op, dtype: DType) -> bool;
     /// `a (m, k) · b (k, n)`; `b` may be a transposed view of a `(n, k)` weight.
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// `x (n, k) · wᵀ` for each quantized `w (m_i, k)` of `ws` (at least one, checked): one
+    /// input against several weights (a layer's q/k/v), so the CPU quantizes `x` once.
+    fn qmatmul(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>>;
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor>;
     /// `b` broadcasts when its shape is a suffix of `a`'s (a bias row).
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
@@ -52,7 +55,7 @@ pub(crate) trait Backend {
         mscale: f32,
         style: RopeStyle,
     ) -> Result<Tensor>;
-    /// Rows `ids` (u32) of a rank-2 table.
+    /// Rows `ids` (u32) of a rank-2 table; a quantized table's rows are dequantized to f32.
     fn gather(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor>;
     fn attention(&self, a: &AttnArgs) -> Result<Tensor>;
     /// Writes rows of `k`, `v` `(n, n_kv_heads, head_dim)` into paged caches

@@ -65,6 +65,9 @@ pub enum Error {
     NotOnHost { op: &'static str, device: Device },
     #[error("{op}: {reason}")]
     Invalid { op: &'static str, reason: String },
+    /// A quantized-matrix kernel refused its operands (sizes, block multiples).
+    #[error(transparent)]
+    Quant(#[from] kiln_quant::Error),
     /// A CUDA device could not be used or a CUDA call failed: the message says which.
     #[error("{0}")]
     Cuda(String),

@@ -8,7 +8,10 @@
 //!
 //! On the CPU every op computes in f32: f16/bf16 tensors are widened once per op (weights are
 //! converted at load time), which keeps every CPU kernel single-typed. On CUDA, f32, f16 and
-//! bf16 are native storage types and kernels accumulate in f32.
+//! bf16 are native storage types and kernels accumulate in f32. Quantized weight matrices are
+//! storage dtypes too ([`DType::Quant`]: the GGUF block formats), read by the quantized matmul
+//! ([`Tensor::matmul_t`]) and row gathers: kiln-quant's integer kernels on the CPU, a
+//! dequantizing kernel on CUDA.
 //!
 //! Invariants: a tensor's layout always fits its storage (checked at construction); ops return
 //! contiguous tensors; host copies of device data happen only through `to_device`/`to_vec_*`
@@ -39,7 +42,7 @@ pub mod host_kv {
 
 pub use attn::{AttnArgs, AttnMeta, HostMeta, KvLayout, RelBias};
 pub use device::Device;
-pub use dtype::DType;
+pub use dtype::{DType, QuantType};
 pub use error::{Error, Result};
 pub use layout::{Layout, Shape};
 pub use op::{BinaryOp, NormOp, Op, RopeStyle, UnaryOp};

@@ -75,6 +75,8 @@ pub enum RopeStyle {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
     Matmul,
+    /// `x · Wᵀ` with W in a block format ([`DType::Quant`]); `supports` is asked with W's dtype.
+    QMatmul,
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// `act(gate) * up`, the gated MLP's hidden state.
@@ -96,6 +98,7 @@ impl Op {
     pub fn name(&self) -> String {
         match self {
             Op::Matmul => "matmul".into(),
+            Op::QMatmul => "quantized matmul".into(),
             Op::Unary(u) => u.name().into(),
             Op::Binary(b) => b.name().into(),
             Op::Gated(u) => format!("gated_{}", u.name()),

@@ -41,12 +41,55 @@ impl Tensor {
     /// transposed weight), which the backend reads in place where it can.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         same_device("matmul", self, rhs)?;
+        if rhs.dtype().quant().is_some() {
+            return Err(Error::Invalid {
+                op: "matmul",
+                reason: format!("a {} weight multiplies through matmul_t", rhs.dtype()),
+            });
+        }
         backend_for(Op::Matmul, self)?.matmul(self, rhs)
     }
 
-    /// `self (m, k) · weightᵀ` for a weight stored (n, k), as in `nn.Linear`.
+    /// `self (m, k) · weightᵀ` for a weight stored (n, k), as in `nn.Linear`: dense, or in a
+    /// block format (the quantized matmul; f32 results on the CPU, `self`'s dtype on CUDA).
     pub fn matmul_t(&self, weight: &Tensor) -> Result<Tensor> {
+        if weight.dtype().quant().is_some() {
+            let [y] = self.matmul_t_many([weight])?;
+            return Ok(y);
+        }
         self.matmul(&weight.transpose(0, 1)?)
+    }
+
+    /// `self · wᵀ` for each of several weights (a layer's q/k/v or gate/up): quantized weights
+    /// take one quantized-matmul call (the CPU quantizes `self` once, one parallel region);
+    /// results equal [`matmul_t`](Self::matmul_t) each.
+    pub fn matmul_t_many<const N: usize>(&self, weights: [&Tensor; N]) -> Result<[Tensor; N]> {
+        let quant = weights.iter().all(|w| w.dtype().quant().is_some());
+        let ys: Vec<Tensor> = if quant && N > 0 {
+            let (_, k) = self.dims2("quantized matmul")?;
+            for w in weights {
+                same_device("quantized matmul", self, w)?;
+                let (_, wk) = w.dims2("quantized matmul")?;
+                if wk != k {
+                    return Err(Error::ShapeMismatch {
+                        op: "quantized matmul",
+                        lhs: self.dims().to_vec(),
+                        rhs: w.dims().to_vec(),
+                    });
+                }
+                backend_for(Op::QMatmul, w)?;
+            }
+            backend::of(self).qmatmul(self, &weights)?
+        } else {
+            weights
+                .iter()
+                .map(|w| self.matmul_t(w))
+                .collect::<Result<_>>()?
+        };
+        ys.try_into().map_err(|_| Error::Invalid {
+            op: "quantized matmul",
+            reason: "the backend returned the wrong number of outputs".into(),
+        })
     }
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {

@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use half::{bf16, f16};
+use kiln_quant::QMatrix;
 
 use crate::storage::CpuStorage;
-use crate::{cuda, DType, Device, Error, Layout, Result, Shape, Storage};
+use crate::{cuda, DType, Device, Error, Layout, QuantType, Result, Shape, Storage};
 
 #[derive(Debug, Clone)]
 pub struct Tensor {
@@ -48,6 +49,18 @@ impl Tensor {
     /// Integers (ids, positions, block tables) as a host tensor.
     pub fn from_u32(data: Vec<u32>, shape: impl Into<Shape>) -> Result<Tensor> {
         Tensor::cpu(CpuStorage::U32(data), shape.into())
+    }
+    /// A quantized `(rows, cols)` matrix in a block format kiln has kernels for (a GGUF tensor,
+    /// usually over the memory-mapped file: no copy).
+    pub fn from_qmatrix(q: QMatrix) -> Result<Tensor> {
+        if QuantType::from_ggml(q.ty()).is_none() {
+            return Err(Error::Invalid {
+                op: "from_qmatrix",
+                reason: format!("{} is not a block format with kernels", q.ty()),
+            });
+        }
+        let shape = Shape::from([q.rows(), q.cols()]);
+        Tensor::cpu(CpuStorage::Quant(q), shape)
     }
     pub fn zeros(shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
@@ -118,6 +131,31 @@ impl Tensor {
         }
     }
 
+    /// The kiln-quant matrix of a quantized host tensor.
+    pub(crate) fn host_qmatrix(&self, op: &'static str) -> Result<&QMatrix> {
+        match self.host(op)? {
+            CpuStorage::Quant(q) => Ok(q),
+            s => Err(Error::DType {
+                op,
+                dtype: s.dtype(),
+            }),
+        }
+    }
+
+    /// Views of a quantized matrix would split blocks: it is always whole and contiguous.
+    fn no_quant_view(&self, op: &'static str) -> Result<()> {
+        match self.dtype() {
+            DType::Quant(_) => Err(Error::Invalid {
+                op,
+                reason: format!(
+                    "a {} matrix has no views; dequantize it first (to_dtype)",
+                    self.dtype()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn host(&self, op: &'static str) -> Result<&CpuStorage> {
         match &*self.storage {
             Storage::Cpu(s) => Ok(s),
@@ -171,6 +209,7 @@ impl Tensor {
     /// [`to_vec_f32`](Self::to_vec_f32) returning device errors instead of panicking.
     pub fn try_to_vec_f32(&self) -> Result<Vec<f32>> {
         match &*self.storage {
+            Storage::Cpu(CpuStorage::Quant(q)) => Ok(q.dequantize()?),
             Storage::Cpu(s) => {
                 if let Ok(v) = self.as_f32_slice() {
                     return Ok(v.to_vec());
@@ -194,9 +233,24 @@ impl Tensor {
     }
 
     /// The same values in `dtype`, on the same device (the tensor itself when it already is).
+    /// A block format dequantizes to a float dtype; a host f32/f16/bf16 matrix quantizes to a
+    /// block format (kiln-quant's round-to-nearest quantizers, bit-identical to ggml's for the
+    /// 32-blocks).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() && self.is_contiguous() {
             return Ok(self.clone());
+        }
+        if let DType::Quant(q) = dtype {
+            let (rows, cols) = self.dims2("quantize")?;
+            if self.device() != Device::Cpu || self.dtype().quant().is_some() {
+                return Err(Error::Unsupported {
+                    op: format!("quantize to {dtype}"),
+                    dtype: self.dtype(),
+                    device: self.device(),
+                });
+            }
+            let data = self.try_to_vec_f32()?;
+            return Tensor::from_qmatrix(QMatrix::quantize(q.ggml(), rows, cols, &data)?);
         }
         match &*self.storage {
             Storage::Cpu(s) => {
@@ -249,9 +303,7 @@ impl Tensor {
             (Storage::Cpu(s), Device::Cuda(i)) => {
                 Storage::Cuda(cuda::upload(i, s, t.layout.offset, t.elem_count())?)
             }
-            (Storage::Cuda(s), Device::Cpu) => {
-                Storage::Cpu(s.download(t.layout.offset, t.elem_count())?)
-            }
+            (Storage::Cuda(s), Device::Cpu) => Storage::Cpu(s.download(t.layout.offset, t.dims())?),
             (Storage::Cuda(_), Device::Cuda(_)) => {
                 // Device to device goes through the host: peer copies are the tensor-parallel
                 // issue's, not needed by one-GPU inference.
@@ -265,6 +317,10 @@ impl Tensor {
     /// Same elements, new shape; copies only when the tensor is not contiguous.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
+        if self.dtype().quant().is_some() && shape.dims() == self.dims() {
+            return Ok(self.clone());
+        }
+        self.no_quant_view("reshape")?;
         if shape.elem_count() != self.elem_count() {
             return Err(Error::ShapeMismatch {
                 op: "reshape",
@@ -284,6 +340,7 @@ impl Tensor {
 
     /// A view of `len` entries of dimension `dim` starting at `start`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.no_quant_view("narrow")?;
         let size = self.dim(dim)?;
         if start + len > size {
             return Err(Error::Range {
@@ -304,6 +361,7 @@ impl Tensor {
 
     /// A view with dimensions `a` and `b` swapped.
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
+        self.no_quant_view("transpose")?;
         self.dim(a)?;
         self.dim(b)?;
         let mut layout = self.layout.clone();

@@ -2,7 +2,7 @@
 //!
 //! llama.cpp renames tensors (`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`);
 //! [`hf_to_gguf_name`] holds that map for the LLaMA-style families, GPT-2 and BLOOM. Quantized matrices become
-//! [`Param::Quant`] over the memory map (no copy, no dequantization at load); F32/F16/BF16 tensors
+//! a quantized tensor ([`kiln_tensor::DType::Quant`]) over the memory map (no copy, no dequantization at load); F32/F16/BF16 tensors
 //! become dense f32 tensors. GGUF dims are reversed (dims[0] is the number of columns).
 
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use kiln_gguf::{GgmlType, GgufFile};
 use kiln_quant::{QMatrix, SharedBytes};
 use kiln_tensor::Tensor;
 
-use super::Param;
 use crate::{Error, Result};
 
 pub struct GgufSource {
@@ -97,7 +96,7 @@ impl GgufSource {
         self.file.path().display().to_string()
     }
 
-    pub fn get(&self, hf_name: &str) -> Result<Option<Param>> {
+    pub fn get(&self, hf_name: &str) -> Result<Option<Tensor>> {
         let Some(name) = hf_to_gguf_name(hf_name) else {
             return Ok(None);
         };
@@ -116,9 +115,11 @@ impl GgufSource {
                 let n: usize = dims.iter().product();
                 let mut out = vec![0.0f32; n];
                 kiln_quant::dequantize(ty, bytes.as_slice(), &mut out)?;
-                Ok(Some(Param::Dense(Tensor::from_vec(out, dims)?)))
+                Ok(Some(Tensor::from_vec(out, dims)?))
             }
-            (_, [rows, cols]) => Ok(Some(Param::Quant(QMatrix::new(ty, *rows, *cols, bytes)?))),
+            (_, [rows, cols]) => Ok(Some(Tensor::from_qmatrix(QMatrix::new(
+                ty, *rows, *cols, bytes,
+            )?)?)),
             (t, _) => Err(Error::UnsupportedDType {
                 name,
                 dtype: format!("{t:?} with {} dims", dims.len()),

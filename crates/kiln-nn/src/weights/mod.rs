@@ -3,12 +3,14 @@
 //! `w.pp("model").pp("layers").pp(3).get("q_proj.weight")` reads like the safetensors key.
 //! Two sources: safetensors files (memory-mapped, sharded through `model.safetensors.index.json`)
 //! and GGUF files, whose llama.cpp names are translated from the HF names by a per-architecture
-//! map ([`gguf::hf_to_gguf_name`]). GGUF quantized tensors stay quantized ([`Param::Quant`]);
-//! dense tensors are converted to f32 at load, the CPU backend's compute type.
+//! map ([`gguf::hf_to_gguf_name`]). GGUF quantized matrices stay quantized (tensors of a
+//! block dtype, [`DType::Quant`]); dense tensors are converted to f32 at load, the CPU
+//! backend's compute type.
 //!
 //! A [`Placement`] (device and compute dtype, [`Weights::placed`]) says where every tensor a
-//! layer loads goes: the CPU in f32 keeps GGUF matrices quantized (kiln-quant's kernels); any
-//! other placement dequantizes them once at load and stores dense tensors of its dtype there.
+//! layer loads goes. Quantized matrices keep their block format on the CPU in f32 (kiln-quant's
+//! kernels) and on CUDA (uploaded as blocks); a CPU placement in f16/bf16 dequantizes them once
+//! at load. Dense tensors are stored in the placement's dtype.
 
 mod gguf;
 mod safetensors;
@@ -16,37 +18,12 @@ mod safetensors;
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_quant::QMatrix;
 use kiln_tensor::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
 pub use gguf::{hf_to_gguf_name, GgufSource};
 pub use safetensors::SafetensorsSource;
-
-/// One loaded weight: dense, or a quantized matrix kept in its file format.
-#[derive(Clone)]
-pub enum Param {
-    Dense(Tensor),
-    Quant(QMatrix),
-}
-
-impl Param {
-    /// Shape in row-major order (rows, cols) for matrices.
-    pub fn dims(&self) -> Vec<usize> {
-        match self {
-            Param::Dense(t) => t.dims().to_vec(),
-            Param::Quant(q) => vec![q.rows(), q.cols()],
-        }
-    }
-    /// A dense f32 tensor, dequantizing if needed (for small tensors such as norms).
-    pub fn into_dense(self) -> Result<Tensor> {
-        match self {
-            Param::Dense(t) => Ok(t),
-            Param::Quant(q) => Ok(Tensor::from_vec(q.dequantize()?, [q.rows(), q.cols()])?),
-        }
-    }
-}
 
 /// Where a model's weights live and the dtype its dense tensors are stored and computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +47,9 @@ impl Placement {
         self.device == Device::Cpu && self.dtype == DType::F32
     }
 
-    /// `t` stored in this placement's dtype on its device.
+    /// `t` stored in this placement's dtype on its device (dequantized if it is quantized).
     pub fn tensor(&self, t: Tensor) -> Result<Tensor> {
-        if self.is_host_f32() {
+        if self.is_host_f32() && t.dtype() == DType::F32 {
             return Ok(t);
         }
         let t = if t.dtype() == self.dtype {
@@ -83,13 +60,20 @@ impl Placement {
         Ok(t.to_device(self.device)?)
     }
 
-    /// `p` in this placement: unchanged on the host in f32, dense elsewhere (quantized GPU
-    /// kernels are not written yet, so a quantized matrix is dequantized once here).
-    pub fn param(&self, p: Param) -> Result<Param> {
-        if self.is_host_f32() {
-            return Ok(p);
+    /// A weight matrix in this placement: a quantized one keeps its blocks where the device
+    /// has a quantized matmul for them (every block format on the CPU in f32 and on CUDA),
+    /// and is dequantized to the placement's dtype elsewhere; a dense one is [`tensor`].
+    ///
+    /// [`tensor`]: Self::tensor
+    pub fn matrix(&self, t: Tensor) -> Result<Tensor> {
+        let keeps_blocks = match self.device {
+            Device::Cpu => self.dtype == DType::F32,
+            Device::Cuda(_) => true,
+        };
+        if t.dtype().quant().is_some() && keeps_blocks {
+            return Ok(t.to_device(self.device)?);
         }
-        Ok(Param::Dense(self.tensor(p.into_dense()?)?))
+        self.tensor(t)
     }
 }
 
@@ -99,7 +83,7 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    fn get(&self, name: &str) -> Result<Option<Param>> {
+    fn get(&self, name: &str) -> Result<Option<Tensor>> {
         match self {
             Source::Safetensors(s) => s.get(name),
             Source::Gguf(g) => g.get(name),
@@ -189,7 +173,8 @@ impl Weights {
         matches!(self.source.get(&self.full(name)), Ok(Some(_)))
     }
 
-    pub fn get(&self, name: &str) -> Result<Param> {
+    /// The tensor as stored in the file: dense f32, or a quantized matrix.
+    pub fn get(&self, name: &str) -> Result<Tensor> {
         let full = self.full(name);
         self.source.get(&full)?.ok_or_else(|| Error::MissingTensor {
             name: full,
@@ -197,10 +182,10 @@ impl Weights {
         })
     }
 
-    /// A dense f32 tensor with the expected shape.
+    /// A dense tensor with the expected shape, in the placement.
     pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
         let p = self.get(name)?;
-        let found = p.dims();
+        let found = p.dims().to_vec();
         // GGUF stores vectors as rank 1 and HF too; accept (n,) for [n] and a matching matrix.
         if found != dims {
             return Err(Error::WrongShape {
@@ -209,19 +194,19 @@ impl Weights {
                 found,
             });
         }
-        self.placement.tensor(p.into_dense()?)
+        self.placement.tensor(p)
     }
 
-    /// A matrix (dense or quantized) of shape (rows, cols).
-    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Param> {
+    /// A weight matrix (dense or quantized, see [`Placement::matrix`]) of shape (rows, cols).
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
         let p = self.get(name)?;
         if p.dims() != [rows, cols] {
             return Err(Error::WrongShape {
                 name: self.full(name),
                 expected: vec![rows, cols],
-                found: p.dims(),
+                found: p.dims().to_vec(),
             });
         }
-        self.placement.param(p)
+        self.placement.matrix(p)
     }
 }

@@ -9,7 +9,6 @@ use kiln_tensor::Tensor;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use super::Param;
 use crate::{Error, Result};
 
 struct Shard {
@@ -123,7 +122,7 @@ impl SafetensorsSource {
         self.entries.keys().map(|s| s.as_str())
     }
 
-    pub fn get(&self, name: &str) -> Result<Option<Param>> {
+    pub fn get(&self, name: &str) -> Result<Option<Tensor>> {
         let Some(e) = self.entries.get(name) else {
             return Ok(None);
         };
@@ -149,7 +148,7 @@ impl SafetensorsSource {
                 })
             }
         };
-        Ok(Some(Param::Dense(Tensor::from_vec(data, e.shape.clone())?)))
+        Ok(Some(Tensor::from_vec(data, e.shape.clone())?))
     }
 }
 

@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::op::{BinaryOp, NormOp, Op, RopeStyle, UnaryOp};
 use crate::storage::CpuStorage;
 use crate::{DType, Error, Result, Storage, Tensor};
+use kiln_quant::QMatrix;
 
 use super::{activation as act, elementwise, matmul, norm, rope, softmax};
 
@@ -29,14 +30,38 @@ impl Backend for CpuBackend {
     fn supports(&self, op: Op, dtype: DType) -> bool {
         // Every op computes in f32; f16/bf16 inputs are widened (weights are converted at
         // load, so this only meets tests and odd checkpoints).
-        match op {
-            Op::Copy | Op::Cast(_) => true,
-            _ => dtype.is_float(),
+        // Block formats: kiln-quant's integer kernels, and row dequantization for lookups.
+        match (op, dtype) {
+            (Op::Copy | Op::Cast(_), _) => true,
+            (Op::QMatmul | Op::Gather, DType::Quant(_)) => true,
+            (_, d) => d.is_float(),
         }
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         matmul::matmul(a, b)
+    }
+
+    fn qmatmul(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let (n, _) = x.dims2("quantized matmul")?;
+        let mats: Vec<&QMatrix> = ws
+            .iter()
+            .map(|w| w.host_qmatrix("quantized matmul"))
+            .collect::<Result<_>>()?;
+        let x = x.to_f32();
+        let x = x.as_f32_slice()?;
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0f32; n * m.rows()]).collect();
+        match (&mats[..], &mut outs[..]) {
+            ([m], [out]) => m.matmul(x, n, out)?,
+            _ => {
+                let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                QMatrix::matmul_many(&mats, x, n, &mut slices)?;
+            }
+        }
+        mats.iter()
+            .zip(outs)
+            .map(|(m, y)| Tensor::from_vec(y, [n, m.rows()]))
+            .collect()
     }
 
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
@@ -158,6 +183,13 @@ impl Backend for CpuBackend {
     fn gather(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let (rows, cols) = table.dims2("gather_rows")?;
         let ids = u32s(ids, "gather ids")?;
+        if let Storage::Cpu(CpuStorage::Quant(q)) = &*table.storage {
+            let mut out = vec![0.0f32; ids.len() * cols];
+            for (row, &id) in out.chunks_mut(cols.max(1)).zip(ids.iter()) {
+                q.dequantize_row(id as usize, row)?;
+            }
+            return Tensor::from_vec(out, [ids.len(), cols]);
+        }
         let table = table.to_f32();
         let table = table.as_f32_slice()?;
         let mut out = Vec::with_capacity(ids.len() * cols);

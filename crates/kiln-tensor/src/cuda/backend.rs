@@ -11,7 +11,7 @@ use super::storage::CudaStorage;
 use crate::attn::AttnArgs;
 use crate::backend::Backend;
 use crate::op::{BinaryOp, NormOp, Op, RopeStyle, UnaryOp};
-use crate::{DType, Error, Layout, Result, Storage, Tensor};
+use crate::{DType, Error, Layout, QuantType, Result, Storage, Tensor};
 
 pub(crate) struct CudaBackend;
 
@@ -42,6 +42,13 @@ fn suffix(d: DType) -> &'static str {
         DType::F16 => "f16",
         DType::BF16 => "bf16",
         DType::U32 => "u32",
+        DType::Quant(q) => match q {
+            QuantType::Q8_0 => "q8_0",
+            QuantType::Q4_0 => "q4_0",
+            QuantType::Q4_1 => "q4_1",
+            QuantType::Q4_K => "q4_k",
+            QuantType::Q6_K => "q6_k",
+        },
     }
 }
 
@@ -123,6 +130,40 @@ fn check_len(op: &'static str, n: usize) -> Result<i32> {
 }
 
 impl CudaBackend {
+    /// Rows of the quantized matrix `w` decoded to `dtype`: rows `ids` (u32 on the device), or
+    /// all of them (`quant.cu`).
+    fn dequant(&self, w: &Tensor, ids: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
+        let (rows, cols) = w.dims2("dequantize")?;
+        let s = cuda_of(w)?;
+        let (_ids, pi, n_rows) = match ids {
+            Some(t) => {
+                let (c, p) = contiguous_ptr(t)?;
+                let n = c.elem_count();
+                (Some(c), p, n)
+            }
+            None => (None, 0, rows),
+        };
+        let (out, po) = new_like(s.dev, dtype, &[n_rows, cols])?;
+        if n_rows * cols > 0 {
+            check_len("dequantize", n_rows * cols)?;
+            let name = format!("dequant_{}_{}", suffix(w.dtype()), suffix(dtype));
+            launch(
+                s.dev,
+                "quant",
+                &name,
+                flat(n_rows * cols),
+                &[
+                    Arg::P(s.ptr_at(w.layout.offset)),
+                    Arg::P(pi),
+                    Arg::P(po),
+                    Arg::I(n_rows as i32),
+                    Arg::I(cols as i32),
+                ],
+            )?;
+        }
+        Ok(out)
+    }
+
     fn strided_copy(&self, x: &Tensor) -> Result<Tensor> {
         let s = cuda_of(x)?;
         let l: &Layout = x.layout();
@@ -164,9 +205,13 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     fn supports(&self, op: Op, dtype: DType) -> bool {
-        match op {
-            Op::Copy => true,
-            Op::Cast(to) => {
+        // Block formats: a dequantizing kernel (quant.cu) before cuBLASLt or for lookups; the
+        // fused quantized GEMV kernels are the next GPU issue's.
+        match (op, dtype) {
+            (Op::Copy, _) => true,
+            (Op::QMatmul | Op::Gather, DType::Quant(_)) => true,
+            (Op::Cast(to), DType::Quant(_)) => to.is_float(),
+            (Op::Cast(to), _) => {
                 dtype == to
                     || matches!(
                         (dtype, to),
@@ -174,8 +219,17 @@ impl Backend for CudaBackend {
                             | (DType::BF16 | DType::F16, DType::F32)
                     )
             }
-            _ => matches!(dtype, DType::F32 | DType::F16 | DType::BF16),
+            (_, d) => d.is_float(),
         }
+    }
+
+    fn qmatmul(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        ws.iter()
+            .map(|w| {
+                let dense = self.dequant(w, None, x.dtype())?;
+                self.matmul(x, &dense.transpose(0, 1)?)
+            })
+            .collect()
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -425,6 +479,9 @@ impl Backend for CudaBackend {
     }
 
     fn gather(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        if table.dtype().quant().is_some() {
+            return self.dequant(table, Some(ids), DType::F32);
+        }
         let (_rows, cols) = table.dims2("gather_rows")?;
         let (_t, pt) = contiguous_ptr(table)?;
         let (_i, pi) = contiguous_ptr(ids)?;
@@ -596,7 +653,7 @@ impl Backend for CudaBackend {
         dev.bind()?;
         for p in parts {
             let (_c, pp) = contiguous_ptr(p)?;
-            let bytes = p.elem_count() * dt.size_in_bytes();
+            let bytes = dt.bytes_for(p.elem_count());
             if bytes > 0 {
                 // SAFETY: `pp` holds `bytes` bytes of a live buffer and `at..at + bytes` lies in
                 // `out` (the parts' sizes sum to its size); ordered on the device's stream.
@@ -617,6 +674,9 @@ impl Backend for CudaBackend {
                 dtype: x.dtype(),
                 device: x.device(),
             });
+        }
+        if x.dtype().quant().is_some() {
+            return self.dequant(x, None, dtype);
         }
         let (c, px) = contiguous_ptr(x)?;
         if dtype == x.dtype() {

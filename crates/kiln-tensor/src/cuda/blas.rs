@@ -48,9 +48,11 @@ pub(crate) struct Gemm {
     pub dtype: DType,
 }
 
+/// The cuBLASLt type of a float dtype (`supports` admits only those to matmul; the other arms
+/// are never reached).
 fn data_type(d: DType) -> sys::cudaDataType {
     match d {
-        DType::F32 | DType::U32 => sys::cudaDataType::CUDA_R_32F,
+        DType::F32 | DType::U32 | DType::Quant(_) => sys::cudaDataType::CUDA_R_32F,
         DType::F16 => sys::cudaDataType::CUDA_R_16F,
         DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
     }

@@ -58,6 +58,13 @@ pub(crate) const SOURCES: &[KernelSource] = &[
             include_str!("kernels/attention.cu")
         ),
     },
+    KernelSource {
+        name: "quant",
+        src: concat!(
+            include_str!("kernels/common.cuh"),
+            include_str!("kernels/quant.cu")
+        ),
+    },
 ];
 
 /// The float dtypes every templated kernel is instantiated for, as name suffixes.
@@ -94,6 +101,16 @@ const BASES: &[(&str, &[&str])] = &[
     ("embedding", &["gather_rows"]),
     ("kv", &["kv_write"]),
     ("attention", &["attention"]),
+    (
+        "quant",
+        &[
+            "dequant_q8_0",
+            "dequant_q4_0",
+            "dequant_q4_1",
+            "dequant_q4_k",
+            "dequant_q6_k",
+        ],
+    ),
 ];
 
 /// Kernels of a source that are not `<base>_<float dtype>`.

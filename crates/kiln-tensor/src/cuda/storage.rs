@@ -8,6 +8,7 @@ use super::context::{cuda_err, CudaDev};
 use crate::backend::Backend;
 use crate::storage::CpuStorage;
 use crate::{DType, Device, Result};
+use kiln_quant::{QMatrix, SharedBytes};
 
 pub struct CudaStorage {
     ptr: sys::CUdeviceptr,
@@ -35,7 +36,7 @@ impl Drop for CudaStorage {
 
 impl CudaStorage {
     pub(crate) fn alloc(dev: &'static CudaDev, dtype: DType, len: usize) -> Result<CudaStorage> {
-        let (ptr, class) = dev.alloc((len * dtype.size_in_bytes()).max(1))?;
+        let (ptr, class) = dev.alloc(dtype.bytes_for(len).max(1))?;
         Ok(CudaStorage {
             ptr,
             class,
@@ -62,11 +63,11 @@ impl CudaStorage {
     }
     /// The address of element `offset`.
     pub(crate) fn ptr_at(&self, offset: usize) -> u64 {
-        self.ptr + (offset * self.dtype.size_in_bytes()) as u64
+        self.ptr + self.dtype.bytes_for(offset) as u64
     }
 
     pub(crate) fn memset_zero(&self) -> Result<()> {
-        let bytes = self.len * self.dtype.size_in_bytes();
+        let bytes = self.dtype.bytes_for(self.len);
         if bytes == 0 {
             return Ok(());
         }
@@ -76,11 +77,13 @@ impl CudaStorage {
             .map_err(|e| cuda_err("memset", e))
     }
 
-    /// Copies `n` elements from `offset` to the host (waits for the stream: an edge).
-    pub(crate) fn download(&self, offset: usize, n: usize) -> Result<CpuStorage> {
+    /// Copies the `dims` elements from `offset` to the host (waits for the stream: an edge). A
+    /// quantized matrix comes back as kiln-quant blocks (its shape gives rows and columns).
+    pub(crate) fn download(&self, offset: usize, dims: &[usize]) -> Result<CpuStorage> {
         let d = self.dev;
         d.bind()?;
         let src = self.ptr_at(offset);
+        let n: usize = dims.iter().product();
         fn copy<T: Default + Clone>(d: &CudaDev, src: u64, n: usize) -> Result<Vec<T>> {
             let mut v = vec![T::default(); n];
             if n > 0 {
@@ -97,6 +100,19 @@ impl CudaStorage {
             DType::F16 => CpuStorage::F16(copy(d, src, n)?),
             DType::BF16 => CpuStorage::BF16(copy(d, src, n)?),
             DType::U32 => CpuStorage::U32(copy(d, src, n)?),
+            DType::Quant(q) => {
+                let (rows, cols) = match dims {
+                    [r, c] => (*r, *c),
+                    _ => (1, n),
+                };
+                let bytes: Vec<u8> = copy(d, src, self.dtype.bytes_for(n))?;
+                CpuStorage::Quant(QMatrix::new(
+                    q.ggml(),
+                    rows,
+                    cols,
+                    SharedBytes::from_vec(bytes),
+                )?)
+            }
         })
     }
 }
