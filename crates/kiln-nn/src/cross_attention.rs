@@ -34,7 +34,9 @@ impl CrossKv {
     }
 
     pub fn bytes(&self) -> usize {
-        self.k.dtype().bytes_for(self.k.elem_count() + self.v.elem_count())
+        self.k
+            .dtype()
+            .bytes_for(self.k.elem_count() + self.v.elem_count())
     }
 }
 

@@ -154,8 +154,7 @@ impl PagedKvPool {
             return l
                 .iter()
                 .map(|(k, v)| {
-                    k.dtype().bytes_for(k.elem_count())
-                        + v.dtype().bytes_for(v.elem_count())
+                    k.dtype().bytes_for(k.elem_count()) + v.dtype().bytes_for(v.elem_count())
                 })
                 .sum();
         }

@@ -590,3 +590,74 @@ fn mixing_devices_is_an_error() {
     let g = a.to_device(dev).unwrap();
     assert!(a.matmul(&g).is_err() && g.add(&a).is_err());
 }
+
+/// Block-format weights on CUDA: uploaded as blocks and downloaded bit for bit; decoded
+/// (casts, lookups) as the CPU decodes them; the quantized matmul (dequantize, then cuBLASLt)
+/// equals the CPU's dense matmul on the dequantized weight, per activation dtype; several
+/// weights at once equal each alone.
+#[test]
+fn quantized_matmul_gather_and_dequantize() {
+    use kiln_tensor::QuantType;
+    let Some(dev) = gpu("quantized_matmul_gather_and_dequantize") else {
+        return;
+    };
+    for q in QuantType::ALL {
+        let dt = DType::Quant(q);
+        let bs = q.block_size();
+        for (rows, cols) in [
+            (1, bs),
+            (17, 2 * bs),
+            (49, 3 * bs),
+            (64, 576.max(bs) / bs * bs),
+        ] {
+            let w = Tensor::from_vec(rand(rows * cols, 11), [rows, cols]).unwrap();
+            let wq = w.to_dtype(dt).unwrap();
+            let gq = wq.to_device(dev).unwrap();
+            assert_eq!((gq.dtype(), gq.dims()), (dt, wq.dims()));
+            let back = gq.to_device(Device::Cpu).unwrap();
+            assert_eq!(back.dtype(), dt);
+            let deq = wq.to_dtype(DType::F32).unwrap();
+            let what = format!("{dt} {rows}x{cols}");
+            assert_eq!(
+                back.to_vec_f32(),
+                deq.to_vec_f32(),
+                "{what}: device round trip"
+            );
+            for to in DTYPES {
+                check(
+                    &format!("{what} dequantize"),
+                    to,
+                    &gq.to_dtype(to).unwrap(),
+                    &rounded(&deq, to),
+                );
+            }
+            let ids = [rows as u32 - 1, 0, (rows as u32) / 2, 0];
+            check(
+                &format!("{what} gather"),
+                DType::F32,
+                &gq.gather_rows(&ids).unwrap(),
+                &wq.gather_rows(&ids).unwrap(),
+            );
+            for n in [1, 7, 0] {
+                for dtype in DTYPES {
+                    let x = rounded(
+                        &Tensor::from_vec(rand(n * cols, 12), [n, cols]).unwrap(),
+                        dtype,
+                    );
+                    let gx = on(&x, dtype, dev);
+                    let got = gx.matmul_t(&gq).unwrap();
+                    assert_eq!(got.dtype(), dtype);
+                    let want = x.matmul_t(&rounded(&deq, dtype)).unwrap();
+                    check(&format!("{what} qmatmul n={n}"), dtype, &got, &want);
+                    let [a, b] = gx.matmul_t_many([&gq, &gq]).unwrap();
+                    assert_eq!(a.to_vec_f32(), got.to_vec_f32());
+                    assert_eq!(b.to_vec_f32(), got.to_vec_f32());
+                }
+            }
+        }
+        // Quantizing is the host's (kiln-quant's quantizers); on the device it is a clear error.
+        let dense = Tensor::from_vec(rand(2 * bs, 13), [2, bs]).unwrap();
+        let e = on(&dense, DType::F32, dev).to_dtype(dt).unwrap_err();
+        assert!(e.to_string().contains("quantize"), "{e}");
+    }
+}

@@ -220,3 +220,73 @@ fn attention_paths_match_reference() {
         );
     }
 }
+
+/// Block-format tensors: quantizing is kiln-quant's quantizer, dequantizing its decoder; the
+/// quantized matmul equals a dense matmul on the dequantized weight up to the 8-bit activation
+/// rounding of the integer kernels; several weights at once equal each alone (bit for bit);
+/// lookups decode exact rows; views and dense-only ops are clear errors.
+#[test]
+fn quantized_tensors_matmul_gather_and_refuse_views() {
+    use kiln_tensor::{Op, QuantType};
+    let mut rng = StdRng::seed_from_u64(7);
+    for q in QuantType::ALL {
+        let dt = DType::Quant(q);
+        let (rows, cols) = (19, 2 * q.block_size());
+        let w = rand_vec(&mut rng, rows * cols);
+        let wt = Tensor::from_vec(w.clone(), [rows, cols]).unwrap();
+        let wq = wt.to_dtype(dt).unwrap();
+        assert_eq!(wq.dtype(), dt);
+        assert_eq!(wq.dims(), [rows, cols]);
+        assert!(wq.supports(Op::QMatmul) && wq.supports(Op::Gather));
+        assert!(!wq.supports(Op::Softmax));
+        // The decoder is kiln-quant's.
+        let bytes = kiln_quant::quantize(q.ggml(), &w).unwrap();
+        let mut want = vec![0f32; w.len()];
+        kiln_quant::dequantize(q.ggml(), &bytes, &mut want).unwrap();
+        let deq = wq.to_dtype(DType::F32).unwrap();
+        assert_eq!(deq.to_vec_f32(), want, "{dt} dequantize");
+        assert!(
+            max_rel_err(&want, &w) < 0.2,
+            "{dt}: a 4-bit round trip stays close"
+        );
+        // matmul_t through the integer kernels vs the dense product with the same weights.
+        for n in [1, 5, 0] {
+            let x = Tensor::from_vec(rand_vec(&mut rng, n * cols), [n, cols]).unwrap();
+            let got = x.matmul_t(&wq).unwrap();
+            assert_eq!(got.dims(), [n, rows]);
+            let dense = x.matmul_t(&deq).unwrap();
+            if n > 0 {
+                let e = max_rel_err(&got.to_vec_f32(), &dense.to_vec_f32());
+                assert!(e < 2e-2, "{dt} n={n}: quantized matmul off by {e:.2e}");
+            }
+            let [a, b] = x.matmul_t_many([&wq, &wq]).unwrap();
+            assert_eq!(a.to_vec_f32(), got.to_vec_f32());
+            assert_eq!(b.to_vec_f32(), got.to_vec_f32());
+        }
+        // Embedding lookups decode rows exactly.
+        let g = wq.gather_rows(&[3, 0, 18, 3]).unwrap();
+        assert_eq!(g.dtype(), DType::F32);
+        let gv = g.to_vec_f32();
+        for (i, &r) in [3usize, 0, 18, 3].iter().enumerate() {
+            assert_eq!(gv[i * cols..(i + 1) * cols], want[r * cols..(r + 1) * cols]);
+        }
+        assert!(wq.gather_rows(&[19]).is_err());
+        // No views of blocks; dense-only entry points refuse the dtype.
+        assert!(wq.transpose(0, 1).is_err());
+        assert!(wq.narrow(0, 1, 2).is_err());
+        assert!(wq.reshape([cols, rows]).is_err());
+        assert!(wq.softmax_last().is_err());
+        let x = Tensor::from_vec(rand_vec(&mut rng, cols), [1, cols]).unwrap();
+        assert!(x.matmul(&wq).is_err());
+        let short = Tensor::from_vec(rand_vec(&mut rng, 3), [1, 3]).unwrap();
+        assert!(short.matmul_t(&wq).is_err(), "{dt}: inner dims differ");
+    }
+    // Rows that are not whole blocks, and a second quantization, are errors.
+    let odd = Tensor::from_vec(vec![0.5; 2 * 40], [2, 40]).unwrap();
+    assert!(odd.to_dtype(DType::Quant(QuantType::Q4_0)).is_err());
+    let q8 = Tensor::from_vec(vec![0.5; 64], [2, 32])
+        .unwrap()
+        .to_dtype(DType::Quant(QuantType::Q8_0))
+        .unwrap();
+    assert!(q8.to_dtype(DType::Quant(QuantType::Q4_0)).is_err());
+}

@@ -52,6 +52,13 @@ impl Placement {
         if self.is_host_f32() && t.dtype() == DType::F32 {
             return Ok(t);
         }
+        if !self.dtype.is_float() {
+            return Err(Error::Config(format!(
+                "a placement computes in f32, f16 or bf16, not {} (quantized weights keep the \
+                 format of their file)",
+                self.dtype
+            )));
+        }
         let t = if t.dtype() == self.dtype {
             t
         } else {
