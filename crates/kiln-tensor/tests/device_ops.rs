@@ -638,7 +638,7 @@ fn quantized_matmul_gather_and_dequantize() {
                 &gq.gather_rows(&ids).unwrap(),
                 &wq.gather_rows(&ids).unwrap(),
             );
-            for n in [1, 7, 0] {
+            for n in [1, 7, 8, 9, 0] {
                 for dtype in DTYPES {
                     let x = rounded(
                         &Tensor::from_vec(rand(n * cols, 12), [n, cols]).unwrap(),

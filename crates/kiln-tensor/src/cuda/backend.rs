@@ -15,6 +15,9 @@ use crate::{DType, Error, Layout, QuantType, Result, Storage, Tensor};
 
 pub(crate) struct CudaBackend;
 
+/// The most tokens the quantized GEMV kernel takes (`KILN_QGEMV_MAX_TOK` in quant.cu).
+const QGEMV_MAX_TOKENS: usize = 8;
+
 /// A kernel argument, owned until the launch.
 enum Arg {
     P(u64),
@@ -224,10 +227,46 @@ impl Backend for CudaBackend {
     }
 
     fn qmatmul(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let (n, k) = x.dims2("quantized matmul")?;
+        if n == 0 || n > QGEMV_MAX_TOKENS {
+            // Prefill: dequantize into the activations' dtype, then one cuBLASLt GEMM.
+            return ws
+                .iter()
+                .map(|w| {
+                    let dense = self.dequant(w, None, x.dtype())?;
+                    self.matmul(x, &dense.transpose(0, 1)?)
+                })
+                .collect();
+        }
+        // Decode: the weights are read once, decoded in registers (quant.cu `qgemv`).
+        let (_x, px) = contiguous_ptr(x)?;
         ws.iter()
             .map(|w| {
-                let dense = self.dequant(w, None, x.dtype())?;
-                self.matmul(x, &dense.transpose(0, 1)?)
+                let (rows, _) = w.dims2("quantized matmul")?;
+                let s = cuda_of(w)?;
+                let (y, py) = new_like(s.dev, x.dtype(), &[n, rows])?;
+                check_len("quantized matmul", rows.max(k))?;
+                let name = format!("qgemv_{}_{}", suffix(w.dtype()), suffix(x.dtype()));
+                let cfg = LaunchConfig {
+                    grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch(
+                    s.dev,
+                    "quant",
+                    &name,
+                    cfg,
+                    &[
+                        Arg::P(s.ptr_at(w.layout.offset)),
+                        Arg::P(px),
+                        Arg::P(py),
+                        Arg::I(rows as i32),
+                        Arg::I(k as i32),
+                        Arg::I(n as i32),
+                    ],
+                )?;
+                Ok(y)
             })
             .collect()
     }

@@ -109,6 +109,11 @@ const BASES: &[(&str, &[&str])] = &[
             "dequant_q4_1",
             "dequant_q4_k",
             "dequant_q6_k",
+            "qgemv_q8_0",
+            "qgemv_q4_0",
+            "qgemv_q4_1",
+            "qgemv_q4_k",
+            "qgemv_q6_k",
         ],
     ),
 ];

@@ -114,3 +114,59 @@ KILN_DEQUANT_ALL(q4_0, KilnQ4_0)
 KILN_DEQUANT_ALL(q4_1, KilnQ4_1)
 KILN_DEQUANT_ALL(q4_k, KilnQ4_K)
 KILN_DEQUANT_ALL(q6_k, KilnQ6_K)
+
+// Quantized matrix-vector products for a few tokens (decode): y = x · Wᵀ with W decoded in
+// registers, never written out.
+//
+// qgemv_{fmt}_{t}(const unsigned char* w, const T* x, T* y, int rows, int cols, int n_tok)
+// Layout: w as above (rows, cols); x contiguous (n_tok, cols); y contiguous (n_tok, rows).
+// n_tok <= KILN_QGEMV_MAX_TOK (the launcher takes the dequantize + cuBLASLt path above that).
+// Grid: ceil(rows / 8) blocks of 256 threads; warp k of block b owns row 8 b + k, its lanes
+// stride over the row's values (lane l reads values l, l + 32, ...: one block's bytes per step,
+// the header broadcast), accumulate every token in f32, then reduce across the warp.
+#define KILN_QGEMV_MAX_TOK 8
+
+template <typename F, typename T>
+__device__ __forceinline__ void kiln_qgemv(const unsigned char* __restrict__ w,
+                                           const T* __restrict__ x, T* __restrict__ y, int rows,
+                                           int cols, int n_tok) {
+    const int row = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const long long row_bytes = (long long)(cols / F::BLOCK) * F::BYTES;
+    const unsigned char* wr = w + row * row_bytes;
+    float acc[KILN_QGEMV_MAX_TOK];
+#pragma unroll
+    for (int t = 0; t < KILN_QGEMV_MAX_TOK; ++t) acc[t] = 0.0f;
+    // Unrolled so each lane has several independent weight loads in flight.
+#pragma unroll 4
+    for (int c = lane; c < cols; c += 32) {
+        const float v = F::at(wr + (long long)(c / F::BLOCK) * F::BYTES, c % F::BLOCK);
+#pragma unroll
+        for (int t = 0; t < KILN_QGEMV_MAX_TOK; ++t)
+            if (t < n_tok) acc[t] += v * kiln_load(x[(long long)t * cols + c]);
+    }
+#pragma unroll
+    for (int t = 0; t < KILN_QGEMV_MAX_TOK; ++t) {
+        if (t < n_tok) {
+            const float s = kiln_warp_sum(acc[t]);
+            if (lane == 0) y[(long long)t * rows + row] = kiln_store<T>(s);
+        }
+    }
+}
+
+#define KILN_QGEMV(FN, F, TN, T)                                                                 \
+    extern "C" __global__ void qgemv_##FN##_##TN(const unsigned char* w, const T* x, T* y,      \
+                                                 int rows, int cols, int n_tok) {              \
+        kiln_qgemv<F, T>(w, x, y, rows, cols, n_tok);                                          \
+    }
+
+#define KILN_QGEMV_ALL(FN, F)                                                                    \
+    KILN_QGEMV(FN, F, f32, float)                                                                \
+    KILN_QGEMV(FN, F, bf16, __nv_bfloat16)                                                       \
+    KILN_QGEMV(FN, F, f16, __half)
+
+KILN_QGEMV_ALL(q8_0, KilnQ8_0)
+KILN_QGEMV_ALL(q4_0, KilnQ4_0)
+KILN_QGEMV_ALL(q4_1, KilnQ4_1)
+KILN_QGEMV_ALL(q4_k, KilnQ4_K)
+KILN_QGEMV_ALL(q6_k, KilnQ6_K)
