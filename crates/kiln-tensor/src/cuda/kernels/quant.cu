@@ -104,17 +104,6 @@ __device__ __forceinline__ void kiln_dequant(const unsigned char* __restrict__ w
         kiln_dequant<F, T>(w, ids, y, n_rows, cols);                                           \
     }
 
-#define KILN_DEQUANT_ALL(FN, F)                                                                  \
-    KILN_DEQUANT(FN, F, f32, float)                                                              \
-    KILN_DEQUANT(FN, F, bf16, __nv_bfloat16)                                                     \
-    KILN_DEQUANT(FN, F, f16, __half)
-
-KILN_DEQUANT_ALL(q8_0, KilnQ8_0)
-KILN_DEQUANT_ALL(q4_0, KilnQ4_0)
-KILN_DEQUANT_ALL(q4_1, KilnQ4_1)
-KILN_DEQUANT_ALL(q4_k, KilnQ4_K)
-KILN_DEQUANT_ALL(q6_k, KilnQ6_K)
-
 // Quantized matrix-vector products for a few tokens (decode): y = x · Wᵀ with W decoded in
 // registers, never written out.
 //
@@ -160,13 +149,18 @@ __device__ __forceinline__ void kiln_qgemv(const unsigned char* __restrict__ w,
         kiln_qgemv<F, T>(w, x, y, rows, cols, n_tok);                                          \
     }
 
-#define KILN_QGEMV_ALL(FN, F)                                                                    \
-    KILN_QGEMV(FN, F, f32, float)                                                                \
-    KILN_QGEMV(FN, F, bf16, __nv_bfloat16)                                                       \
-    KILN_QGEMV(FN, F, f16, __half)
+// Both kernels of a format, for every activation dtype.
+#define KILN_QUANT_KERNELS(FN, F, TN, T)                                                         \
+    KILN_DEQUANT(FN, F, TN, T)                                                                   \
+    KILN_QGEMV(FN, F, TN, T)
 
-KILN_QGEMV_ALL(q8_0, KilnQ8_0)
-KILN_QGEMV_ALL(q4_0, KilnQ4_0)
-KILN_QGEMV_ALL(q4_1, KilnQ4_1)
-KILN_QGEMV_ALL(q4_k, KilnQ4_K)
-KILN_QGEMV_ALL(q6_k, KilnQ6_K)
+#define KILN_QUANT_FORMAT(FN, F)                                                                 \
+    KILN_QUANT_KERNELS(FN, F, f32, float)                                                        \
+    KILN_QUANT_KERNELS(FN, F, bf16, __nv_bfloat16)                                               \
+    KILN_QUANT_KERNELS(FN, F, f16, __half)
+
+KILN_QUANT_FORMAT(q8_0, KilnQ8_0)
+KILN_QUANT_FORMAT(q4_0, KilnQ4_0)
+KILN_QUANT_FORMAT(q4_1, KilnQ4_1)
+KILN_QUANT_FORMAT(q4_k, KilnQ4_K)
+KILN_QUANT_FORMAT(q6_k, KilnQ6_K)
