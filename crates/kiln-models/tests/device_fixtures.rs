@@ -146,6 +146,9 @@ fn compare(dtype: DType, bound: f32, test: &str) {
     let mut over = Vec::new();
     for name in DECODERS {
         let dir = fixture_dir(name);
+        // The GGUF fixtures are one file.
+        let gguf = dir.join("model.gguf");
+        let dir = if gguf.exists() { gguf } else { dir };
         let cpu = load_on(&dir, Placement::default(), &mut |_, _| {}).unwrap();
         let placement = Placement { device, dtype };
         let gpu = load_on(&dir, placement, &mut |_, _| {}).unwrap();

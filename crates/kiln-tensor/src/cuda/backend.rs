@@ -18,6 +18,13 @@ pub(crate) struct CudaBackend;
 /// The most tokens the quantized GEMV kernel takes (`KILN_QGEMV_MAX_TOK` in quant.cu).
 const QGEMV_MAX_TOKENS: usize = 8;
 
+/// `KILN_CUDA_QGEMV=0` sends decode steps through dequantize + cuBLASLt too (for benchmarks
+/// and bisecting, as `KILN_QUANT_ISA` caps the CPU kernels).
+fn qgemv_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_CUDA_QGEMV").map_or(true, |v| v != "0"))
+}
+
 /// A kernel argument, owned until the launch.
 enum Arg {
     P(u64),
@@ -228,7 +235,7 @@ impl Backend for CudaBackend {
 
     fn qmatmul(&self, x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         let (n, k) = x.dims2("quantized matmul")?;
-        if n == 0 || n > QGEMV_MAX_TOKENS {
+        if n == 0 || n > QGEMV_MAX_TOKENS || !qgemv_enabled() {
             // Prefill: dequantize into the activations' dtype, then one cuBLASLt GEMM.
             return ws
                 .iter()
