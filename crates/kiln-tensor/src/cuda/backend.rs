@@ -252,11 +252,14 @@ impl Backend for CudaBackend {
                 let (rows, _) = w.dims2("quantized matmul")?;
                 let s = cuda_of(w)?;
                 let (y, py) = new_like(s.dev, x.dtype(), &[n, rows])?;
+                if rows == 0 {
+                    return Ok(y);
+                }
                 check_len("quantized matmul", rows.max(k))?;
                 let name = format!("qgemv_{}_{}", suffix(w.dtype()), suffix(x.dtype()));
                 let cfg = LaunchConfig {
-                    grid_dim: (rows.div_ceil(8) as u32, 1, 1),
-                    block_dim: (256, 1, 1),
+                    grid_dim: (rows as u32, 1, 1),
+                    block_dim: (128, 1, 1),
                     shared_mem_bytes: 0,
                 };
                 launch(

@@ -110,25 +110,26 @@ __device__ __forceinline__ void kiln_dequant(const unsigned char* __restrict__ w
 // qgemv_{fmt}_{t}(const unsigned char* w, const T* x, T* y, int rows, int cols, int n_tok)
 // Layout: w as above (rows, cols); x contiguous (n_tok, cols); y contiguous (n_tok, rows).
 // n_tok <= KILN_QGEMV_MAX_TOK (the launcher takes the dequantize + cuBLASLt path above that).
-// Grid: ceil(rows / 8) blocks of 256 threads; warp k of block b owns row 8 b + k, its lanes
-// stride over the row's values (lane l reads values l, l + 32, ...: one block's bytes per step,
-// the header broadcast), accumulate every token in f32, then reduce across the warp.
+// Grid: one block of KILN_QGEMV_THREADS (128) threads per row; thread i reads values i, i + 128,
+// ... of the row (four 32-blocks per step, the headers broadcast within a warp), accumulates
+// every token in f32, then the block reduces (warp sums, then the 4 warps through shared memory).
 #define KILN_QGEMV_MAX_TOK 8
+#define KILN_QGEMV_THREADS 128
 
 template <typename F, typename T>
 __device__ __forceinline__ void kiln_qgemv(const unsigned char* __restrict__ w,
                                            const T* __restrict__ x, T* __restrict__ y, int rows,
                                            int cols, int n_tok) {
-    const int row = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= rows) return;
+    __shared__ float part[KILN_QGEMV_THREADS / 32][KILN_QGEMV_MAX_TOK];
+    const int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const long long row_bytes = (long long)(cols / F::BLOCK) * F::BYTES;
     const unsigned char* wr = w + row * row_bytes;
     float acc[KILN_QGEMV_MAX_TOK];
 #pragma unroll
     for (int t = 0; t < KILN_QGEMV_MAX_TOK; ++t) acc[t] = 0.0f;
-    // Unrolled so each lane has several independent weight loads in flight.
+    // Unrolled so each thread has several independent weight loads in flight.
 #pragma unroll 4
-    for (int c = lane; c < cols; c += 32) {
+    for (int c = threadIdx.x; c < cols; c += KILN_QGEMV_THREADS) {
         const float v = F::at(wr + (long long)(c / F::BLOCK) * F::BYTES, c % F::BLOCK);
 #pragma unroll
         for (int t = 0; t < KILN_QGEMV_MAX_TOK; ++t)
@@ -136,10 +137,15 @@ __device__ __forceinline__ void kiln_qgemv(const unsigned char* __restrict__ w,
     }
 #pragma unroll
     for (int t = 0; t < KILN_QGEMV_MAX_TOK; ++t) {
-        if (t < n_tok) {
-            const float s = kiln_warp_sum(acc[t]);
-            if (lane == 0) y[(long long)t * rows + row] = kiln_store<T>(s);
-        }
+        const float s = kiln_warp_sum(acc[t]);
+        if (lane == 0) part[warp][t] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < n_tok) {
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < KILN_QGEMV_THREADS / 32; ++k) s += part[k][threadIdx.x];
+        y[(long long)threadIdx.x * rows + row] = kiln_store<T>(s);
     }
 }
 
