@@ -39,12 +39,11 @@ pub struct Common {
     #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
     /// Where the model runs: cpu, cuda (GPU 0) or cuda:N. CUDA needs a build with
-    /// `--features cuda` and an NVIDIA driver; the decoders (LLaMA/Mistral/Qwen2, GPT-2, BLOOM)
-    /// run there today.
+    /// `--features cuda` and an NVIDIA driver; every architecture runs there.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: kiln_tensor::Device,
     /// Compute and storage dtype of the weights: f32, bf16 or f16 (default: f32 on the CPU,
-    /// where GGUF matrices stay quantized; bf16 on CUDA).
+    /// bf16 on CUDA). GGUF matrices keep their block format on the CPU in f32 and on CUDA.
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<kiln_tensor::DType>,
 }

@@ -6,6 +6,7 @@
 //! the same [`Rope`]. Frequencies are computed in f32 as torch does, so long positions agree.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use kiln_tensor::host_kv::apply_rope;
 use kiln_tensor::RopeStyle;
@@ -46,6 +47,9 @@ pub struct Rope {
     style: RopeStyle,
     inv_freq: Vec<f32>,
     mscale: f32,
+    /// `inv_freq` on the device that first asked (uploaded once, not per call: a host-to-device
+    /// copy from pageable memory waits for the stream, which would stall every layer).
+    inv_freq_on: OnceLock<Tensor>,
 }
 
 fn base_inv_freq(theta: f32, dim: usize) -> Vec<f32> {
@@ -92,6 +96,7 @@ impl Rope {
             style,
             inv_freq,
             mscale,
+            inv_freq_on: OnceLock::new(),
         }
     }
 
@@ -168,7 +173,20 @@ impl Rope {
             return Ok(Tensor::from_vec(data, shape)?);
         }
         let (inv, mscale) = self.freqs(&batch.positions);
-        let inv = Tensor::from_vec(inv.into_owned(), [self.dim / 2])?.to_device(device)?;
+        let inv = match inv {
+            // Fixed frequencies: one upload for the model's life.
+            Cow::Borrowed(_) => match self.inv_freq_on.get().filter(|t| t.device() == device) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Tensor::from_vec(self.inv_freq.clone(), [self.dim / 2])?
+                        .to_device(device)?;
+                    let _ = self.inv_freq_on.set(t.clone());
+                    t
+                }
+            },
+            // Dynamic NTK: this step's frequencies.
+            Cow::Owned(v) => Tensor::from_vec(v, [self.dim / 2])?.to_device(device)?,
+        };
         let positions = batch.positions_on(device)?;
         Ok(x.rope(n_heads, &positions, &inv, mscale, self.style)?)
     }
