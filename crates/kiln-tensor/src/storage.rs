@@ -24,7 +24,8 @@ pub enum CpuStorage {
     F16(Vec<f16>),
     BF16(Vec<bf16>),
     U32(Vec<u32>),
-    Quant(QMatrix),
+    /// The block format (one of those kiln-quant's `QMatrix` accepts) and the matrix.
+    Quant(QuantType, QMatrix),
 }
 
 impl CpuStorage {
@@ -34,7 +35,7 @@ impl CpuStorage {
             CpuStorage::F16(v) => v.len(),
             CpuStorage::BF16(v) => v.len(),
             CpuStorage::U32(v) => v.len(),
-            CpuStorage::Quant(q) => q.rows() * q.cols(),
+            CpuStorage::Quant(_, q) => q.rows() * q.cols(),
         }
     }
     pub(crate) fn dtype(&self) -> DType {
@@ -43,18 +44,18 @@ impl CpuStorage {
             CpuStorage::F16(_) => DType::F16,
             CpuStorage::BF16(_) => DType::BF16,
             CpuStorage::U32(_) => DType::U32,
-            CpuStorage::Quant(q) => DType::Quant(quant_type(q)),
+            CpuStorage::Quant(t, _) => DType::Quant(*t),
         }
     }
     /// Element `i` widened to f32 (u32 converted by value; a quantized element decoded from its
-    /// block, which is slow: whole rows go through `dequantize_rows`).
+    /// row, which is slow: `Tensor::try_to_vec_f32` decodes whole matrices).
     pub(crate) fn get_f32(&self, i: usize) -> f32 {
         match self {
             CpuStorage::F32(v) => v[i],
             CpuStorage::F16(v) => v[i].to_f32(),
             CpuStorage::BF16(v) => v[i].to_f32(),
             CpuStorage::U32(v) => v[i] as f32,
-            CpuStorage::Quant(q) => {
+            CpuStorage::Quant(_, q) => {
                 let (row, col) = (i / q.cols(), i % q.cols());
                 let mut out = vec![0f32; q.cols()];
                 // A row inside the matrix always decodes; NaN would only flag a broken invariant.
@@ -73,7 +74,7 @@ impl CpuStorage {
             CpuStorage::F16(v) => CpuStorage::F16(idx.map(|i| v[i]).collect()),
             CpuStorage::BF16(v) => CpuStorage::BF16(idx.map(|i| v[i]).collect()),
             CpuStorage::U32(v) => CpuStorage::U32(idx.map(|i| v[i]).collect()),
-            CpuStorage::Quant(q) => CpuStorage::Quant(q.clone()),
+            CpuStorage::Quant(t, q) => CpuStorage::Quant(*t, q.clone()),
         }
     }
     /// Converts f32 values to a plain `dtype` (u32 rounds to the nearest integer, saturating);
@@ -86,12 +87,6 @@ impl CpuStorage {
             DType::U32 => CpuStorage::U32(data.iter().map(|&x| x.round() as u32).collect()),
         }
     }
-}
-
-/// The dtype of a kiln-quant matrix (`QMatrix::new` only accepts the types kiln has kernels for,
-/// and kiln-tensor only builds block-format matrices through `QuantType`).
-fn quant_type(q: &QMatrix) -> QuantType {
-    QuantType::from_ggml(q.ty()).unwrap_or(QuantType::Q8_0)
 }
 
 impl Storage {

@@ -53,14 +53,14 @@ impl Tensor {
     /// A quantized `(rows, cols)` matrix in a block format kiln has kernels for (a GGUF tensor,
     /// usually over the memory-mapped file: no copy).
     pub fn from_qmatrix(q: QMatrix) -> Result<Tensor> {
-        if QuantType::from_ggml(q.ty()).is_none() {
+        let Some(t) = QuantType::from_ggml(q.ty()) else {
             return Err(Error::Invalid {
                 op: "from_qmatrix",
                 reason: format!("{} is not a block format with kernels", q.ty()),
             });
-        }
+        };
         let shape = Shape::from([q.rows(), q.cols()]);
-        Tensor::cpu(CpuStorage::Quant(q), shape)
+        Tensor::cpu(CpuStorage::Quant(t, q), shape)
     }
     pub fn zeros(shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
@@ -134,7 +134,7 @@ impl Tensor {
     /// The kiln-quant matrix of a quantized host tensor.
     pub(crate) fn host_qmatrix(&self, op: &'static str) -> Result<&QMatrix> {
         match self.host(op)? {
-            CpuStorage::Quant(q) => Ok(q),
+            CpuStorage::Quant(_, q) => Ok(q),
             s => Err(Error::DType {
                 op,
                 dtype: s.dtype(),
@@ -209,7 +209,7 @@ impl Tensor {
     /// [`to_vec_f32`](Self::to_vec_f32) returning device errors instead of panicking.
     pub fn try_to_vec_f32(&self) -> Result<Vec<f32>> {
         match &*self.storage {
-            Storage::Cpu(CpuStorage::Quant(q)) => Ok(q.dequantize()?),
+            Storage::Cpu(CpuStorage::Quant(_, q)) => Ok(q.dequantize()?),
             Storage::Cpu(s) => {
                 if let Ok(v) = self.as_f32_slice() {
                     return Ok(v.to_vec());

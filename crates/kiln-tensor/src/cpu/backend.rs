@@ -183,7 +183,7 @@ impl Backend for CpuBackend {
     fn gather(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let (rows, cols) = table.dims2("gather_rows")?;
         let ids = u32s(ids, "gather ids")?;
-        if let Storage::Cpu(CpuStorage::Quant(q)) = &*table.storage {
+        if let Storage::Cpu(CpuStorage::Quant(_, q)) = &*table.storage {
             let mut out = vec![0.0f32; ids.len() * cols];
             for (row, &id) in out.chunks_mut(cols.max(1)).zip(ids.iter()) {
                 q.dequantize_row(id as usize, row)?;

@@ -228,7 +228,7 @@ fn host_bytes(s: &CpuStorage, offset: usize, n: usize) -> (&[u8], DType) {
         CpuStorage::BF16(v) => (bytemuck::cast_slice(&v[offset..offset + n]), DType::BF16),
         CpuStorage::U32(v) => (bytemuck::cast_slice(&v[offset..offset + n]), DType::U32),
         // Quantized tensors have no views: the whole matrix (`offset` 0, every element).
-        CpuStorage::Quant(q) => (q.data().as_slice(), s.dtype()),
+        CpuStorage::Quant(t, q) => (q.data().as_slice(), DType::Quant(*t)),
     }
 }
 

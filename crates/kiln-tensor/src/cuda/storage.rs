@@ -106,12 +106,8 @@ impl CudaStorage {
                     _ => (1, n),
                 };
                 let bytes: Vec<u8> = copy(d, src, self.dtype.bytes_for(n))?;
-                CpuStorage::Quant(QMatrix::new(
-                    q.ggml(),
-                    rows,
-                    cols,
-                    SharedBytes::from_vec(bytes),
-                )?)
+                let m = QMatrix::new(q.ggml(), rows, cols, SharedBytes::from_vec(bytes))?;
+                CpuStorage::Quant(q, m)
             }
         })
     }
