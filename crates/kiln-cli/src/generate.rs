@@ -56,6 +56,11 @@ pub struct Args {
     /// instead of streaming text (with beams, plus `sequences`: every returned hypothesis).
     #[arg(long)]
     json: bool,
+    /// A mixture-of-experts model: report each sparse layer's expert counts, load balance,
+    /// router entropy and the auxiliary loss over prompt and generated tokens (a table on
+    /// stderr, or `moe_stats` in --json).
+    #[arg(long)]
+    moe_stats: bool,
     #[command(flatten)]
     beams: BeamArgs,
 }
@@ -107,6 +112,12 @@ pub fn run(a: Args) -> Result<()> {
     };
     params.validate()?;
     let (engine, _, _) = model_arg::load(&a.common)?;
+    // The model shares its routers' counters with the engine that runs it.
+    let model = engine.model.clone();
+    if a.moe_stats {
+        crate::moe_stats::report(&model, &engine.info.architecture)?;
+    }
+    let arch = engine.info.architecture.clone();
     let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
     let mut out = std::io::stdout().lock();
     let mut on_text = |piece: &str| {
@@ -130,8 +141,13 @@ pub fn run(a: Args) -> Result<()> {
         handle.shutdown();
         g
     };
+    let moe = if a.moe_stats {
+        Some(crate::moe_stats::report(&model, &arch)?)
+    } else {
+        None
+    };
     if a.json {
-        let v = json!({
+        let mut v = json!({
             "text": g.text,
             "token_ids": g.token_ids,
             "prompt_tokens": g.prompt_tokens,
@@ -143,9 +159,15 @@ pub fn run(a: Args) -> Result<()> {
                 "decode_tokens_per_s": g.timings.decode_tokens_per_s,
             },
         });
+        if let Some(m) = &moe {
+            v["moe_stats"] = crate::moe_stats::to_json(m);
+        }
         writeln!(out, "{v}")?;
     } else {
         writeln!(out)?;
+        if let Some(m) = &moe {
+            crate::moe_stats::print(m);
+        }
     }
     Ok(())
 }
@@ -161,6 +183,7 @@ fn run_beams(a: Args) -> Result<()> {
         ("--frequency-penalty", a.frequency_penalty != 0.0),
         ("--presence-penalty", a.presence_penalty != 0.0),
         ("--stop", !a.stop.is_empty()),
+        ("--moe-stats", a.moe_stats),
     ];
     if let Some((flag, _)) = unsupported.iter().find(|(_, bad)| *bad) {
         anyhow::bail!("{flag} is not supported with --num-beams > 1");

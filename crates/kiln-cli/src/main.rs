@@ -9,6 +9,7 @@ mod classify;
 mod embed;
 mod generate;
 mod model_arg;
+mod moe_stats;
 mod score;
 mod serve;
 

@@ -22,6 +22,10 @@ pub struct Args {
     /// Print {token_ids, token_logprobs, perplexity, ...} as JSON.
     #[arg(long)]
     json: bool,
+    /// A mixture-of-experts model: report each sparse layer's expert counts, load balance,
+    /// router entropy and the auxiliary loss (a table on stderr, or `moe_stats` in --json).
+    #[arg(long)]
+    moe_stats: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -33,6 +37,10 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => anyhow::bail!("give --text or --file"),
     };
     let (engine, _, _) = model_arg::load(&a.common)?;
+    if a.moe_stats {
+        crate::moe_stats::report(&engine.model, &engine.info.architecture)?;
+        engine.model.reset_moe_stats();
+    }
     let ids = engine.tokenizer.encode(&text, false)?;
     let context = a
         .context
@@ -44,8 +52,16 @@ pub fn run(a: Args) -> Result<()> {
             eprint!("\rwindow {done}/{total}");
         }
     })?;
+    let moe = if a.moe_stats {
+        Some(crate::moe_stats::report(
+            &engine.model,
+            &engine.info.architecture,
+        )?)
+    } else {
+        None
+    };
     if a.json {
-        let v = json!({
+        let mut v = json!({
             "token_ids": s.token_ids,
             "token_logprobs": s.token_logprobs,
             "perplexity": s.perplexity,
@@ -53,6 +69,9 @@ pub fn run(a: Args) -> Result<()> {
             "n_windows": s.n_windows,
             "n_scored": s.token_logprobs.len(),
         });
+        if let Some(m) = &moe {
+            v["moe_stats"] = crate::moe_stats::to_json(m);
+        }
         println!("{v}");
     } else {
         eprintln!();
@@ -64,6 +83,9 @@ pub fn run(a: Args) -> Result<()> {
             s.token_logprobs.len(),
             s.perplexity
         );
+        if let Some(m) = &moe {
+            crate::moe_stats::print(m);
+        }
     }
     Ok(())
 }

@@ -182,6 +182,7 @@ impl Block {
             window: None,
             rope: None,
             alibi: None,
+            qk_norm: None,
         };
         let a = w.pp("self_attn");
         let self_attn = Attention::from_parts(

@@ -126,6 +126,7 @@ impl BertConfig {
             window: None,
             rope: None,
             alibi: None,
+            qk_norm: None,
         }
     }
 }

@@ -104,6 +104,7 @@ impl Block {
             window: None,
             rope: None,
             alibi: Some(Alibi::new(cfg.n_heads)),
+            qk_norm: None,
         };
         let a = w.pp("self_attention");
         let [q, k, v] = load_per_head_qkv(&a, "query_key_value", h, cfg.n_heads, head_dim)?;

@@ -105,27 +105,53 @@ impl HfConfig {
             "bloom" => return bloom_from_gguf(file),
             _ => {}
         }
-        let hf_arch = match arch.as_str() {
-            "llama" => "LlamaForCausalLM",
-            "mistral" => "MistralForCausalLM",
-            "qwen2" => "Qwen2ForCausalLM",
+        let k = |s: &str| format!("{arch}.{s}");
+        let n_experts = file.get_u32(&k("expert_count")).unwrap_or(0);
+        // (HF architecture, HF model_type)
+        let (hf_arch, model_type) = match arch.as_str() {
+            "llama" if n_experts > 0 => ("MixtralForCausalLM", "mixtral"),
+            "llama" => ("LlamaForCausalLM", "llama"),
+            "mistral" => ("MistralForCausalLM", "mistral"),
+            "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+            "qwen2moe" => ("Qwen2MoeForCausalLM", "qwen2_moe"),
+            "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
             other => {
                 return Err(Error::UnknownArchitecture {
                     found: format!("{other} (GGUF)"),
                 })
             }
         };
-        let k = |s: &str| format!("{arch}.{s}");
         let n_heads = file.get_u32(&k("attention.head_count"))?;
         let hidden = file.get_u32(&k("embedding_length"))?;
         let mut m = Map::new();
         m.insert("architectures".into(), json!([hf_arch]));
-        m.insert("model_type".into(), json!(arch));
+        m.insert("model_type".into(), json!(model_type));
         m.insert("hidden_size".into(), json!(hidden));
-        m.insert(
-            "intermediate_size".into(),
-            json!(file.get_u32(&k("feed_forward_length"))?),
-        );
+        let expert_ffn = file.get_u32(&k("expert_feed_forward_length")).ok();
+        let ffn = match (file.get_u32(&k("feed_forward_length")), expert_ffn) {
+            (Ok(f), _) | (Err(_), Some(f)) => f,
+            (Err(e), None) => return Err(e.into()),
+        };
+        m.insert("intermediate_size".into(), json!(ffn));
+        if n_experts > 0 {
+            // llama.cpp's llama (Mixtral) and qwen3moe graphs renormalize the top-k weights,
+            // qwen2moe's do not, unless the file says otherwise.
+            let norm = file
+                .get_bool(&k("expert_weights_norm"))
+                .unwrap_or(model_type != "qwen2_moe");
+            m.insert("num_local_experts".into(), json!(n_experts));
+            m.insert(
+                "num_experts_per_tok".into(),
+                json!(file.get_u32(&k("expert_used_count"))?),
+            );
+            m.insert("norm_topk_prob".into(), json!(norm));
+            if let Some(f) = expert_ffn {
+                m.insert("moe_intermediate_size".into(), json!(f));
+            }
+            if let Ok(s) = file.get_u32(&k("expert_shared_feed_forward_length")) {
+                m.insert("shared_expert_intermediate_size".into(), json!(s));
+            }
+        }
         m.insert(
             "num_hidden_layers".into(),
             json!(file.get_u32(&k("block_count"))?),

@@ -105,6 +105,7 @@ impl Block {
             window: None,
             rope: None,
             alibi: None,
+            qk_norm: None,
         };
         let a = w.pp("attn");
         let [q, k, v] = load_conv1d_qkv(&a, "c_attn", h, h)?;

@@ -1,5 +1,9 @@
 //! The LLaMA family: LlamaForCausalLM, MistralForCausalLM (sliding window), Qwen2ForCausalLM
-//! (q/k/v biases), and SmolLM2 (LLaMA with tied embeddings) from safetensors or GGUF.
+//! (q/k/v biases), and SmolLM2 (LLaMA with tied embeddings) from safetensors or GGUF; and its
+//! mixture-of-experts members, whose blocks swap the MLP for a [`Moe`] where the config says
+//! (`moe.rs`): MixtralForCausalLM, Qwen2MoeForCausalLM (shared expert, dense layers mixed in),
+//! Qwen3MoeForCausalLM (per-head q/k RMSNorm), OlmoeForCausalLM (q/k RMSNorm over the whole
+//! projection).
 //!
 //! Reference: transformers `models/llama/modeling_llama.py`. A block is pre-norm:
 //! `h = x + attn(rms_norm(x)); out = h + mlp(rms_norm(h))`, SwiGLU MLP, RoPE on q and k.
@@ -9,12 +13,13 @@
 use kiln_nn::rope::RopeScaling;
 use kiln_nn::{
     Activation, Attention, AttentionSpec, Batch, Embedding, GatedMlp, KvCache, KvStore, Linear,
-    RmsNorm, Rope, Weights,
+    Moe, QkNorm, RmsNorm, Rope, RouterStats, Weights,
 };
 use kiln_tensor::RopeStyle;
 use kiln_tensor::Tensor;
 
 use crate::config::HfConfig;
+use crate::moe::{MoeConfig, MoeReport};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -36,6 +41,9 @@ pub struct LlamaConfig {
     /// Per layer: the sliding window, if that layer has one.
     pub windows: Vec<Option<usize>>,
     pub rope: Rope,
+    pub qk_norm: Option<QkNorm>,
+    /// The mixture of experts, when the model has one (and which layers use it).
+    pub moe: Option<MoeConfig>,
 }
 
 impl LlamaConfig {
@@ -54,8 +62,9 @@ impl LlamaConfig {
             return Err(c.bad(format!("head size {head_dim} must be even and non-zero")));
         }
         let model_type = c.str("model_type").unwrap_or("llama");
-        let is_qwen2 = model_type == "qwen2";
-        let window = c.opt_usize("sliding_window")?;
+        let is_qwen2 = matches!(model_type, "qwen2" | "qwen2_moe");
+        // Some configs write 0 for "no window".
+        let window = c.opt_usize("sliding_window")?.filter(|&w| w > 0);
         let layer_types: Option<Vec<String>> = c
             .json
             .get("layer_types")
@@ -81,6 +90,16 @@ impl LlamaConfig {
             .collect();
         let act = Activation::parse(c.str("hidden_act").unwrap_or("silu"))?;
         let rope = Rope::from_hf_config(&c.json, head_dim, rope_style)?;
+        let rms_norm_eps = c.f64_or("rms_norm_eps", 1e-6)? as f32;
+        let qk_norm = match model_type {
+            "qwen3" | "qwen3_moe" => Some(QkNorm::PerHead { eps: rms_norm_eps }),
+            "olmoe" => Some(QkNorm::Whole { eps: rms_norm_eps }),
+            _ => None,
+        };
+        if c.json.get("clip_qkv").is_some_and(|v| !v.is_null()) {
+            return Err(c.bad("`clip_qkv` is not supported (only null)".into()));
+        }
+        let moe = MoeConfig::from_hf(c, n_layers)?;
         Ok(LlamaConfig {
             hidden,
             intermediate: c.usize("intermediate_size")?,
@@ -89,7 +108,7 @@ impl LlamaConfig {
             n_kv_heads,
             head_dim,
             vocab: c.usize("vocab_size")?,
-            rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
+            rms_norm_eps,
             max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings: c.bool_or("tie_word_embeddings", false),
             qkv_bias: is_qwen2 || c.bool_or("attention_bias", false),
@@ -98,6 +117,8 @@ impl LlamaConfig {
             act,
             windows,
             rope,
+            qk_norm,
+            moe,
         })
     }
 
@@ -115,12 +136,29 @@ impl LlamaConfig {
     }
 }
 
+/// A block's feed-forward half: the dense gated MLP or the mixture of experts.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one per layer, never moved on a hot path
+enum Ffn {
+    Dense(GatedMlp),
+    Sparse(Moe),
+}
+
+impl Ffn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Ffn::Dense(m) => m.forward(x)?,
+            Ffn::Sparse(m) => m.forward(x)?,
+        })
+    }
+}
+
 #[derive(Clone)]
 struct Block {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: GatedMlp,
+    mlp: Ffn,
 }
 
 impl Block {
@@ -176,6 +214,26 @@ impl Llama {
                 window: cfg.windows[i],
                 rope: Some(cfg.rope.clone()),
                 alibi: None,
+                qk_norm: cfg.qk_norm,
+            };
+            let sparse = cfg.moe.as_ref().filter(|m| m.sparse[i]);
+            let mlp = match sparse {
+                None => Ffn::Dense(GatedMlp::load(
+                    &l.pp("mlp"),
+                    cfg.hidden,
+                    cfg.intermediate,
+                    cfg.act,
+                    cfg.mlp_bias,
+                )?),
+                Some(m) => {
+                    // Mixtral's 4.x-era checkpoints name the block `block_sparse_moe`.
+                    let name = if l.contains("block_sparse_moe.gate.weight") {
+                        "block_sparse_moe"
+                    } else {
+                        "mlp"
+                    };
+                    Ffn::Sparse(Moe::load(&l.pp(name), m.spec(cfg.hidden, cfg.act))?)
+                }
             };
             layers.push(Block {
                 input_layernorm: RmsNorm::load(
@@ -191,13 +249,7 @@ impl Llama {
                     cfg.hidden,
                     cfg.rms_norm_eps,
                 )?,
-                mlp: GatedMlp::load(
-                    &l.pp("mlp"),
-                    cfg.hidden,
-                    cfg.intermediate,
-                    cfg.act,
-                    cfg.mlp_bias,
-                )?,
+                mlp,
             });
             on_layer(i + 1, cfg.n_layers);
         }
@@ -234,6 +286,32 @@ impl Llama {
             self.layers[i].forward(x, batch, i, kv)
         })?;
         Ok(self.norm.forward(&x)?)
+    }
+
+    /// The routers' statistics since the last reset; `None` for a dense model.
+    pub fn moe_stats(&self) -> Option<MoeReport> {
+        let moe = self.cfg.moe.as_ref()?;
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| match &b.mlp {
+                Ffn::Sparse(m) => Some((i, m.stats())),
+                Ffn::Dense(_) => None,
+            })
+            .collect::<Vec<(usize, RouterStats)>>();
+        Some(MoeReport {
+            layers,
+            router_aux_loss_coef: moe.router_aux_loss_coef,
+        })
+    }
+
+    pub fn reset_moe_stats(&self) {
+        for b in &self.layers {
+            if let Ffn::Sparse(m) = &b.mlp {
+                m.reset_stats();
+            }
+        }
     }
 
     /// Logits `(n_rows, vocab)` for rows of final hidden states.

@@ -13,13 +13,18 @@ use kiln_tensor::Tensor;
 use crate::config::HfConfig;
 use crate::{
     Bart, Bert, BertConfig, Bloom, BloomConfig, Error, Gpt2, Gpt2Config, Llama, LlamaConfig,
-    Result, Seq2Seq, T5,
+    MoeReport, Result, Seq2Seq, T5,
 };
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    // Mixture of experts (llama.rs with moe.rs)
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "OlmoeForCausalLM",
     "GPT2LMHeadModel",
     "GPT2Model",
     "BloomForCausalLM",
@@ -184,6 +189,20 @@ impl Model {
         }
     }
 
+    /// The routers' statistics since the last reset (a mixture-of-experts model), else `None`.
+    pub fn moe_stats(&self) -> Option<MoeReport> {
+        match self {
+            Model::Llama(m) => m.moe_stats(),
+            Model::Gpt2(_) | Model::Bloom(_) | Model::Bert(_) | Model::Seq2Seq(_) => None,
+        }
+    }
+
+    pub fn reset_moe_stats(&self) {
+        if let Model::Llama(m) = self {
+            m.reset_moe_stats();
+        }
+    }
+
     pub fn info(&self) -> ModelInfo {
         match self {
             Model::Llama(m) => ModelInfo {
@@ -273,14 +292,28 @@ pub fn load_on(
     } else {
         let file = Arc::new(kiln_gguf::GgufFile::open(path)?);
         let config = HfConfig::from_gguf(&file)?;
-        (config, Weights::from_gguf(file)?, RopeStyle::Interleaved)
+        // llama.cpp's converter permutes q/k rows for its interleaved rotary pairs only in the
+        // LLaMA-style architectures; Qwen's are stored as HF has them (NeoX rotary).
+        let style = match config.str("model_type") {
+            Some("llama" | "mistral" | "mixtral") => RopeStyle::Interleaved,
+            _ => RopeStyle::Half,
+        };
+        (config, Weights::from_gguf(file)?, style)
     };
     let arch = arch_of(&config)?;
     let weights = weights.placed(placement);
     let model = match arch {
-        "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => Model::Llama(
-            Llama::load(&weights, LlamaConfig::from_hf(&config, style)?, on_progress)?,
-        ),
+        "LlamaForCausalLM"
+        | "MistralForCausalLM"
+        | "Qwen2ForCausalLM"
+        | "MixtralForCausalLM"
+        | "Qwen2MoeForCausalLM"
+        | "Qwen3MoeForCausalLM"
+        | "OlmoeForCausalLM" => Model::Llama(Llama::load(
+            &weights,
+            LlamaConfig::from_hf(&config, style)?,
+            on_progress,
+        )?),
         "GPT2LMHeadModel" | "GPT2Model" | "gpt2" => Model::Gpt2(Gpt2::load(
             &weights,
             Gpt2Config::from_hf(&config)?,

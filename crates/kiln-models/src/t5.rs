@@ -98,6 +98,7 @@ impl T5Config {
             window: None,
             rope: None,
             alibi: None,
+            qk_norm: None,
         }
     }
 }

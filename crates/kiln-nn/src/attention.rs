@@ -10,7 +10,7 @@ use kiln_tensor::host_kv::AttnParams;
 use kiln_tensor::{AttnArgs, KvLayout, Tensor};
 
 use crate::weights::Weights;
-use crate::{Alibi, Batch, KvStore, Linear, PositionBias, Result, Rope};
+use crate::{Alibi, Batch, KvStore, Linear, PositionBias, Result, RmsNorm, Rope};
 
 #[derive(Debug, Clone)]
 pub struct AttentionSpec {
@@ -27,6 +27,24 @@ pub struct AttentionSpec {
     pub rope: Option<Rope>,
     /// ALiBi distance penalties (BLOOM), in place of position embeddings.
     pub alibi: Option<Alibi>,
+    /// RMSNorm of queries and keys before the rotary embedding (`q_norm`, `k_norm`).
+    pub qk_norm: Option<QkNorm>,
+}
+
+/// Where the query/key RMSNorm applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QkNorm {
+    /// Over each head's `head_dim` values, one weight of `head_dim` shared by the heads (Qwen3).
+    PerHead { eps: f32 },
+    /// Over the whole projection, `n_heads · head_dim` values (OLMoE).
+    Whole { eps: f32 },
+}
+
+#[derive(Clone)]
+struct QkNorms {
+    q: RmsNorm,
+    k: RmsNorm,
+    per_head: bool,
 }
 
 #[derive(Clone)]
@@ -35,6 +53,7 @@ pub struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    qk_norm: Option<QkNorms>,
     spec: AttentionSpec,
     /// Score scale, 1/sqrt(head_dim) unless [`Attention::with_scale`] says otherwise.
     scale: f32,
@@ -55,7 +74,21 @@ impl Attention {
             spec.n_heads * spec.head_dim,
             spec.n_kv_heads * spec.head_dim,
         );
+        let qk_norm = match spec.qk_norm {
+            None => None,
+            Some(QkNorm::PerHead { eps }) => Some(QkNorms {
+                q: RmsNorm::load(w, "q_norm", spec.head_dim, eps)?,
+                k: RmsNorm::load(w, "k_norm", spec.head_dim, eps)?,
+                per_head: true,
+            }),
+            Some(QkNorm::Whole { eps }) => Some(QkNorms {
+                q: RmsNorm::load(w, "q_norm", q, eps)?,
+                k: RmsNorm::load(w, "k_norm", kv, eps)?,
+                per_head: false,
+            }),
+        };
         Ok(Attention {
+            qk_norm,
             q_proj: Linear::load(w, "q_proj", h, q, spec.qkv_bias)?,
             k_proj: Linear::load(w, "k_proj", h, kv, spec.qkv_bias)?,
             v_proj: Linear::load(w, "v_proj", h, kv, spec.qkv_bias)?,
@@ -90,6 +123,7 @@ impl Attention {
         let s = &self.spec;
         let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
         // q (n_tokens, n_heads · head_dim); k, v (n_tokens, n_kv_heads · head_dim)
+        let (q, k) = self.norm_qk(q, k)?;
         let (q, k) = match &s.rope {
             Some(rope) => (
                 rope.forward(q, s.n_heads, batch)?,
@@ -111,6 +145,24 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
+    /// The query/key RMSNorm of the spec, if any.
+    fn norm_qk(&self, q: Tensor, k: Tensor) -> Result<(Tensor, Tensor)> {
+        let Some(n) = &self.qk_norm else {
+            return Ok((q, k));
+        };
+        if !n.per_head {
+            return Ok((n.q.forward(&q)?, n.k.forward(&k)?));
+        }
+        let d = self.spec.head_dim;
+        let per_head = |norm: &RmsNorm, t: &Tensor| -> Result<Tensor> {
+            let dims = t.dims().to_vec();
+            // (n_tokens · heads, head_dim)
+            let rows = norm.forward(&t.reshape([t.elem_count() / d, d])?)?;
+            Ok(rows.reshape(dims)?)
+        };
+        Ok((per_head(&n.q, &q)?, per_head(&n.k, &k)?))
+    }
+
     /// An attention layer from projections loaded under other names (BERT's `query`/`key`/
     /// `value`/`output.dense`, DistilBERT's `q_lin`/.../`out_lin`).
     pub fn from_parts(
@@ -125,6 +177,7 @@ impl Attention {
             k_proj,
             v_proj,
             o_proj,
+            qk_norm: None,
             scale: 1.0 / (spec.head_dim as f32).sqrt(),
             spec,
         }
@@ -151,6 +204,7 @@ impl Attention {
         }
         let device = x.device();
         let [q, k, v] = Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)?;
+        let (q, k) = self.norm_qk(q, k)?;
         let (q, k) = match &s.rope {
             Some(rope) => (
                 rope.forward(q, s.n_heads, batch)?,

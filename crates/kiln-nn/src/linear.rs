@@ -39,8 +39,9 @@ impl Linear {
         })
     }
 
-    /// A dense projection from a `(out, in)` weight and an optional `(out,)` bias built at load
-    /// time (a transposed or split checkpoint tensor, see `fused.rs`).
+    /// A projection from a `(out, in)` weight (dense, or quantized when there is no bias to
+    /// check) and an optional `(out,)` bias built at load time (a transposed or split
+    /// checkpoint tensor, see `fused.rs`; one expert of a stacked tensor, `moe.rs`).
     pub fn from_dense(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
         let (out_features, in_features) = weight.dims2("Linear::from_dense")?;
         if let Some(b) = &bias {

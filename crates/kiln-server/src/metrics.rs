@@ -246,6 +246,27 @@ impl Metrics {
     }
 }
 
+/// A mixture-of-experts model's routing counters, appended to the exposition:
+/// `kiln_moe_expert_tokens_total{layer,expert}` (tokens routed to each expert since start, each
+/// token counted once for each of its top-k experts) and the Switch auxiliary loss over them.
+pub fn render_moe(out: &mut String, layers: &[(usize, Vec<u64>)], aux_loss: f64) {
+    let name = "kiln_moe_expert_tokens_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Tokens routed to each expert of each sparse layer (top-k picks).\n# TYPE {name} counter"
+    );
+    for (layer, counts) in layers {
+        for (expert, c) in counts.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{layer=\"{layer}\",expert=\"{expert}\"}} {c}");
+        }
+    }
+    let name = "kiln_moe_aux_loss";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Switch-style load-balancing loss over every token routed since start (before router_aux_loss_coef).\n# TYPE {name} gauge\n{name} {aux_loss}"
+    );
+}
+
 /// Follows one sequence from arrival to its end, feeding the histograms and counters.
 pub struct RequestTracker {
     metrics: Arc<Metrics>,

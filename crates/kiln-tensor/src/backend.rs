@@ -57,6 +57,10 @@ pub(crate) trait Backend {
     ) -> Result<Tensor>;
     /// Rows `ids` (u32) of a rank-2 table; a quantized table's rows are dequantized to f32.
     fn gather(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor>;
+    /// `y[i] = Σ_j w[i·k + j] · src[ids[i·k + j]]` for `i < ids.len() / k`: `src (rows, cols)`
+    /// float, `ids` u32 (checked < rows), `w` f32 of the same length; f32 accumulation in `j`
+    /// order.
+    fn combine_rows(&self, src: &Tensor, ids: &Tensor, w: &Tensor, k: usize) -> Result<Tensor>;
     fn attention(&self, a: &AttnArgs) -> Result<Tensor>;
     /// Writes rows of `k`, `v` `(n, n_kv_heads, head_dim)` into paged caches
     /// `(n_blocks, n_kv_heads, block_size, head_dim)` at `slots` (block * block_size + offset).

@@ -85,6 +85,8 @@ pub enum Op {
     Rope,
     Softmax,
     Gather,
+    /// Weighted sums of gathered rows (a mixture-of-experts layer's combine).
+    CombineRows,
     /// Attention of packed queries over keys/values addressed through block tables (prefill,
     /// decode and encoder attention are all this op with different tables).
     Attention,
@@ -107,6 +109,7 @@ impl Op {
             Op::Rope => "rope".into(),
             Op::Softmax => "softmax".into(),
             Op::Gather => "gather".into(),
+            Op::CombineRows => "combine_rows".into(),
             Op::Attention => "attention".into(),
             Op::KvWrite => "kv_write".into(),
             Op::Copy => "copy".into(),

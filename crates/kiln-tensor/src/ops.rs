@@ -258,6 +258,40 @@ impl Tensor {
         backend_for(Op::Gather, self)?.gather(self, &ids)
     }
 
+    /// Weighted sums of rows, `(ids.len() / k, cols)`: row `i` is `Σ_j weights[i·k + j] ·
+    /// self[ids[i·k + j]]`, accumulated in f32 in the order given. A mixture-of-experts layer
+    /// combines its experts' outputs with it: `self` holds every expert's rows for the step,
+    /// `ids`/`weights` each token's `k` rows and routing weights. Ids are checked on the host.
+    pub fn combine_rows(&self, ids: &[u32], weights: &[f32], k: usize) -> Result<Tensor> {
+        let (rows, cols) = self.dims2("combine_rows")?;
+        if k == 0 || ids.len() != weights.len() || !ids.len().is_multiple_of(k) {
+            return Err(Error::Invalid {
+                op: "combine_rows",
+                reason: format!(
+                    "{} ids and {} weights do not make rows of {k}",
+                    ids.len(),
+                    weights.len()
+                ),
+            });
+        }
+        if let Some(&id) = ids.iter().find(|&&i| i as usize >= rows) {
+            return Err(Error::Index {
+                op: "combine_rows",
+                index: id as usize,
+                size: rows,
+            });
+        }
+        let b = backend_for(Op::CombineRows, self)?;
+        if ids.is_empty() {
+            return Tensor::zeros_on([0, cols], self.dtype(), self.device());
+        }
+        let n = ids.len();
+        let dev = self.device();
+        let ids = Tensor::from_u32(ids.to_vec(), [n])?.to_device(dev)?;
+        let weights = Tensor::from_vec(weights.to_vec(), [n])?.to_device(dev)?;
+        b.combine_rows(self, &ids, &weights, k)
+    }
+
     /// Attention of `args.q` over `args.k`/`args.v` (see [`crate::attn`]): `(n_tokens, n_heads
     /// · head_dim)`.
     pub fn attention(args: &AttnArgs) -> Result<Tensor> {

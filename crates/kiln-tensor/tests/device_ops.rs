@@ -1,6 +1,7 @@
 //! Every backend op on CUDA against the CPU backend (the oracle), by NMSE: f32, bf16 and f16
 //! operands, odd sizes, strided (transposed, narrowed) inputs and empty shapes (norms, the fused
-//! residual LayerNorm, row stacking, softmax, RoPE, gather, matmul, elementwise); paged attention
+//! residual LayerNorm, row stacking, softmax, RoPE, gather, weighted row sums, matmul,
+//! elementwise); paged attention
 //! over scattered block tables with GQA, windows, ALiBi and T5 bias; the KV write. Without a
 //! GPU each test prints why and passes, unless `KILN_REQUIRE_GPU=1` (scripts/test-gpu.sh).
 
@@ -579,6 +580,27 @@ fn attention_reference_layouts_agree_and_match_a_closed_form() {
         rel_bias: None,
     });
     assert!(bad.unwrap_err().to_string().contains("not a multiple"));
+}
+
+#[test]
+fn combine_rows_weighted_sums() {
+    let Some(dev) = gpu("combine_rows_weighted_sums") else {
+        return;
+    };
+    // (rows, cols, n_out, k): a MoE combine (k experts + a shared row), odd sizes, empty.
+    for (rows, cols, n_out, k) in [(40, 96, 16, 3), (7, 33, 5, 2), (9, 5, 9, 1), (4, 8, 0, 2)] {
+        let src = Tensor::from_vec(rand(rows * cols, 31), [rows, cols]).unwrap();
+        let ids: Vec<u32> = (0..n_out * k)
+            .map(|i| ((i * 7 + 3) % rows) as u32)
+            .collect();
+        let w = rand(n_out * k, 32);
+        for dtype in DTYPES {
+            let want = rounded(&src, dtype).combine_rows(&ids, &w, k).unwrap();
+            let got = on(&src, dtype, dev).combine_rows(&ids, &w, k).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            check("combine_rows", dtype, &got, &want);
+        }
+    }
 }
 
 #[test]

@@ -290,3 +290,28 @@ fn quantized_tensors_matmul_gather_and_refuse_views() {
         .unwrap();
     assert!(q8.to_dtype(DType::Quant(QuantType::Q4_0)).is_err());
 }
+
+#[test]
+fn combine_rows_sums_weighted_rows_and_checks_its_arguments() {
+    let src = Tensor::from_vec((0..12).map(|x| x as f32).collect(), [4, 3]).unwrap();
+    // out[0] = 0.5·row2 + 2·row0; out[1] = -1·row3 + 0·row1
+    let y = src
+        .combine_rows(&[2, 0, 3, 1], &[0.5, 2.0, -1.0, 0.0], 2)
+        .unwrap();
+    assert_eq!(y.dims(), &[2, 3]);
+    assert_eq!(y.to_vec_f32(), vec![3.0, 5.5, 8.0, -9.0, -10.0, -11.0]);
+    assert!(
+        src.combine_rows(&[4], &[1.0], 1).is_err(),
+        "id past the rows"
+    );
+    assert!(
+        src.combine_rows(&[0, 1, 2], &[1.0; 3], 2).is_err(),
+        "not rows of k"
+    );
+    assert!(
+        src.combine_rows(&[0], &[1.0, 2.0], 1).is_err(),
+        "lengths differ"
+    );
+    assert!(src.combine_rows(&[0], &[1.0], 0).is_err(), "k = 0");
+    assert_eq!(src.combine_rows(&[], &[], 2).unwrap().dims(), &[0, 3]);
+}

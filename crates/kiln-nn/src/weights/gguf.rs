@@ -51,6 +51,19 @@ pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        // Mixture of experts: the router, the stacked experts (`moe.rs` asks for
+        // `experts.gate_proj.weight`, a name no HF checkpoint has, only when a GGUF-style
+        // stack is what the file holds), the shared expert and its gate.
+        "mlp.gate" => "ffn_gate_inp",
+        "mlp.experts.gate_proj" => "ffn_gate_exps",
+        "mlp.experts.up_proj" => "ffn_up_exps",
+        "mlp.experts.down_proj" => "ffn_down_exps",
+        "mlp.shared_expert.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_expert.up_proj" => "ffn_up_shexp",
+        "mlp.shared_expert.down_proj" => "ffn_down_shexp",
+        "mlp.shared_expert_gate" => "ffn_gate_inp_shexp",
         _ => return None,
     };
     Some(format!("blk.{layer}.{name}.{kind}"))
@@ -94,6 +107,42 @@ impl GgufSource {
 
     pub fn describe(&self) -> String {
         self.file.path().display().to_string()
+    }
+
+    /// A 3-D tensor `(n, rows, cols)` as `n` matrices: dense ones as views of the f32 tensor,
+    /// quantized ones as `n` quantized matrices over consecutive byte ranges of the map (each
+    /// matrix's rows are whole blocks, so a stack splits at matrix boundaries).
+    pub fn get_stacked(&self, hf_name: &str) -> Result<Option<Vec<Tensor>>> {
+        let Some(name) = hf_to_gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.tensor(&name) else {
+            return Ok(None);
+        };
+        let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        let &[n, rows, cols] = dims.as_slice() else {
+            return Err(Error::WrongShape {
+                name,
+                expected: vec![0, 0, 0],
+                found: dims,
+            });
+        };
+        if matches!(info.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            return self.get(hf_name)?.map(super::split_stacked).transpose();
+        }
+        let per = info.n_bytes as usize / n.max(1);
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> =
+            Arc::new(MmapOwner(self.file.mmap().clone()));
+        (0..n)
+            .map(|e| {
+                let bytes =
+                    SharedBytes::new(owner.clone(), info.data_offset as usize + e * per, per)?;
+                Ok(Tensor::from_qmatrix(QMatrix::new(
+                    info.dtype, rows, cols, bytes,
+                )?)?)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     pub fn get(&self, hf_name: &str) -> Result<Option<Tensor>> {

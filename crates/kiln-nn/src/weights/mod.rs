@@ -84,6 +84,19 @@ impl Placement {
     }
 }
 
+/// The matrices of a dense `(n, rows, cols)` tensor, each a view of it.
+pub(crate) fn split_stacked(t: Tensor) -> Result<Vec<Tensor>> {
+    let &[n, rows, cols] = t.dims() else {
+        return Err(Error::Config(format!(
+            "a stack of matrices has 3 dims, not {:?}",
+            t.dims()
+        )));
+    };
+    (0..n)
+        .map(|e| Ok(t.narrow(0, e, 1)?.reshape([rows, cols])?))
+        .collect()
+}
+
 pub(crate) enum Source {
     Safetensors(SafetensorsSource),
     Gguf(GgufSource),
@@ -94,6 +107,13 @@ impl Source {
         match self {
             Source::Safetensors(s) => s.get(name),
             Source::Gguf(g) => g.get(name),
+        }
+    }
+    /// A 3-D tensor `(n, rows, cols)` as its `n` matrices.
+    fn get_stacked(&self, name: &str) -> Result<Option<Vec<Tensor>>> {
+        match self {
+            Source::Safetensors(s) => s.get(name)?.map(split_stacked).transpose(),
+            Source::Gguf(g) => g.get_stacked(name),
         }
     }
     fn describe(&self) -> String {
@@ -202,6 +222,35 @@ impl Weights {
             });
         }
         self.placement.tensor(p)
+    }
+
+    /// `n` weight matrices `(rows, cols)` stored as one `(n, rows, cols)` tensor (fused expert
+    /// weights: transformers 5's `experts.gate_up_proj`, GGUF's `ffn_*_exps`), as stored in the
+    /// file (dense f32 or quantized): the caller places them, as it may split them first.
+    pub fn stacked(&self, name: &str, n: usize, rows: usize, cols: usize) -> Result<Vec<Tensor>> {
+        let full = self.full(name);
+        let parts = self
+            .source
+            .get_stacked(&full)?
+            .ok_or_else(|| Error::MissingTensor {
+                name: full.clone(),
+                source_desc: self.source.describe(),
+            })?;
+        let found: Vec<usize> = match parts.first() {
+            Some(p) => [parts.len()]
+                .into_iter()
+                .chain(p.dims().iter().copied())
+                .collect(),
+            None => vec![0],
+        };
+        if found != [n, rows, cols] {
+            return Err(Error::WrongShape {
+                name: full,
+                expected: vec![n, rows, cols],
+                found,
+            });
+        }
+        Ok(parts)
     }
 
     /// A weight matrix (dense or quantized, see [`Placement::matrix`]) of shape (rows, cols).

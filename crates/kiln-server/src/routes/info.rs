@@ -36,16 +36,27 @@ pub async fn health() -> StatusCode {
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let stats = match &state.model {
-        ServedModel::Generator { handle, .. } => Some(handle.stats()),
-        ServedModel::Encoder(_) => None,
+    let (stats, moe) = match &state.model {
+        ServedModel::Generator { handle, engine, .. } => {
+            (Some(handle.stats()), engine.model.moe_stats())
+        }
+        ServedModel::Encoder(_) => (None, None),
     };
+    let mut text = state.metrics.render(stats.as_ref());
+    if let Some(m) = moe {
+        let layers: Vec<(usize, Vec<u64>)> = m
+            .layers
+            .iter()
+            .map(|(i, s)| (*i, s.expert_tokens.clone()))
+            .collect();
+        crate::metrics::render_moe(&mut text, &layers, m.aux_loss());
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(stats.as_ref()),
+        text,
     )
         .into_response()
 }

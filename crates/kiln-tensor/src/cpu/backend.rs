@@ -207,6 +207,26 @@ impl Backend for CpuBackend {
         Tensor::from_vec(out, [ids.len(), cols])
     }
 
+    fn combine_rows(&self, src: &Tensor, ids: &Tensor, w: &Tensor, k: usize) -> Result<Tensor> {
+        let (_rows, cols) = src.dims2("combine_rows")?;
+        let ids = u32s(ids, "combine_rows ids")?;
+        let w = w.to_f32();
+        let w = w.as_f32_slice()?;
+        let src = src.to_f32();
+        let src = src.as_f32_slice()?;
+        let n_out = ids.len() / k.max(1);
+        let mut out = vec![0.0f32; n_out * cols];
+        for (i, row) in out.chunks_mut(cols.max(1)).enumerate().take(n_out) {
+            for j in i * k..(i + 1) * k {
+                let (id, wj) = (ids[j] as usize, w[j]);
+                for (y, &x) in row.iter_mut().zip(&src[id * cols..(id + 1) * cols]) {
+                    *y += wj * x;
+                }
+            }
+        }
+        Tensor::from_vec(out, [n_out, cols])
+    }
+
     fn attention(&self, a: &AttnArgs) -> Result<Tensor> {
         // Packed host f32 rows take the engine's kernels; anything else the plain definition.
         super::rows_attention::rows_attention(a).unwrap_or_else(|| reference_attention(a))

@@ -557,6 +557,36 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn combine_rows(&self, src: &Tensor, ids: &Tensor, w: &Tensor, k: usize) -> Result<Tensor> {
+        let (_rows, cols) = src.dims2("combine_rows")?;
+        let (_s, ps) = contiguous_ptr(src)?;
+        let (_i, pi) = contiguous_ptr(ids)?;
+        let (_w, pw) = contiguous_ptr(w)?;
+        let dev = cuda_of(src)?.dev;
+        let n_out = ids.elem_count() / k.max(1);
+        let (out, po) = new_like(dev, src.dtype(), &[n_out, cols])?;
+        if n_out * cols > 0 {
+            check_len("combine_rows", n_out * cols)?;
+            let name = format!("combine_rows_{}", suffix(src.dtype()));
+            launch(
+                dev,
+                "embedding",
+                &name,
+                flat(n_out * cols),
+                &[
+                    Arg::P(ps),
+                    Arg::P(pi),
+                    Arg::P(pw),
+                    Arg::P(po),
+                    Arg::I(check_len("combine_rows", n_out)?),
+                    Arg::I(check_len("combine_rows", k)?),
+                    Arg::I(cols as i32),
+                ],
+            )?;
+        }
+        Ok(out)
+    }
+
     fn attention(&self, a: &AttnArgs) -> Result<Tensor> {
         let n = a.check()?;
         if a.head_dim > 256 {

@@ -98,7 +98,7 @@ const BASES: &[(&str, &[&str])] = &[
     ),
     ("norm", &["rms_norm", "layer_norm", "softmax"]),
     ("rope", &["rope"]),
-    ("embedding", &["gather_rows"]),
+    ("embedding", &["gather_rows", "combine_rows"]),
     ("kv", &["kv_write"]),
     ("attention", &["attention"]),
     (
