@@ -48,6 +48,20 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+fn weights_bytes(path: &std::path::Path) -> u64 {
+    if !path.is_dir() {
+        return std::fs::metadata(path).map_or(0, |m| m.len());
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 pub fn run(a: Args) -> Result<()> {
     if let Some(BenchCommand::Serve(s)) = a.command {
         return crate::bench_serve::run(s);
@@ -92,9 +106,8 @@ pub fn run(a: Args) -> Result<()> {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let size_mib = std::fs::metadata(&path)
-        .map(|m| m.len() as f64 / (1 << 20) as f64)
-        .unwrap_or(0.0);
+    // A GGUF file's size, or a directory's weight files (*.safetensors).
+    let size_mib = weights_bytes(&path) as f64 / (1 << 20) as f64;
     if a.json {
         let v = json!({
             "model": name,

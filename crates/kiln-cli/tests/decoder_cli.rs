@@ -164,3 +164,73 @@ fn bloom_scores_past_its_training_length() {
         "perplexity {ppl}, transformers {want}"
     );
 }
+
+/// `--moe-stats` on the MoE fixtures (tools/make_moe_fixtures.py): the perplexity transformers
+/// gives, and per sparse layer expert counts that add up to top_k picks per routed token.
+#[test]
+fn moe_stats_in_score_and_generate_json() {
+    for name in ["mixtral", "qwen3_moe"] {
+        let r = reference(name);
+        let dir = fixture(name);
+        let text = r["score_text"].as_str().expect("score_text");
+        let top_k = r["top_k"].as_u64().unwrap();
+        let sparse = r["sparse_layers"].clone();
+        let check = |v: &Value| {
+            let m = &v["moe_stats"];
+            let layers = m["layers"].as_array().expect("layers");
+            let got: Vec<Value> = layers.iter().map(|l| l["layer"].clone()).collect();
+            assert_eq!(Value::from(got), sparse, "{name}: sparse layers");
+            for l in layers {
+                let sum: u64 = ids(&l["expert_counts"]).iter().sum();
+                assert_eq!(sum, top_k * l["tokens"].as_u64().unwrap(), "{name}: {l}");
+            }
+            assert!(m["aux_loss"].as_f64().unwrap() > 0.0);
+            assert_eq!(m["router_aux_loss_coef"], r["router_aux_loss_coef"]);
+        };
+        let s = kiln_json(&[
+            "score",
+            "--model",
+            dir.to_str().unwrap(),
+            "--text",
+            text,
+            "--json",
+            "--moe-stats",
+        ]);
+        let ppl = s["perplexity"].as_f64().unwrap();
+        let want = r["score_perplexity"].as_f64().unwrap();
+        assert!(
+            (ppl - want).abs() / want < 1e-4,
+            "{name}: perplexity {ppl} vs {want}"
+        );
+        check(&s);
+        let g = kiln_json(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "The kiln was",
+            "-n",
+            "4",
+            "--temperature",
+            "0",
+            "--json",
+            "--moe-stats",
+        ]);
+        check(&g);
+    }
+    // A dense model: a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "score",
+            "--model",
+            fixture("gpt2").to_str().unwrap(),
+            "--text",
+            "a b",
+            "--moe-stats",
+        ])
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("not a mixture-of-experts model"), "{e}");
+}

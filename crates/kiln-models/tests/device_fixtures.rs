@@ -44,6 +44,14 @@ const DECODERS: &[&str] = &[
     "bloom_post_ln",
     "gpt2_gguf",
     "bloom_gguf",
+    // Mixtures of experts (moe_fixtures.rs): router on the host, grouped expert dispatch.
+    "mixtral",
+    "mixtral_fused",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "mixtral_gguf",
+    "qwen2_moe_gguf",
 ];
 
 fn tokens(seq: usize, vocab: usize) -> Vec<u32> {

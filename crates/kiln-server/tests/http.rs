@@ -23,7 +23,11 @@ fn fixture() -> PathBuf {
 }
 
 fn engine() -> Arc<Engine> {
-    Arc::new(Engine::load(&fixture(), &mut |_, _| {}).expect("the server fixture loads"))
+    engine_of(&fixture())
+}
+
+fn engine_of(dir: &std::path::Path) -> Arc<Engine> {
+    Arc::new(Engine::load(dir, &mut |_, _| {}).expect("the server fixture loads"))
 }
 
 fn state_with(
@@ -31,7 +35,15 @@ fn state_with(
     max_waiting: usize,
     max_body_bytes: usize,
 ) -> (Arc<AppState>, Arc<Engine>) {
-    let engine = engine();
+    state_of(engine(), max_num_seqs, max_waiting, max_body_bytes)
+}
+
+fn state_of(
+    engine: Arc<Engine>,
+    max_num_seqs: usize,
+    max_waiting: usize,
+    max_body_bytes: usize,
+) -> (Arc<AppState>, Arc<Engine>) {
     let chat = ChatTemplate::from_tokenizer(&engine.tokenizer)
         .ok()
         .map(Box::new);
@@ -549,6 +561,47 @@ async fn metrics_count_requests_and_tokens() {
     );
     assert!(m.contains("kiln_num_requests_running 0"), "{m}");
     assert!(m.contains("kiln_kv_blocks_used 0"), "{m}");
+}
+
+/// A mixture-of-experts model (tests/fixtures/mixtral) exports its routing counters: every token
+/// the engine ran passed through each sparse layer and picked top_k experts there.
+#[tokio::test]
+async fn metrics_export_moe_expert_tokens() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mixtral");
+    let (state, _) = state_of(engine_of(&dir), 8, 64, 1 << 20);
+    let app = kiln_server::router(state);
+    let (s, v) = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "The kiln was", "max_tokens": 5, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let run = v["usage"]["prompt_tokens"].as_u64().unwrap() + 5 - 1;
+    let m = settled_metrics(&app).await;
+    assert!(
+        m.contains("# TYPE kiln_moe_expert_tokens_total counter"),
+        "{m}"
+    );
+    for layer in 0..2 {
+        let sum: u64 = (0..4)
+            .map(|e| {
+                let key =
+                    format!("kiln_moe_expert_tokens_total{{layer=\"{layer}\",expert=\"{e}\"}} ");
+                let line = m
+                    .lines()
+                    .find(|l| l.starts_with(&key))
+                    .unwrap_or_else(|| panic!("{key}: {m}"));
+                line[key.len()..].parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(
+            sum,
+            2 * run,
+            "layer {layer}: top-2 picks of {run} tokens: {m}"
+        );
+    }
+    assert!(m.contains("kiln_moe_aux_loss "), "{m}");
 }
 
 #[tokio::test]
