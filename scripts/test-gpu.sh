@@ -47,7 +47,8 @@ for l in sys.stdin:
   local model=models/SmolLM2-135M-Instruct.Q4_1.gguf
   [[ -f "$model" ]] || ./scripts/fetch-models.sh
   rm -f gpu/model.part-*
-  split -b 24M -d "$model" gpu/model.part-
+  # 20 MiB parts: the tree itself (~18 MiB with the fixtures) travels with every carry.
+  split -b 20M -d "$model" gpu/model.part-
   (cd gpu && sha256sum ../"$model" | awk '{print $1}' > model.sha256)
   cp /usr/share/common-licenses/GPL-3 gpu/GPL-3
   du -sh gpu/bin/* gpu/model.part-*

@@ -9,8 +9,10 @@ Writes two Hugging Face directories (f32 safetensors, config.json, SmolLM2's tok
 Weights are transformers' own initialization (normal, std 0.02) under a fixed seed: speed does
 not depend on the values, and transformers loads both, so they are real checkpoints.
 
-Usage: python tools/bench/make_moe_bench_models.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
+Usage: python tools/bench/make_moe_bench_models.py [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf]
        [--out /tmp/kiln-moe-bench]
+Without --gguf (a machine without the `gguf` package or the model) the tokenizer is a word-level
+one over 49152 placeholder tokens: `kiln bench` feeds random ids and never reads the text.
 then:  kiln bench --model /tmp/kiln-moe-bench/dense ; kiln bench --model /tmp/kiln-moe-bench/moe
 """
 
@@ -28,11 +30,19 @@ SHAPE = dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attent
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True, help="SmolLM2 GGUF, for its tokenizer")
+    ap.add_argument("--gguf", help="SmolLM2 GGUF, for its tokenizer")
     ap.add_argument("--out", default="/tmp/kiln-moe-bench")
     a = ap.parse_args()
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(a.gguf)),
-                                        gguf_file=os.path.basename(a.gguf))
+    if a.gguf:
+        tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(a.gguf)),
+                                            gguf_file=os.path.basename(a.gguf))
+    else:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+        vocab = {f"t{i}": i for i in range(SHAPE["vocab_size"])}
+        t = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+        t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="t0")
     torch.manual_seed(0)
     for name, cls, cfg in [
         ("dense", LlamaForCausalLM, LlamaConfig(intermediate_size=1536, **SHAPE)),

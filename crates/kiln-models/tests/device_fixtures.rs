@@ -54,6 +54,18 @@ const DECODERS: &[&str] = &[
     "qwen2_moe_gguf",
 ];
 
+/// The mixture-of-experts fixtures among [`DECODERS`], and how much wider their bf16 bound is.
+const MOE: &[&str] = &[
+    "mixtral",
+    "mixtral_fused",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "mixtral_gguf",
+    "qwen2_moe_gguf",
+];
+const MOE_BF16_FACTOR: f32 = 2.5;
+
 fn tokens(seq: usize, vocab: usize) -> Vec<u32> {
     let n: usize = PLAN[seq].iter().sum();
     (0..n as u32)
@@ -169,6 +181,14 @@ fn compare(dtype: DType, bound: f32, test: &str) {
             .map(|(g, w)| rel_err(g, w))
             .fold(0f32, f32::max);
         println!("{name}: {dtype} on {device}: worst step rel err {worst:.3e}");
+        // A mixture of experts in bf16 also picks other experts where two router logits are
+        // closer than bf16's rounding of the router input (the fixtures' margins are ≥ 1e-2,
+        // decisive for f32 only): a discrete change per flip, measured up to 19% on an H200.
+        let bound = if dtype != DType::F32 && MOE.contains(name) {
+            bound * MOE_BF16_FACTOR
+        } else {
+            bound
+        };
         if worst >= bound {
             over.push(format!("{name}: {worst:.3e}"));
         }
