@@ -431,6 +431,21 @@ GGUF_FAMILIES = {
 }
 
 
+def add_gguf_tokenizer(w, tok):
+    """The fixture tokenizer as tokenizer.ggml.* (gpt2 BPE, pre "gpt-2"; id 0 bos and eos)."""
+    vocab = json.loads(tok.to_str())["model"]
+    tokens = sorted(vocab["vocab"], key=vocab["vocab"].get)
+    assert [vocab["vocab"][t] for t in tokens] == list(range(VOCAB))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t == EOT else gguf.TokenType.NORMAL
+                       for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in vocab["merges"]])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+
+
 def make_gguf(family, model, tok, input_ids):
     """tests/fixtures/<family>_gguf/: the fixture as llama.cpp's convert_hf_to_gguf.py
     (--outtype f16) writes it: tensor names from gguf-py's TensorNameMap, the converter's
@@ -456,17 +471,7 @@ def make_gguf(family, model, tok, input_ids):
     write_meta(w, cfg)
     w.add_layer_norm_eps(cfg.layer_norm_epsilon)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    vocab = json.loads(tok.to_str())["model"]
-    tokens = sorted(vocab["vocab"], key=vocab["vocab"].get)
-    assert [vocab["vocab"][t] for t in tokens] == list(range(VOCAB))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t == EOT else gguf.TokenType.NORMAL
-                       for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in vocab["merges"]])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(0)
+    add_gguf_tokenizer(w, tok)
     names = gguf.TensorNameMap(arch, cfg.num_hidden_layers)
     state = ref_model.state_dict()
     for name, t in state.items():

@@ -10,7 +10,7 @@ use kiln_nn::{Batch, KvCache, SeqCaches};
 use safetensors::SafeTensors;
 
 mod common;
-use common::{fixture_dir, rel_err, Reference};
+use common::{argmax, fixture_dir, rel_err, Reference};
 
 const FAMILY: &[&str] = &["gpt2", "bloom", "bloom_post_ln"];
 
@@ -28,16 +28,6 @@ fn step(model: &Model, cache: &mut KvCache, ids: &[u32]) -> Vec<f32> {
 
 fn one_shot_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     step(model, &mut model.new_cache(), ids)
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
 }
 
 /// Greedy decoding from `prompt` for `n` tokens: the ids and each step's logits.

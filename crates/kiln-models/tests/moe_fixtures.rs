@@ -12,7 +12,7 @@ use kiln_models::{load, Model};
 use kiln_nn::{Batch, SeqCaches};
 
 mod common;
-use common::{fixture_dir, rel_err, Reference};
+use common::{argmax, fixture_dir, rel_err, Reference};
 
 const FAMILY: &[&str] = &[
     "mixtral",
@@ -53,16 +53,6 @@ fn logits(model: &Model, ids: &[u32]) -> Vec<f32> {
         .forward(ids, &Batch::single(0, ids.len()), &mut cache)
         .unwrap();
     model.logits(&h).unwrap().to_vec_f32()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
 }
 
 fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {

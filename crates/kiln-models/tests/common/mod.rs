@@ -50,6 +50,18 @@ impl Reference {
     }
 }
 
+/// The first index of the largest value (greedy decoding).
+#[allow(dead_code)] // not every fixture test decodes
+pub fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0 as u32
+}
+
 /// `max |got - want| / max |want|`.
 pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "length");
