@@ -21,7 +21,8 @@ and three derived directories:
   qwen2_moe_gguf/         model.gguf (arch qwen2moe, f32)
 as llama.cpp's convert_hf_to_gguf.py (--outtype f32) would write them.
 
-Everything is deterministic (fixed seeds, f32, eager attention, eager experts, one CPU thread).
+Everything is deterministic (fixed seeds, f32, eager attention, one CPU thread; transformers'
+default experts kernel, checked against the eager per-expert loop).
 Weights are re-drawn with a large std (router and expert weights included) so logits are decisive;
 every greedy step's top-1/top-2 margin and every routing decision's k-th/(k+1)-th router logit gap
 are asserted.
@@ -65,29 +66,31 @@ MIN_MARGIN = 0.02  # greedy top-1 minus top-2 logit, every step
 MIN_ROUTER_MARGIN = 1e-3  # k-th minus (k+1)-th router logit, every token of every sparse layer
 assert mdf.N_PROMPT == N_PROMPT and mdf.N_NEW == N_NEW
 
+HEAD_DIM = 16
+# head_dim is passed to every config (so every config.json has "head_dim": 16, which Qwen2-MoE and
+# OLMoE read with getattr and would otherwise derive as hidden/heads = 16 too).
 COMMON = dict(
     vocab_size=VOCAB,
     hidden_size=64,
     num_attention_heads=4,
     num_key_value_heads=2,
+    head_dim=HEAD_DIM,
     rms_norm_eps=1e-5,
-    rope_theta=10000.0,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     max_position_embeddings=128,
     tie_word_embeddings=False,
-    initializer_range=0.2,
     bos_token_id=0,
     eos_token_id=0,
     pad_token_id=0,
 )
-HEAD_DIM = 16
 
 # name -> (model class, config class, config overrides, seed, notes)
 MODELS = {
     "mixtral": (
         MixtralForCausalLM, MixtralConfig,
-        dict(num_hidden_layers=2, head_dim=HEAD_DIM, num_local_experts=4, num_experts_per_tok=2,
-             intermediate_size=32),
-        101,
+        dict(num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
+             intermediate_size=32, sliding_window=None),
+        3,
         "Mixtral: every layer sparse (block_sparse_moe), 4 experts, top-2, softmax over all "
         "experts then the top-k probabilities renormalized to sum 1 (Mixtral always "
         "renormalizes; the config has no norm_topk_prob). model.safetensors is the legacy "
@@ -99,8 +102,8 @@ MODELS = {
         Qwen2MoeForCausalLM, Qwen2MoeConfig,
         dict(num_hidden_layers=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
              shared_expert_intermediate_size=48, intermediate_size=96, norm_topk_prob=False,
-             decoder_sparse_step=1, mlp_only_layers=[], use_sliding_window=False, qkv_bias=True),
-        201,
+             decoder_sparse_step=1, mlp_only_layers=[], use_sliding_window=False),
+        11,
         "Qwen2-MoE: every layer sparse; top-2 of 4 routed experts with the softmax probabilities "
         "NOT renormalized (norm_topk_prob false), plus a shared expert (SwiGLU, intermediate 48) "
         "scaled by sigmoid(shared_expert_gate(x)) (shared_expert_gate.weight is (1, H)) and added "
@@ -110,11 +113,10 @@ MODELS = {
     ),
     "qwen3_moe": (
         Qwen3MoeForCausalLM, Qwen3MoeConfig,
-        dict(num_hidden_layers=3, head_dim=HEAD_DIM, num_experts=4, num_experts_per_tok=2,
+        dict(num_hidden_layers=3, num_experts=4, num_experts_per_tok=2,
              moe_intermediate_size=32, intermediate_size=96, norm_topk_prob=True,
-             decoder_sparse_step=1, mlp_only_layers=[1], use_sliding_window=False,
-             attention_bias=False),
-        301,
+             decoder_sparse_step=1, mlp_only_layers=[1], use_sliding_window=False),
+        21,
         "Qwen3-MoE mixing dense and sparse layers: mlp_only_layers [1] makes layer 1 a dense "
         "SwiGLU MLP (intermediate_size 96: model.layers.1.mlp.{gate,up,down}_proj), layers 0 and "
         "2 are sparse (top-2 of 4, moe_intermediate_size 32, norm_topk_prob true: the top-k "
@@ -125,13 +127,12 @@ MODELS = {
     "olmoe": (
         OlmoeForCausalLM, OlmoeConfig,
         dict(num_hidden_layers=2, num_experts=4, num_experts_per_tok=2, intermediate_size=32,
-             norm_topk_prob=False, clip_qkv=None, attention_bias=False),
-        401,
+             norm_topk_prob=False, clip_qkv=None),
+        33,
         "OLMoE: every layer sparse, top-2 of 4 without renormalization (norm_topk_prob false), "
         "no shared expert. q_norm/k_norm are RMSNorms over the WHOLE q and k projections before "
         "the head split: q_norm.weight (num_heads*head_dim,) = (64,), k_norm.weight "
-        "(num_kv_heads*head_dim,) = (32,). clip_qkv null (no clamping). head_dim is not in the "
-        "config (hidden/heads = 16).",
+        "(num_kv_heads*head_dim,) = (32,). clip_qkv null (no clamping).",
     ),
 }
 # Fixture directories derived from a MODELS entry (regenerated with it).
@@ -147,11 +148,10 @@ def build(name, seed):
     kw = dict(COMMON)
     kw.update(overrides)
     torch.manual_seed(seed)
-    cfg = cfg_cls(attn_implementation="eager", experts_implementation="eager", **kw)
+    cfg = cfg_cls(attn_implementation="eager", **kw)
     model = model_cls(cfg)
     mf.reinit_(model, seed)
     model.eval()
-    assert model.config._experts_implementation == "eager"
     for layer in model.model.layers:
         assert layer.self_attn.head_dim == HEAD_DIM
     return model
@@ -249,6 +249,16 @@ def compute(name, seed, tok):
                                  for p in picks]).to(torch.int64)
     assert (expert_counts.sum(-1) == N_TOKENS * k).all()
     aux_by_hand = check_aux_loss(model, input_ids, out, n_experts, k)
+    # transformers' default experts kernel (grouped_mm where torch has it) vs the eager
+    # per-expert loop: the same experts, logits equal to float rounding
+    eager = copy.deepcopy(model)
+    eager.set_experts_implementation("eager")
+    assert eager.config._experts_implementation == "eager"
+    e_out = moe_forward(eager, input_ids)
+    for a, b in zip(e_out.router_logits, router_logits):
+        assert torch.equal(torch.topk(a, k, -1).indices, torch.topk(b, k, -1).indices)
+    eager_diff = (e_out.logits[0] - logits).abs().max().item()
+    assert eager_diff < 1e-4, eager_diff
 
     prompt = input_ids[:N_PROMPT].clone()
     new, step_logits, gen_routing = capture_routing_during_generate(model, prompt)
@@ -290,6 +300,8 @@ def compute(name, seed, tok):
         "top_k": k,
         "norm_topk_prob": True if name == "mixtral" else norm_topk,
         "router_aux_loss_coef": cfg.router_aux_loss_coef,
+        "experts_implementation": model.config._experts_implementation,
+        "experts_eager_vs_default_max_logit_diff": eager_diff,
         "aux_loss": out.aux_loss.item(),
         "aux_loss_by_hand": aux_by_hand,
         "expert_counts": expert_counts.tolist(),
@@ -362,7 +374,6 @@ def write_fixture(name, model, tensors, facts, tok, seed, out_root):
     with open(os.path.join(d, "config.json")) as f:
         assert "experts_implementation" not in f.read()
     reloaded = model_cls.from_pretrained(d, attn_implementation="eager",
-                                         experts_implementation="eager",
                                          dtype=torch.float32).eval()
     assert torch.equal(mf.forward(reloaded, tensors["input_ids"])[0], tensors["logits"]), \
         f"{name}: reloaded model differs"
@@ -381,12 +392,18 @@ def write_fixture(name, model, tensors, facts, tok, seed, out_root):
         "seed": seed,
         "init": ("matrices and biases N(0, 0.2) (router gate, expert and shared-expert weights "
                  "included), norm weights (incl. q_norm/k_norm) 1 + N(0, 0.1); f32; eager "
-                 "attention; experts_implementation eager (config.json does not record it)"),
+                 "attention; transformers' default experts_implementation (see "
+                 "experts_implementation; config.json does not record it)"),
         "greedy": (f"generate(greedy_prompt, do_sample=False, max_new_tokens={N_NEW}, "
                    f"eos_token_id=None, pad_token_id=0, attention_mask=ones) with transformers' "
                    f"KV cache; greedy_step_logits[t] chose greedy_ids[t]; checked equal to "
                    f"uncached recomputation (ids equal, logits within 1e-4)."),
         "routing": ROUTING_NOTE,
+        "aux_loss_note": ("the model's aux_loss output with output_router_logits=True: "
+                          "load_balancing_loss_func(router logits of every sparse layer, "
+                          "n_experts, top_k, attention_mask=None), BEFORE router_aux_loss_coef "
+                          "(only the training loss multiplies by it; verified in "
+                          "modeling_*.py and numerically)"),
         "score": ("score_perplexity = exp(model(score_ids, labels=score_ids).loss) with "
                   "output_router_logits off (pure cross-entropy, no aux term); score_ids = "
                   "tokenizer.json encoding of score_text without special tokens"),
@@ -439,7 +456,6 @@ def write_mixtral_fused(model, src_dir, ref, out_root):
     for f in ("config.json", "generation_config.json", "tokenizer.json", "reference.safetensors"):
         shutil.copy(os.path.join(src_dir, f), os.path.join(d, f))
     reloaded = MixtralForCausalLM.from_pretrained(d, attn_implementation="eager",
-                                                  experts_implementation="eager",
                                                   dtype=torch.float32).eval()
     with safe_open(os.path.join(d, "reference.safetensors"), "pt") as f:
         ids, want_logits = f.get_tensor("input_ids"), f.get_tensor("logits")
@@ -541,27 +557,18 @@ def write_gguf_meta(w, arch, cfg, tok, file_type):
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_expert_count(E)
     w.add_expert_used_count(cfg.num_experts_per_tok)
+    # TextModel: config.json has head_dim -> attention.key_length / value_length
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
     if arch == gguf.MODEL_ARCH.LLAMA:
-        # config.json has head_dim -> key/value length; LlamaModel adds vocab size + rope dims
-        w.add_key_length(cfg.head_dim)
-        w.add_value_length(cfg.head_dim)
+        # LlamaModel.set_gguf_parameters adds the vocabulary size and rope dimension count
         w.add_vocab_size(cfg.vocab_size)
         w.add_rope_dimension_count(cfg.head_dim)
     else:
         w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
         w.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
     w.add_file_type(file_type)
-    vocab = json.loads(tok.to_str())["model"]
-    tokens = sorted(vocab["vocab"], key=vocab["vocab"].get)
-    assert [vocab["vocab"][t] for t in tokens] == list(range(VOCAB))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t == mdf.EOT else gguf.TokenType.NORMAL
-                       for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in vocab["merges"]])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(0)
+    mdf.add_gguf_tokenizer(w, tok)
 
 
 def write_gguf(path, arch, cfg, tok, tensors, quantize_exps=False):
@@ -665,8 +672,8 @@ def write_gguf_fixture(family, model, tensors_ref, facts, tok, src_dir, out_root
     prompt = tensors_ref["greedy_prompt"]
     ref_tensors = {"input_ids": ids, "logits": want, "greedy_prompt": prompt,
                    "greedy_ids": tensors_ref["greedy_ids"]}
-    tensor_table = {n: {"type": v[0], "numpy_shape": list(v[1]),
-                        "gguf_ne": list(reversed(v[1]))} for n, v in back.items()}
+    tensor_table = {n: f"{v[0]} numpy {list(v[1])} ne {list(reversed(v[1]))}"
+                    for n, v in back.items()}
     extra = {}
     files = {"model.gguf": {"file_type": "ALL_F32 (0)", "tensors": tensor_table,
                             "metadata": meta}}
@@ -696,28 +703,28 @@ def write_gguf_fixture(family, model, tensors_ref, facts, tok, src_dir, out_root
         q_seq = moe_forward(mq, torch.cat([prompt, q_new])).router_logits
         q_rmargin = min(router_margin(q_out.router_logits, k), router_margin(q_routing, k),
                         router_margin(q_seq, k))
-        if q_margin <= MIN_MARGIN:
-            raise Reject(f"q8_0 greedy margin {q_margin:.4f}")
-        if q_rmargin <= MIN_ROUTER_MARGIN:
-            raise Reject(f"q8_0 router margin {q_rmargin:.2e}")
+        # informational: the q8_0 references need not be as decisive as the f32 ones
+        q_decisive = q_margin > MIN_MARGIN and q_rmargin > MIN_ROUTER_MARGIN
         q_picks = [torch.topk(torch.softmax(rl, -1), k, -1).indices.sort(-1).values
                    for rl in q_out.router_logits]
         f_picks = [torch.topk(torch.softmax(tensors_ref[f"router_logits.{j}"], -1), k,
                               -1).indices.sort(-1).values for j in range(len(q_picks))]
         ref_tensors["q8_0_logits"] = q_logits.detach().contiguous()
-        ref_tensors["q8_0_greedy_ids"] = q_new.contiguous()
+        if q_decisive:
+            ref_tensors["q8_0_greedy_ids"] = q_new.contiguous()
         extra.update({
             "q8_0_logits_max_abs_diff": (q_logits - want).abs().max().item(),
             "q8_0_greedy_ids_equal_f32": bool(torch.equal(q_new, tensors_ref["greedy_ids"])),
             "q8_0_greedy_min_top1_top2_margin": q_margin,
             "q8_0_router_min_topk_margin": q_rmargin,
+            "q8_0_greedy_ids_stored": q_decisive,
             "q8_0_same_experts_as_f32_on_input_ids": all(
                 torch.equal(a, b) for a, b in zip(q_picks, f_picks)),
         })
         files["model-q8_0.gguf"] = {
             "file_type": "MOSTLY_Q8_0 (7)",
-            "tensors": {n: {"type": v[0], "numpy_shape": list(v[1]),
-                            "gguf_ne": list(reversed(v[1]))} for n, v in qback.items()},
+            "tensors": {n: f"{v[0]} numpy {list(v[1])} ne {list(reversed(v[1]))}"
+                        for n, v in qback.items()},
             "metadata_differs_from_model_gguf": {
                 kk: qmeta[kk] for kk in qmeta if qmeta[kk] != meta.get(kk)},
         }
@@ -725,6 +732,7 @@ def write_gguf_fixture(family, model, tensors_ref, facts, tok, src_dir, out_root
               os.path.join(d, "reference.safetensors"), metadata={"format": "pt"})
     ref = {
         "architecture": f"{type(model).__name__} (GGUF arch {gguf.MODEL_ARCH_NAMES[arch]})",
+        "twin": family,
         **versions(),
         "notes": (
             f"The {family} fixture as llama.cpp's convert_hf_to_gguf.py --outtype f32 writes it "
