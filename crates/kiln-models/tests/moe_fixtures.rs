@@ -206,6 +206,13 @@ fn gguf_twins_give_the_safetensors_log_probs() {
         assert!(d < 1e-5, "{gguf}: vs its safetensors twin: {d}");
         let d = max_abs(&got, &log_softmax(&r.f32("logits"), vocab));
         assert!(d < 1e-4, "{gguf}: vs transformers: {d}");
+        let g = Reference::open(gguf);
+        let want = g.ids("greedy_ids");
+        assert_eq!(
+            greedy(&model, &g.ids("greedy_prompt"), want.len()),
+            want,
+            "{gguf}: greedy"
+        );
         let report = model.moe_stats().expect("GGUF experts report statistics");
         assert!(!report.layers.is_empty());
     }
@@ -229,6 +236,12 @@ fn quantized_gguf_experts_stay_quantized_and_close() {
         "Q8_0 experts: |kiln - transformers(Q8_0)| {d:.4}, |kiln - f32| {f:.4}, \
          |transformers(Q8_0) - f32| {:.4}",
         max_abs(&want, &float)
+    );
+    let greedy_want = r.ids("q8_0_greedy_ids");
+    assert_eq!(
+        greedy(&model, &r.ids("greedy_prompt"), greedy_want.len()),
+        greedy_want,
+        "Q8_0 experts: greedy"
     );
     let e = rel_err(&got, &want);
     assert!(
