@@ -57,8 +57,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// A mixture-of-experts model: report each sparse layer's expert counts, load balance,
-    /// router entropy and the auxiliary loss over prompt and generated tokens (a table on
-    /// stderr, or `moe_stats` in --json).
+    /// router entropy and the auxiliary loss over every token run (with beams, every beam's),
+    /// as a table on stderr, or `moe_stats` in --json.
     #[arg(long)]
     moe_stats: bool,
     #[command(flatten)]
@@ -183,7 +183,6 @@ fn run_beams(a: Args) -> Result<()> {
         ("--frequency-penalty", a.frequency_penalty != 0.0),
         ("--presence-penalty", a.presence_penalty != 0.0),
         ("--stop", !a.stop.is_empty()),
-        ("--moe-stats", a.moe_stats),
     ];
     if let Some((flag, _)) = unsupported.iter().find(|(_, bad)| *bad) {
         anyhow::bail!("{flag} is not supported with --num-beams > 1");
@@ -201,6 +200,9 @@ fn run_beams(a: Args) -> Result<()> {
     };
     params.validate()?;
     let (engine, _, _) = model_arg::load(&a.common)?;
+    if a.moe_stats {
+        crate::moe_stats::report(&engine.model, &engine.info.architecture)?;
+    }
     let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
     let g = if engine.model.as_seq2seq().is_some() {
         engine.generate_seq2seq_beams(&prompt, &params)?
@@ -238,6 +240,11 @@ fn run_beams(a: Args) -> Result<()> {
             },
             "sequences": sequences,
         });
+        let mut v = v;
+        if a.moe_stats {
+            let m = crate::moe_stats::report(&engine.model, &engine.info.architecture)?;
+            v["moe_stats"] = crate::moe_stats::to_json(&m);
+        }
         writeln!(out, "{v}")?;
     } else if g.sequences.len() == 1 {
         writeln!(out, "{}", best.text)?;
@@ -251,6 +258,12 @@ fn run_beams(a: Args) -> Result<()> {
                 s.text
             )?;
         }
+    }
+    if a.moe_stats && !a.json {
+        crate::moe_stats::print(&crate::moe_stats::report(
+            &engine.model,
+            &engine.info.architecture,
+        )?);
     }
     Ok(())
 }

@@ -217,6 +217,22 @@ fn moe_stats_in_score_and_generate_json() {
             "--moe-stats",
         ]);
         check(&g);
+        let b = kiln_json(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "The kiln was",
+            "-n",
+            "4",
+            "--temperature",
+            "0",
+            "--num-beams",
+            "2",
+            "--json",
+            "--moe-stats",
+        ]);
+        check(&b);
     }
     // A dense model: a clear error.
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
