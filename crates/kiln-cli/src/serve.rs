@@ -52,6 +52,11 @@ pub struct Args {
     /// Largest request body in bytes (413 past it).
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Tokens a chat completion may generate when the request gives neither `max_tokens` nor
+    /// `max_completion_tokens` (never past the context). Completions keep OpenAI's 16.
+    #[arg(long, default_value_t = kiln_server::DEFAULT_CHAT_MAX_TOKENS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    default_max_tokens: u32,
 }
 
 /// A checkpoint directory holding an encoder (sentence-transformers' modules.json, or a BERT-
@@ -120,6 +125,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut config = ServerConfig::new(name.clone());
     config.max_body_bytes = a.max_body_bytes;
+    config.default_max_tokens = a.default_max_tokens as usize;
     let state = AppState::new(config, model);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

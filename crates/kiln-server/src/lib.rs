@@ -60,13 +60,20 @@ pub struct ServerConfig {
     /// The name clients pass as `model` (and `/v1/models` lists).
     pub served_model_name: String,
     pub max_body_bytes: usize,
+    /// A chat request's `max_tokens` when it gives none (`kiln serve --default-max-tokens`).
+    pub default_max_tokens: usize,
 }
+
+/// The default of [`ServerConfig::default_max_tokens`]: a long answer, but bounded (without
+/// one, a chat request could generate the whole context).
+pub const DEFAULT_CHAT_MAX_TOKENS: usize = 1024;
 
 impl ServerConfig {
     pub fn new(served_model_name: impl Into<String>) -> ServerConfig {
         ServerConfig {
             served_model_name: served_model_name.into(),
             max_body_bytes: 4 << 20,
+            default_max_tokens: DEFAULT_CHAT_MAX_TOKENS,
         }
     }
 }

@@ -72,8 +72,20 @@ fn sampling_properties() -> Value {
             "type": "object", "nullable": true,
             "properties": {"include_usage": {"type": "boolean", "nullable": true}}
         },
-        "ignore_eos": {"type": "boolean", "nullable": true}
+        "ignore_eos": {"type": "boolean", "nullable": true},
+        // Accepted and not acted on, as OpenAI itself only logs it.
+        "user": {"type": "string", "nullable": true}
     })
+}
+
+/// The top-level fields a request schema (`CompletionRequest`, `ChatCompletionRequest`)
+/// declares: the routes refuse any other with a 400 naming it, so this document and the
+/// server's behaviour are one list.
+pub fn request_fields(schema: &str) -> Vec<String> {
+    schemas()[schema]["properties"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn with(mut base: Value, extra: Value) -> Value {
@@ -121,6 +133,7 @@ fn schemas() -> Value {
     let completion_request = json!({
         "type": "object",
         "required": ["prompt"],
+        "additionalProperties": false,
         "properties": with(sampling_properties(), json!({
             "prompt": {"oneOf": [
                 {"type": "string"},
@@ -135,6 +148,7 @@ fn schemas() -> Value {
     let chat_request = json!({
         "type": "object",
         "required": ["messages"],
+        "additionalProperties": false,
         "properties": with(sampling_properties(), json!({
             "messages": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/ChatMessage"}},
             "max_completion_tokens": {"type": "integer", "minimum": 1, "nullable": true},

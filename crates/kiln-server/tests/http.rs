@@ -59,6 +59,9 @@ fn state_of(
     .expect("engine thread starts");
     let mut config = ServerConfig::new(MODEL);
     config.max_body_bytes = max_body_bytes;
+    // Small, so the default-bound test below runs fast; the route's own default is tested
+    // through ServerConfig::new.
+    config.default_max_tokens = DEFAULT_MAX_TOKENS_UNDER_TEST;
     let state = AppState::new(
         config,
         ServedModel::Generator {
@@ -602,6 +605,86 @@ async fn metrics_export_moe_expert_tokens() {
         );
     }
     assert!(m.contains("kiln_moe_aux_loss "), "{m}");
+}
+
+const DEFAULT_MAX_TOKENS_UNDER_TEST: usize = 7;
+
+/// A field kiln does not implement is a 400 naming it, on both generation endpoints, never
+/// silently dropped; `user` (an identifier OpenAI only logs) is accepted.
+#[tokio::test]
+async fn unknown_parameters_are_refused_by_name() {
+    let (app, _, _) = app();
+    for (path, body) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 2, "logit_bias": {"1": 5}}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 2, "suffix": "x"}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "tools": []}),
+        ),
+    ] {
+        let field = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| !["prompt", "max_tokens", "messages"].contains(&k.as_str()))
+            .unwrap()
+            .clone();
+        let (s, v) = post(&app, path, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {field}: {v}");
+        assert_eq!(v["error"]["param"], field.as_str(), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(&field),
+            "{v}"
+        );
+    }
+    let (s, v) = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "hi", "max_tokens": 2, "user": "someone"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The OpenAPI document says the same.
+    let (_, _, doc) = send(&app, "GET", "/openapi.json", None).await;
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    for schema in ["CompletionRequest", "ChatCompletionRequest"] {
+        assert_eq!(
+            doc["components"]["schemas"][schema]["additionalProperties"],
+            false
+        );
+    }
+}
+
+/// A chat request without `max_tokens` ends at `--default-max-tokens`, not the context.
+#[tokio::test]
+async fn chat_without_max_tokens_ends_within_the_default() {
+    let (app, _, _) = app();
+    let (s, v) = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "go on"}], "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["usage"]["completion_tokens"], DEFAULT_MAX_TOKENS_UNDER_TEST,
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        ServerConfig::new("m").default_max_tokens,
+        kiln_server::DEFAULT_CHAT_MAX_TOKENS
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use axum::Json;
 use kiln_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
 use super::completions::rand_id;
-use super::{parse_json, token_text};
+use super::{parse_json_strict, token_text};
 use crate::error::ApiError;
 use crate::generate::{self, Item, Token};
 use crate::params;
@@ -83,7 +83,11 @@ async fn run(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let req: ChatRequest = parse_json(&state, body)?;
+    let req: ChatRequest = parse_json_strict(
+        &state,
+        body,
+        &crate::openapi::request_fields("ChatCompletionRequest"),
+    )?;
     state.check_model(req.model.as_deref())?;
     let ServedModel::Generator {
         engine,
@@ -121,8 +125,13 @@ async fn run(
         (Some(n), _) => (Some(n), "max_completion_tokens"),
         (None, n) => (n, "max_tokens"),
     };
-    sampling.params.max_tokens =
-        params::max_tokens(limit, name, prompt.len(), max_context, usize::MAX)?;
+    sampling.params.max_tokens = params::max_tokens(
+        limit,
+        name,
+        prompt.len(),
+        max_context,
+        state.config.default_max_tokens,
+    )?;
     let top = params::top_logprobs(req.top_logprobs, "top_logprobs")?;
     let logprobs = match (req.logprobs.unwrap_or(false), top) {
         (true, k) => Some(k.unwrap_or(0)),

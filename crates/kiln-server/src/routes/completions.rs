@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{Map, Value};
 
-use super::{check_ids, parse_json, token_text};
+use super::{check_ids, parse_json_strict, token_text};
 use crate::error::ApiError;
 use crate::generate::{self, Item, Token};
 use crate::params;
@@ -37,7 +37,11 @@ async fn run(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let req: CompletionRequest = parse_json(&state, body)?;
+    let req: CompletionRequest = parse_json_strict(
+        &state,
+        body,
+        &crate::openapi::request_fields("CompletionRequest"),
+    )?;
     state.check_model(req.model.as_deref())?;
     let ServedModel::Generator { engine, handle, .. } = &state.model else {
         return Err(ApiError::invalid(

@@ -32,6 +32,26 @@ pub fn parse_json<T: DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(json_error)
 }
 
+/// [`parse_json`] for a body whose top-level fields must all be `known` (a generation request:
+/// a field kiln does not implement is a 400 naming it, never silently dropped, so a client
+/// asking for `tools` or `response_format` learns that it did not get them).
+pub fn parse_json_strict<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    known: &[String],
+) -> Result<T, ApiError> {
+    let value: serde_json::Value = parse_json(state, body)?;
+    if let Some(obj) = value.as_object() {
+        if let Some(k) = obj.keys().find(|k| !known.iter().any(|n| n == *k)) {
+            return Err(ApiError::invalid(
+                format!("unsupported parameter `{k}`: kiln does not implement it"),
+                Some(k),
+            ));
+        }
+    }
+    serde_json::from_value(value).map_err(json_error)
+}
+
 /// A token's text on its own, for logprobs (`decode([id])`, as vLLM reports tokens).
 pub fn token_text(tokenizer: &kiln_tokenizer::Tokenizer, id: u32) -> String {
     tokenizer.decode(&[id], false).unwrap_or_default()
