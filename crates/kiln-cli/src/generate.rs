@@ -112,12 +112,14 @@ pub fn run(a: Args) -> Result<()> {
     };
     params.validate()?;
     let (engine, _, _) = model_arg::load(&a.common)?;
-    // The model shares its routers' counters with the engine that runs it.
-    let model = engine.model.clone();
-    if a.moe_stats {
-        crate::moe_stats::report(&model, &engine.info.architecture)?;
-    }
-    let arch = engine.info.architecture.clone();
+    // A handle on the model, which shares its routers' counters with the engine that runs it
+    // (the engine moves into the serving loop below).
+    let moe_model = if a.moe_stats {
+        crate::moe_stats::report(&engine.model, &engine.info.architecture)?;
+        Some((engine.model.clone(), engine.info.architecture.clone()))
+    } else {
+        None
+    };
     let prompt = engine.encode_prompt(&a.prompt, a.chat)?;
     let mut out = std::io::stdout().lock();
     let mut on_text = |piece: &str| {
@@ -141,10 +143,9 @@ pub fn run(a: Args) -> Result<()> {
         handle.shutdown();
         g
     };
-    let moe = if a.moe_stats {
-        Some(crate::moe_stats::report(&model, &arch)?)
-    } else {
-        None
+    let moe = match &moe_model {
+        Some((model, arch)) => Some(crate::moe_stats::report(model, arch)?),
+        None => None,
     };
     if a.json {
         let mut v = json!({

@@ -137,7 +137,6 @@ pub struct MoeReport {
 impl MoeReport {
     /// transformers' `aux_loss` (before the coefficient) over every sparse layer.
     pub fn aux_loss(&self) -> f64 {
-        let layers: Vec<RouterStats> = self.layers.iter().map(|(_, s)| s.clone()).collect();
-        RouterStats::aux_loss(&layers)
+        RouterStats::aux_loss(self.layers.iter().map(|(_, s)| s))
     }
 }

@@ -98,7 +98,8 @@ impl RouterStats {
     /// along tokens, no attention mask), before `router_aux_loss_coef`:
     /// `E · Σ_e (C_e / T) · (P_e / T)` with `C_e` the top-k picks of expert e, `P_e` its summed
     /// probability and `T` the rows, all over every layer.
-    pub fn aux_loss(layers: &[RouterStats]) -> f64 {
+    pub fn aux_loss<'a>(layers: impl IntoIterator<Item = &'a RouterStats>) -> f64 {
+        let layers: Vec<&RouterStats> = layers.into_iter().collect();
         let Some(first) = layers.first() else {
             return 0.0;
         };
@@ -163,14 +164,15 @@ fn route(
         }
         // Stable: equal probabilities keep the lower expert first.
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let mut picked: Vec<usize> = order[..top_k].to_vec();
+        // The top k in expert order (HF adds expert outputs in that order), in place.
+        let picked = &mut order[..top_k];
         picked.sort_unstable();
         let total: f32 = if norm {
             picked.iter().map(|&e| probs[e]).sum()
         } else {
             1.0
         };
-        for e in picked {
+        for &e in picked.iter() {
             stats.expert_tokens[e] += 1;
             experts.push(e as u32);
             weights.push(probs[e] / total);
@@ -203,12 +205,6 @@ impl Moe {
     /// Loads the router `gate`, the experts in whichever layout the checkpoint has, and the
     /// shared expert (`shared_expert`, `shared_expert_gate`) when the spec has one.
     pub fn load(w: &Weights, spec: MoeSpec) -> Result<Moe> {
-        if spec.n_experts == 0 || spec.top_k == 0 || spec.top_k > spec.n_experts {
-            return Err(Error::Config(format!(
-                "mixture of experts: top_k {} of {} experts",
-                spec.top_k, spec.n_experts
-            )));
-        }
         let h = spec.hidden;
         let gate = Linear::load(w, "gate", h, spec.n_experts, false)?;
         let experts = load_experts(&w.pp("experts"), &spec)?;
@@ -225,19 +221,13 @@ impl Moe {
                         found: g.dims().to_vec(),
                     });
                 }
-                Some(SharedExpert {
-                    mlp: GatedMlp::load(&w.pp("shared_expert"), h, si, spec.act, false)?,
-                    gate: Linear::from_dense(w.placement().matrix(g)?, None)?,
-                })
+                Some((
+                    GatedMlp::load(&w.pp("shared_expert"), h, si, spec.act, false)?,
+                    Linear::from_dense(w.placement().matrix(g)?, None)?,
+                ))
             }
         };
-        Ok(Moe {
-            gate,
-            experts,
-            shared,
-            stats: Arc::new(Mutex::new(RouterStats::new(spec.n_experts))),
-            spec,
-        })
+        Moe::from_parts(gate, experts, shared, spec)
     }
 
     /// From layers built elsewhere (tests, benchmarks): the router `(n_experts, hidden)`, the
@@ -248,6 +238,12 @@ impl Moe {
         shared: Option<(GatedMlp, Linear)>,
         spec: MoeSpec,
     ) -> Result<Moe> {
+        if spec.top_k == 0 || spec.top_k > spec.n_experts {
+            return Err(Error::Config(format!(
+                "mixture of experts: top_k {} of {} experts",
+                spec.top_k, spec.n_experts
+            )));
+        }
         if experts.len() != spec.n_experts || gate.out_features() != spec.n_experts {
             return Err(Error::Config(format!(
                 "mixture of experts: {} experts and a router for {}, the spec says {}",
@@ -287,8 +283,15 @@ impl Moe {
             return Ok(Tensor::zeros_on([0, hidden], x.dtype(), x.device())?);
         }
         let s = &self.spec;
-        // (n_tokens, n_experts), f32 on the host
-        let logits = self.gate.forward(x)?.try_to_vec_f32()?;
+        // (n_tokens, n_experts), f32 on the host; the shared expert's gate logits (n_tokens,)
+        // come with them, so a device step waits for the host once per layer.
+        let (logits, shared_gate) = match &self.shared {
+            None => (self.gate.forward(x)?.try_to_vec_f32()?, Vec::new()),
+            Some(sh) => {
+                let [l, g] = Linear::forward_many([&self.gate, &sh.gate], x)?;
+                (l.try_to_vec_f32()?, g.try_to_vec_f32()?)
+            }
+        };
         let r = {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
             route(&logits, s.n_experts, s.top_k, s.norm_topk_prob, &mut stats)
@@ -334,7 +337,7 @@ impl Moe {
             None => (row_of, r.weights, r.top_k),
             Some(sh) => {
                 parts.push(sh.mlp.forward(x)?);
-                let g = sh.gate.forward(x)?.try_to_vec_f32()?;
+                let g = &shared_gate;
                 let k = r.top_k + 1;
                 let (mut ids, mut weights) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k));
                 for t in 0..n {
@@ -453,7 +456,7 @@ mod tests {
             prob_sum: vec![2.0; 4],
             entropy_sum: 8.0 * 4f64.ln(),
         };
-        assert!((RouterStats::aux_loss(&[layer.clone(), layer.clone()]) - 2.0).abs() < 1e-12);
+        assert!((RouterStats::aux_loss([&layer, &layer]) - 2.0).abs() < 1e-12);
         assert!((layer.max_over_mean_load() - 1.0).abs() < 1e-12);
         assert!((layer.mean_entropy() - 4f64.ln()).abs() < 1e-12);
     }

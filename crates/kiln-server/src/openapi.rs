@@ -81,11 +81,21 @@ fn sampling_properties() -> Value {
 /// The top-level fields a request schema (`CompletionRequest`, `ChatCompletionRequest`)
 /// declares: the routes refuse any other with a 400 naming it, so this document and the
 /// server's behaviour are one list.
-pub fn request_fields(schema: &str) -> Vec<String> {
-    schemas()[schema]["properties"]
-        .as_object()
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
+/// Built once per process: the routes ask on every request.
+pub fn request_fields(schema: &str) -> &'static [String] {
+    static COMPLETION: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    static CHAT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let cell = match schema {
+        "CompletionRequest" => &COMPLETION,
+        "ChatCompletionRequest" => &CHAT,
+        _ => return &[],
+    };
+    cell.get_or_init(|| {
+        schemas()[schema]["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    })
 }
 
 fn with(mut base: Value, extra: Value) -> Value {

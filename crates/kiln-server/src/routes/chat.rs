@@ -86,7 +86,7 @@ async fn run(
     let req: ChatRequest = parse_json_strict(
         &state,
         body,
-        &crate::openapi::request_fields("ChatCompletionRequest"),
+        crate::openapi::request_fields("ChatCompletionRequest"),
     )?;
     state.check_model(req.model.as_deref())?;
     let ServedModel::Generator {

@@ -40,7 +40,7 @@ async fn run(
     let req: CompletionRequest = parse_json_strict(
         &state,
         body,
-        &crate::openapi::request_fields("CompletionRequest"),
+        crate::openapi::request_fields("CompletionRequest"),
     )?;
     state.check_model(req.model.as_deref())?;
     let ServedModel::Generator { engine, handle, .. } = &state.model else {
