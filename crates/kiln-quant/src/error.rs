@@ -30,6 +30,8 @@ pub enum Error {
         len: usize,
         owner_len: usize,
     },
+    #[error("{0}")]
+    Invalid(String),
     #[error("size overflow computing {what}")]
     Overflow { what: &'static str },
 }

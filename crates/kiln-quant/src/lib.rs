@@ -21,6 +21,7 @@
 pub mod act;
 mod bytes;
 mod error;
+pub mod int;
 mod isa;
 mod legacy;
 mod matmul;
@@ -39,6 +40,7 @@ mod x86;
 
 pub use bytes::SharedBytes;
 pub use error::{Error, Result};
+pub use int::{GroupParams, IntMatrix, IntSpec};
 pub use isa::Isa;
 pub use matmul::QMatrix;
 pub use types::GgmlType;
