@@ -10,6 +10,7 @@ mod embed;
 mod generate;
 mod model_arg;
 mod moe_stats;
+mod quantize;
 mod score;
 mod serve;
 
@@ -96,6 +97,8 @@ enum Command {
     Similarity(embed::SimilarityArgs),
     /// Sequence or token classification (NER) with an encoder's task head.
     Classify(classify::Args),
+    /// Quantize a model (RTN, GPTQ) and write it as a GPTQ/AWQ Hugging Face directory.
+    Quantize(quantize::Args),
     /// OpenAI-compatible HTTP server (completions, chat, embeddings, metrics).
     Serve(serve::Args),
 }
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
         Command::Similarity(a) => embed::similarity(a),
         Command::Classify(a) => classify::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

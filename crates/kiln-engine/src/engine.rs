@@ -53,15 +53,7 @@ impl Engine {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Engine> {
         let loaded = kiln_models::load_on(path, placement, on_progress)?;
-        let tokenizer = if path.is_dir() {
-            let tj = path.join("tokenizer.json");
-            if !tj.exists() {
-                return Err(Error::NoTokenizer(path.display().to_string()));
-            }
-            Tokenizer::from_file(&tj)?
-        } else {
-            Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(path)?)?
-        };
+        let tokenizer = load_tokenizer(path)?;
         let mut eos: Vec<u32> = Vec::new();
         if path.is_dir() {
             if let Ok(text) = std::fs::read_to_string(path.join("generation_config.json")) {
@@ -279,4 +271,18 @@ fn kiln_models_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The tokenizer of a model path: `tokenizer.json` of a Hugging Face directory, or rebuilt
+/// from a GGUF file's metadata.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Ok(if path.is_dir() {
+        let tj = path.join("tokenizer.json");
+        if !tj.exists() {
+            return Err(Error::NoTokenizer(path.display().to_string()));
+        }
+        Tokenizer::from_file(&tj)?
+    } else {
+        Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(path)?)?
+    })
 }

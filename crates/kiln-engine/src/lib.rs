@@ -20,7 +20,7 @@ pub use beam::{
     Hypothesis,
 };
 pub use embed::{Classification, Embeddings, Encoder, Entity};
-pub use engine::{Engine, Generation, Timings};
+pub use engine::{load_tokenizer, Engine, Generation, Timings};
 pub use error::{Error, Result};
 pub use score::Score;
 pub use seq2seq::Seq2SeqBeam;

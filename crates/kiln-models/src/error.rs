@@ -34,6 +34,12 @@ pub enum Error {
     EncoderDecoder { arch: String, what: &'static str },
     #[error("the source text is empty (nothing for the encoder to read)")]
     EmptySource,
+    #[error("export: {0}")]
+    Export(String),
+    #[error("quantization: {0}")]
+    Quantize(String),
+    #[error(transparent)]
+    Quant(#[from] kiln_quant::Error),
     #[error("token id {id} is outside the vocabulary ({vocab} tokens)")]
     TokenOutOfRange { id: u32, vocab: usize },
 }

@@ -262,6 +262,11 @@ pub struct Loaded {
     pub model: Model,
     pub info: ModelInfo,
     pub config: HfConfig,
+    /// The weights the model was built from (their load log names every tensor it took).
+    pub weights: Weights,
+    /// The q/k rows are in llama.cpp's permuted order (a LLaMA-style GGUF file): an export to
+    /// Hugging Face layout undoes it.
+    pub permuted_qk: bool,
 }
 
 /// Loads a model from a GGUF file or a Hugging Face directory. `on_progress(done, total)` is
@@ -301,7 +306,10 @@ pub fn load_on(
         (config, Weights::from_gguf(file)?, style)
     };
     let arch = arch_of(&config)?;
-    let weights = weights.placed(placement);
+    let permuted_qk = style == RopeStyle::Interleaved;
+    let weights = weights.placed(placement).with_checkpoint_quant(
+        kiln_nn::weights::CheckpointQuant::from_config(&config.json)?,
+    );
     let model = match arch {
         "LlamaForCausalLM"
         | "MistralForCausalLM"
@@ -382,6 +390,8 @@ pub fn load_on(
         model,
         info,
         config,
+        weights,
+        permuted_qk,
     })
 }
 

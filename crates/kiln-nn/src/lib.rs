@@ -8,6 +8,7 @@
 mod alibi;
 mod attention;
 mod batch;
+pub mod calibrate;
 mod cross_attention;
 mod embedding;
 mod error;

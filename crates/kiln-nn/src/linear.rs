@@ -2,9 +2,11 @@
 //! backend's matmul or quantized matmul (`Tensor::matmul_t`). This is the only place a model's
 //! matmuls meet a storage format.
 
+use std::sync::Arc;
+
 use kiln_tensor::Tensor;
 
-use crate::weights::Weights;
+use crate::weights::{matrix_of, read_int, Weights};
 use crate::Result;
 
 #[derive(Clone)]
@@ -13,6 +15,9 @@ pub struct Linear {
     bias: Option<Tensor>,
     in_features: usize,
     out_features: usize,
+    /// The checkpoint name (`model.layers.0.self_attn.q_proj`) of a linear loaded by name:
+    /// what calibration (`calibrate.rs`) and an export address it by.
+    name: Option<Arc<str>>,
 }
 
 impl Linear {
@@ -24,8 +29,17 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Linear> {
+        let full: Arc<str> = w.name_of(name).into();
+        w.note_linear(&full);
+        let quantized = match w.checkpoint_quant() {
+            Some(q) => read_int(w, &q, name, out_features, in_features)?,
+            None => None,
+        };
         let w = w.pp(name);
-        let weight = w.matrix("weight", out_features, in_features)?;
+        let weight = match quantized {
+            Some(m) => w.placement().matrix(matrix_of(&m)?)?,
+            None => w.matrix("weight", out_features, in_features)?,
+        };
         let bias = if bias {
             Some(w.tensor("bias", &[out_features])?)
         } else {
@@ -36,6 +50,7 @@ impl Linear {
             bias,
             in_features,
             out_features,
+            name: Some(full),
         })
     }
 
@@ -59,6 +74,7 @@ impl Linear {
             bias,
             in_features,
             out_features,
+            name: None,
         })
     }
 
@@ -71,6 +87,7 @@ impl Linear {
             bias: None,
             in_features: d[1],
             out_features: d[0],
+            name: None,
         }
     }
 
@@ -78,9 +95,23 @@ impl Linear {
         self.out_features
     }
 
+    /// The checkpoint name, for a linear loaded by name.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// `x (n_tokens, in) -> (n_tokens, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         debug_assert_eq!(x.dims().get(1), Some(&self.in_features));
+        if let Some(mut w) = crate::calibrate::observe(&[(self.name.as_ref(), &self.weight)], x)? {
+            if let Some(w) = w.pop().flatten() {
+                return self.add_bias(x.matmul_t(&w)?);
+            }
+        }
         self.add_bias(x.matmul_t(&self.weight)?)
     }
 
@@ -88,7 +119,19 @@ impl Linear {
     /// one quantized-matmul call (`Tensor::matmul_t_many`: on the CPU the input is quantized
     /// once, one parallel region); results are the same as [`forward`](Self::forward) each.
     pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-        let ys = x.matmul_t_many(ls.map(|l| &l.weight))?;
+        let named = ls.map(|l| (l.name.as_ref(), &l.weight));
+        let ys = match crate::calibrate::observe(&named, x)? {
+            Some(over) if over.iter().any(Option::is_some) => {
+                let ws: Vec<Tensor> = over
+                    .into_iter()
+                    .zip(ls)
+                    .map(|(o, l)| o.unwrap_or_else(|| l.weight.clone()))
+                    .collect();
+                let ws: [&Tensor; N] = std::array::from_fn(|i| &ws[i]);
+                x.matmul_t_many(ws)?
+            }
+            _ => x.matmul_t_many(ls.map(|l| &l.weight))?,
+        };
         let mut out = Vec::with_capacity(N);
         for (l, y) in ls.iter().zip(ys) {
             out.push(l.add_bias(y)?);

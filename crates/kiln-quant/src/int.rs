@@ -297,7 +297,10 @@ mod tests {
         assert_eq!(p.zero, 0);
         assert_eq!(p.scale, f16_round(16.0 / 15.0));
         assert_eq!(p.fake(0.0, 15), 0.0);
-        let half = GroupParams { scale: 1.0, zero: 0 };
+        let half = GroupParams {
+            scale: 1.0,
+            zero: 0,
+        };
         assert_eq!(half.quantize(2.5, 15), 2);
         assert_eq!(half.quantize(3.5, 15), 4);
     }

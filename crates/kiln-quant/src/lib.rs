@@ -19,11 +19,17 @@
 //! variable `KILN_QUANT_ISA=scalar|avx2|avx512vnni` caps it (for benchmarks and bisecting).
 
 pub mod act;
+pub mod awq;
+pub mod awq_pack;
 mod bytes;
 mod error;
+pub mod gptq;
+pub mod gptq_pack;
 pub mod int;
+pub mod int_blocks;
 mod isa;
 mod legacy;
+mod linalg;
 mod matmul;
 mod packed8;
 mod parallel;
@@ -38,9 +44,12 @@ mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use awq::{AwqConfig, ScaleSearch};
 pub use bytes::SharedBytes;
 pub use error::{Error, Result};
+pub use gptq::{gptq, GptqConfig, GptqOutput, Hessian};
 pub use int::{GroupParams, IntMatrix, IntSpec};
+pub use int_blocks::to_ggml_blocks;
 pub use isa::Isa;
 pub use matmul::QMatrix;
 pub use types::GgmlType;

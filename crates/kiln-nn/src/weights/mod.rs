@@ -12,16 +12,19 @@
 //! kernels) and on CUDA (uploaded as blocks); a CPU placement in f16/bf16 dequantizes them once
 //! at load. Dense tensors are stored in the placement's dtype.
 
+mod checkpoint_quant;
 mod gguf;
 mod safetensors;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kiln_tensor::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
+pub(crate) use checkpoint_quant::{matrix_of, read_int};
+pub use checkpoint_quant::{CheckpointQuant, QuantMethod};
 pub use gguf::{hf_to_gguf_name, GgufSource};
 pub use safetensors::SafetensorsSource;
 
@@ -116,6 +119,13 @@ impl Source {
             Source::Gguf(g) => g.get_stacked(name),
         }
     }
+    /// An int32 tensor (a quantized checkpoint's packed words) with its shape.
+    fn get_i32(&self, name: &str) -> Result<Option<(Vec<i32>, Vec<usize>)>> {
+        match self {
+            Source::Safetensors(s) => s.get_i32(name),
+            Source::Gguf(_) => Ok(None),
+        }
+    }
     fn describe(&self) -> String {
         match self {
             Source::Safetensors(s) => s.describe(),
@@ -130,6 +140,16 @@ pub struct Weights {
     source: Arc<Source>,
     prefix: String,
     placement: Placement,
+    log: Arc<Mutex<LoadLog>>,
+    quant: Option<CheckpointQuant>,
+}
+
+/// What a model took from its weights, in order (shared by every view): an export writes
+/// exactly these tensors, and quantizes the linears.
+#[derive(Default)]
+struct LoadLog {
+    tensors: Vec<String>,
+    linears: Vec<String>,
 }
 
 impl Weights {
@@ -156,6 +176,8 @@ impl Weights {
             source: Arc::new(source),
             prefix: String::new(),
             placement: Placement::default(),
+            log: Arc::default(),
+            quant: None,
         }
     }
 
@@ -169,6 +191,19 @@ impl Weights {
 
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// The same weights, whose linears may be stored quantized as `quant` says
+    /// (`config.json`'s `quantization_config`).
+    pub fn with_checkpoint_quant(&self, quant: Option<CheckpointQuant>) -> Weights {
+        Weights {
+            quant,
+            ..self.clone()
+        }
+    }
+
+    pub fn checkpoint_quant(&self) -> Option<CheckpointQuant> {
+        self.quant
     }
 
     /// The same weights as they are in the file, on the host in f32 (for loaders that rearrange
@@ -189,7 +224,14 @@ impl Weights {
             source: self.source.clone(),
             prefix: format!("{}{}.", self.prefix, part),
             placement: self.placement,
+            log: self.log.clone(),
+            quant: self.quant,
         }
+    }
+
+    /// The full checkpoint name of `name` under this prefix.
+    pub fn name_of(&self, name: &str) -> String {
+        self.full(name)
     }
 
     fn full(&self, name: &str) -> String {
@@ -203,10 +245,60 @@ impl Weights {
     /// The tensor as stored in the file: dense f32, or a quantized matrix.
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let full = self.full(name);
-        self.source.get(&full)?.ok_or_else(|| Error::MissingTensor {
-            name: full,
+        match self.source.get(&full)? {
+            Some(t) => {
+                self.note(|l| &mut l.tensors, full);
+                Ok(t)
+            }
+            None => Err(Error::MissingTensor {
+                name: full,
+                source_desc: self.source.describe(),
+            }),
+        }
+    }
+
+    /// The tensor `name` (a full checkpoint name) as stored, without logging it: for an export
+    /// reading back what the model loaded.
+    pub fn read(&self, name: &str) -> Result<Tensor> {
+        self.source.get(name)?.ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
             source_desc: self.source.describe(),
         })
+    }
+
+    /// Records that the linear `name` (full name, without `.weight`) was loaded by name.
+    pub(crate) fn note_linear(&self, name: &str) {
+        self.note(|l| &mut l.linears, name.to_string());
+    }
+
+    fn note(&self, list: impl FnOnce(&mut LoadLog) -> &mut Vec<String>, name: String) {
+        if let Ok(mut log) = self.log.lock() {
+            let v = list(&mut log);
+            if !v.contains(&name) {
+                v.push(name);
+            }
+        }
+    }
+
+    /// Every tensor the model loaded through these weights (any view), in load order.
+    pub fn loaded_tensors(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|l| l.tensors.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every linear loaded by name (`model.layers.0.mlp.up_proj`), in load order.
+    pub fn loaded_linears(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|l| l.linears.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether these weights come from a GGUF file.
+    pub fn from_gguf_file(&self) -> bool {
+        self.is_gguf()
     }
 
     /// A dense tensor with the expected shape, in the placement.
@@ -236,6 +328,7 @@ impl Weights {
                 name: full.clone(),
                 source_desc: self.source.describe(),
             })?;
+        self.note(|l| &mut l.tensors, full.clone());
         let found: Vec<usize> = match parts.first() {
             Some(p) => [parts.len()]
                 .into_iter()

@@ -122,6 +122,26 @@ impl SafetensorsSource {
         self.entries.keys().map(|s| s.as_str())
     }
 
+    /// An int32 tensor's values and shape.
+    pub fn get_i32(&self, name: &str) -> Result<Option<(Vec<i32>, Vec<usize>)>> {
+        let Some(e) = self.entries.get(name) else {
+            return Ok(None);
+        };
+        if e.dtype != Dtype::I32 {
+            return Err(Error::UnsupportedDType {
+                name: name.to_string(),
+                dtype: format!("{:?} (expected I32)", e.dtype),
+            });
+        }
+        let shard = &self.shards[e.shard];
+        let bytes = &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1];
+        let v = bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Some((v, e.shape.clone())))
+    }
+
     pub fn get(&self, name: &str) -> Result<Option<Tensor>> {
         let Some(e) = self.entries.get(name) else {
             return Ok(None);

@@ -1,0 +1,181 @@
+//! AWQ over one block (Lin et al. 2023; AutoAWQ's order of steps): for each input group, the
+//! per-input-channel scales `s` searched from the activation magnitudes (kiln-quant `awq`),
+//! folded into the op before the group — the RMSNorm for q/k/v and gate/up, the rows of
+//! `up_proj` for `down_proj`, the rows of `v_proj` for `o_proj` when their shapes match (not
+//! with grouped-query attention, as AutoAWQ) — then a clipping search per linear (not q/k,
+//! whose errors the softmax amplifies), then round-to-nearest of the scaled, clipped weights.
+//!
+//! All scales of a block are searched on its original weights before any is applied, as
+//! AutoAWQ does. Folds are found by the Hugging Face names of the LLaMA family; a group whose
+//! preceding op is unknown (another family, MoE experts) gets no scaling, only the clip.
+//!
+//! The weights handed back to the calibration pass are the functions the exported layers
+//! compute without the fold: `diag(r) · Q(diag(1/r) · W · diag(s)) · diag(1/s)`, where `r` is
+//! the row divisor a later group folded into this linear.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use kiln_nn::calibrate::InputGroup;
+use kiln_quant::awq::{apply_clip, search_clip, search_scales, AwqConfig};
+use kiln_quant::IntMatrix;
+use kiln_tensor::Tensor;
+
+use crate::quantize::{host_f32, rel_error, sample_rows, LayerReport, State};
+use crate::Result;
+
+/// Where a group's input scales fold: a norm's weight, or the rows of another linear.
+enum Fold {
+    Norm(String),
+    Rows(String),
+    None,
+}
+
+fn fold_of(first: &str, names: &[&str]) -> Fold {
+    let Some((prefix, role)) = first.rsplit_once('.').and_then(|(p, last)| {
+        let (p2, parent) = p.rsplit_once('.')?;
+        Some((p2.to_string(), format!("{parent}.{last}")))
+    }) else {
+        return Fold::None;
+    };
+    match role.as_str() {
+        "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj" => {
+            Fold::Norm(format!("{prefix}.input_layernorm.weight"))
+        }
+        "mlp.gate_proj" | "mlp.up_proj" => {
+            Fold::Norm(format!("{prefix}.post_attention_layernorm.weight"))
+        }
+        "mlp.down_proj" => {
+            let up = format!("{prefix}.mlp.up_proj");
+            if names.contains(&up.as_str()) {
+                Fold::Rows(up)
+            } else {
+                Fold::None
+            }
+        }
+        "self_attn.o_proj" => {
+            let v = format!("{prefix}.self_attn.v_proj");
+            if names.contains(&v.as_str()) {
+                Fold::Rows(v)
+            } else {
+                Fold::None
+            }
+        }
+        _ => Fold::None,
+    }
+}
+
+pub(crate) fn block(state: &RefCell<State>, groups: &[InputGroup]) -> Result<Vec<Tensor>> {
+    let spec = state.borrow().opts.spec;
+    let cfg = AwqConfig::new(spec);
+    let names: Vec<&str> = groups
+        .iter()
+        .flat_map(|g| g.linears.iter().map(|(n, _)| &**n))
+        .collect();
+    // Original weights, (rows, cols) each.
+    let mut weights: BTreeMap<String, (Vec<f32>, usize, usize)> = BTreeMap::new();
+    for g in groups {
+        for (n, w) in &g.linears {
+            let (rows, cols) = w.dims2("awq")?;
+            weights.insert(n.to_string(), (host_f32(w)?, rows, cols));
+        }
+    }
+    // 1. Every group's input scales, on the original weights.
+    let mut input_scale: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut row_div: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut search_time = Vec::with_capacity(groups.len());
+    for g in groups {
+        let t0 = Instant::now();
+        let first = &*g.linears[0].0;
+        let fold = fold_of(first, &names);
+        let rows_shape_ok = match &fold {
+            Fold::Rows(target) => weights.get(target).is_some_and(|w| w.1 == g.cols),
+            _ => true,
+        };
+        if matches!(fold, Fold::None) || !rows_shape_ok {
+            search_time.push(t0.elapsed().as_secs_f64());
+            continue;
+        }
+        let ws: Vec<(&[f32], usize)> = g
+            .linears
+            .iter()
+            .map(|(n, _)| {
+                let w = &weights[&**n];
+                (w.0.as_slice(), w.1)
+            })
+            .collect();
+        let found = search_scales(&g.x, g.n_rows, g.cols, &ws, &cfg)?;
+        for (n, _) in &g.linears {
+            input_scale.insert(n.to_string(), found.scales.clone());
+        }
+        match fold {
+            Fold::Norm(norm) => {
+                state
+                    .borrow_mut()
+                    .dense_divisors
+                    .insert(norm, found.scales.clone());
+            }
+            Fold::Rows(target) => {
+                row_div.insert(target, found.scales.clone());
+            }
+            Fold::None => {}
+        }
+        search_time.push(t0.elapsed().as_secs_f64());
+    }
+    // 2. Scale, clip and quantize each linear.
+    let mut out = Vec::new();
+    for (g, t_search) in groups.iter().zip(search_time) {
+        let share = t_search / g.linears.len() as f64;
+        for (n, _) in &g.linears {
+            let t0 = Instant::now();
+            let (w, rows, cols) = &weights[&**n];
+            let (rows, cols) = (*rows, *cols);
+            let s = input_scale.get(&**n);
+            let r = row_div.get(&**n);
+            let mut ws = w.clone();
+            for i in 0..rows {
+                let rd = r.map_or(1.0, |r| r[i]);
+                for c in 0..cols {
+                    ws[i * cols + c] = ws[i * cols + c] * s.map_or(1.0, |s| s[c]) / rd;
+                }
+            }
+            // The inputs the scaled weights see.
+            let xs: Vec<f32> = match s {
+                Some(s) => {
+                    g.x.chunks_exact(cols)
+                        .flat_map(|row| row.iter().zip(s).map(|(x, s)| x / s))
+                        .collect()
+                }
+                None => g.x.clone(),
+            };
+            if !(n.ends_with("q_proj") || n.ends_with("k_proj")) {
+                let max = search_clip(&xs, g.n_rows, &ws, rows, cols, &cfg)?;
+                apply_clip(&mut ws, rows, cols, spec.group_len(cols), &max)?;
+            }
+            let m = IntMatrix::rtn(&ws, rows, cols, spec)?;
+            // What the unfolded layer computes.
+            let mut eff = m.dequantize();
+            for i in 0..rows {
+                let rd = r.map_or(1.0, |r| r[i]);
+                for c in 0..cols {
+                    eff[i * cols + c] = eff[i * cols + c] * rd / s.map_or(1.0, |s| s[c]);
+                }
+            }
+            let eff = Tensor::from_vec(eff, [rows, cols])?;
+            let sample = sample_rows(&g.x, g.n_rows, cols, 512)?;
+            let err = rel_error(&sample, w, &eff, rows, cols)?;
+            state.borrow_mut().finish(
+                n.to_string(),
+                m,
+                LayerReport {
+                    name: n.to_string(),
+                    rel_error: Some(err),
+                    seconds: share + t0.elapsed().as_secs_f64(),
+                },
+            );
+            out.push(eff);
+        }
+    }
+    Ok(out)
+}
