@@ -75,7 +75,12 @@ pub struct OutTensor {
 }
 
 impl OutTensor {
-    pub fn dense(name: String, shape: Vec<usize>, v: &[f32], dtype: DenseDtype) -> OutTensor {
+    pub(crate) fn dense(
+        name: String,
+        shape: Vec<usize>,
+        v: &[f32],
+        dtype: DenseDtype,
+    ) -> OutTensor {
         let (dtype, bytes) = match dtype {
             DenseDtype::F32 => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             DenseDtype::F16 => (
@@ -138,7 +143,7 @@ fn permuted_heads(loaded: &Loaded, linear: &str) -> Result<Option<usize>> {
     if !loaded.permuted_qk {
         return Ok(None);
     }
-    let heads = |key: &str| -> Result<usize> { Ok(loaded.config.usize(key)?) };
+    let heads = |key: &str| loaded.config.usize(key);
     if linear.ends_with("self_attn.q_proj") {
         Ok(Some(heads("num_attention_heads")?))
     } else if linear.ends_with("self_attn.k_proj") {

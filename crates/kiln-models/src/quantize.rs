@@ -59,6 +59,9 @@ pub struct Quantization {
     pub dense_divisors: BTreeMap<String, Vec<f32>>,
 }
 
+/// Called after each linear with its report, the number done and the total.
+pub type OnLayer = Box<dyn FnMut(&LayerReport, usize, usize)>;
+
 /// Whether a linear stays in float (MoE routers and the LM head).
 pub fn is_kept_float(name: &str) -> bool {
     name == "lm_head"
@@ -74,7 +77,7 @@ pub fn quantize(
     loaded: &Loaded,
     calib: &[Vec<u32>],
     opts: &Options,
-    on_layer: Box<dyn FnMut(&LayerReport, usize, usize)>,
+    on_layer: OnLayer,
 ) -> Result<Quantization> {
     let names: Vec<String> = loaded
         .weights
@@ -145,7 +148,7 @@ pub(crate) struct State {
     reports: Vec<LayerReport>,
     pub(crate) dense_divisors: BTreeMap<String, Vec<f32>>,
     total: usize,
-    on_layer: Box<dyn FnMut(&LayerReport, usize, usize)>,
+    on_layer: OnLayer,
 }
 
 impl State {

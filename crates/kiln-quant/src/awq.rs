@@ -329,7 +329,7 @@ pub fn apply_clip(
             got: max_vals.len(),
         });
     }
-    if max_vals.iter().any(|m| !(*m >= 0.0)) {
+    if max_vals.iter().any(|m| m.is_nan() || *m < 0.0) {
         return Err(Error::Invalid("clip values must be >= 0".into()));
     }
     for (g, &m) in w.chunks_exact_mut(group).zip(max_vals) {

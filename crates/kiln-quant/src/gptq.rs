@@ -185,7 +185,7 @@ pub fn gptq(
             got: h.cols,
         });
     }
-    if cfg.block_size == 0 || !(cfg.damp_percent >= 0.0) {
+    if cfg.block_size == 0 || cfg.damp_percent.is_nan() || cfg.damp_percent < 0.0 {
         return Err(Error::Invalid(format!(
             "GPTQ needs block_size > 0 and damp_percent >= 0, got {} and {}",
             cfg.block_size, cfg.damp_percent

@@ -253,7 +253,7 @@ pub(crate) fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
 fn factor_diagonal_block(a: &mut [f64], n: usize, k0: usize, k1: usize) -> Result<()> {
     for j in k0..k1 {
         let d = a[j * n + j] - dot(&a[j * n + k0..j * n + j], &a[j * n + k0..j * n + j]);
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             return Err(Error::Invalid(format!(
                 "matrix is not positive definite (pivot {j} is {d})"
             )));

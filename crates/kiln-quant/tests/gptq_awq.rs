@@ -327,7 +327,9 @@ fn awq_clip_matches_the_numpy_reference() {
         f.w1.chunks_exact(cols)
             .flat_map(|r| r.iter().zip(&s).map(|(&w, &s)| w * s))
             .collect();
-    let cases: [(&str, &[f32], &[f32], bool, usize); 2] = [
+    // (case, x, w, sym, clip_tokens)
+    type Case<'a> = (&'a str, &'a [f32], &'a [f32], bool, usize);
+    let cases: [Case; 2] = [
         ("clip_w1", &xs, &w1s, false, 100),
         ("clip_w2_sym", &f.x, &f.w2, true, 512),
     ];
