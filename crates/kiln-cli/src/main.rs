@@ -48,6 +48,17 @@ pub struct Common {
     /// bf16 on CUDA). GGUF matrices keep their block format on the CPU in f32 and on CUDA.
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<kiln_tensor::DType>,
+    /// Quantize the dense linear weights as they load: int8 (Q8_0, 8.5 bits a weight) or int4
+    /// (Q4_1, 5 bits; the LM head int8), round to nearest per 32 input columns, run on the
+    /// quantized kernels. Matrices already quantized (GGUF, GPTQ, AWQ) and MoE routers stay
+    /// as they are. For GPTQ/AWQ with calibration: `kiln quantize`.
+    #[arg(long, value_parser = parse_quantize)]
+    pub quantize: Option<kiln_nn::LoadQuant>,
+}
+
+fn parse_quantize(s: &str) -> Result<kiln_nn::LoadQuant, String> {
+    kiln_nn::LoadQuant::parse(s)
+        .ok_or_else(|| format!("unknown --quantize `{s}` (expected int8 or int4)"))
 }
 
 fn parse_device(s: &str) -> Result<kiln_tensor::Device, String> {
@@ -76,9 +87,13 @@ impl Common {
             );
         }
         self.device.check()?;
+        if self.quantize.is_some() && !(self.device == kiln_tensor::Device::Cpu) {
+            anyhow::bail!("--quantize runs on the CPU for now (drop --device)");
+        }
         Ok(kiln_nn::Placement {
             device: self.device,
             dtype,
+            quantize: self.quantize,
         })
     }
 }

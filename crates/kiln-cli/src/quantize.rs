@@ -91,6 +91,9 @@ pub fn run(a: Args) -> Result<()> {
     if a.common.device != kiln_tensor::Device::Cpu {
         bail!("kiln quantize runs on the CPU (drop --device)");
     }
+    if a.common.quantize.is_some() {
+        bail!("kiln quantize takes --method, --bits and --group-size (drop --quantize)");
+    }
     let path = model_arg::resolve(a.common.model.as_deref())?;
     let spec = IntSpec {
         bits: a.bits,

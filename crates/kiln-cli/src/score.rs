@@ -108,7 +108,12 @@ pub fn run(a: Args) -> Result<()> {
 fn compare(a: &Args, text: &str, reference: &str) -> Result<()> {
     let (engine, model_path, _) = model_arg::load(&a.common)?;
     let reference_path = model_arg::resolve(Some(reference))?;
-    let base = Engine::load_on(&reference_path, a.common.placement()?, &mut |_, _| {})
+    // The reference as it is stored, whatever --quantize does to the model.
+    let placement = kiln_nn::Placement {
+        quantize: None,
+        ..a.common.placement()?
+    };
+    let base = Engine::load_on(&reference_path, placement, &mut |_, _| {})
         .with_context(|| format!("loading the reference {}", reference_path.display()))?;
     let ids = engine.tokenizer.encode(text, false)?;
     let reference_ids = base.tokenizer.encode(text, false)?;

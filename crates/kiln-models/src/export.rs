@@ -170,10 +170,55 @@ fn permute_int_rows(m: &IntMatrix, src: &[usize]) -> IntMatrix {
     out
 }
 
-/// The linears of `loaded` in Hugging Face row order (undoing a GGUF's q/k permutation).
+/// For BLOOM's fused `query_key_value` from a GGUF file (llama.cpp's converter regroups the
+/// Hugging Face rows `(head, q|k|v, head_dim)` into q | k | v): the source row of each
+/// Hugging Face row.
+fn bloom_qkv_rows(n_rows: usize, n_heads: usize) -> Vec<usize> {
+    let d = n_rows / 3;
+    let head_dim = d / n_heads.max(1);
+    (0..n_rows)
+        .map(|i| {
+            let (h, r) = (i / (3 * head_dim), i % (3 * head_dim));
+            (r / head_dim) * d + h * head_dim + r % head_dim
+        })
+        .collect()
+}
+
+/// The source row of each Hugging Face row of the linear `linear` (`n_rows` outputs), where a
+/// GGUF file stores them in another order: LLaMA-style q/k, BLOOM's fused q/k/v.
+fn hf_rows(loaded: &Loaded, linear: &str, n_rows: usize) -> Result<Option<Vec<usize>>> {
+    if let Some(h) = permuted_heads(loaded, linear)? {
+        return Ok(Some(unpermute_rows(n_rows, h)));
+    }
+    if loaded.weights.from_gguf_file()
+        && loaded.config.str("model_type") == Some("bloom")
+        && linear.ends_with("self_attention.query_key_value")
+    {
+        let heads = loaded.config.usize("n_head")?;
+        return Ok(Some(bloom_qkv_rows(n_rows, heads)));
+    }
+    Ok(None)
+}
+
+/// GPT-2's Conv1D weights are stored `(in, out)` in Hugging Face checkpoints, `(out, in)` in
+/// GGUF files: the tensors to transpose when the source is a GGUF file.
+fn is_gguf_conv1d(loaded: &Loaded, name: &str) -> bool {
+    loaded.weights.from_gguf_file()
+        && loaded.config.str("model_type") == Some("gpt2")
+        && [
+            "attn.c_attn.weight",
+            "attn.c_proj.weight",
+            "mlp.c_fc.weight",
+            "mlp.c_proj.weight",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+/// The linears of `loaded` in Hugging Face row order (undoing a GGUF's reordering).
 pub fn hf_order(loaded: &Loaded, name: &str, m: &IntMatrix) -> Result<IntMatrix> {
-    Ok(match permuted_heads(loaded, name)? {
-        Some(h) => permute_int_rows(m, &unpermute_rows(m.rows, h)),
+    Ok(match hf_rows(loaded, name, m.rows)? {
+        Some(src) => permute_int_rows(m, &src),
         None => m.clone(),
     })
 }
@@ -188,18 +233,35 @@ pub fn dense_tensor(loaded: &Loaded, name: &str) -> Result<(Vec<f32>, Vec<usize>
     };
     let shape = t.dims().to_vec();
     let v = t.try_to_vec_f32()?;
-    let linear = name.strip_suffix(".weight").unwrap_or(name);
-    Ok(match (permuted_heads(loaded, linear)?, shape.as_slice()) {
-        (Some(h), &[rows, cols]) => {
-            let src = unpermute_rows(rows, h);
+    let linear = name
+        .strip_suffix(".weight")
+        .or_else(|| name.strip_suffix(".bias"))
+        .unwrap_or(name);
+    let (rows, cols) = match shape.as_slice() {
+        &[rows, cols] => (rows, cols),
+        &[rows] => (rows, 1),
+        _ => return Ok((v, shape)),
+    };
+    let v = match hf_rows(loaded, linear, rows)? {
+        Some(src) => {
             let mut out = vec![0.0; v.len()];
             for (i, &s) in src.iter().enumerate() {
                 out[i * cols..(i + 1) * cols].copy_from_slice(&v[s * cols..(s + 1) * cols]);
             }
-            (out, shape)
+            out
         }
-        _ => (v, shape),
-    })
+        None => v,
+    };
+    if shape.len() == 2 && is_gguf_conv1d(loaded, name) {
+        let mut out = vec![0.0; v.len()];
+        for (r, row) in v.chunks_exact(cols).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                out[c * rows + r] = x;
+            }
+        }
+        return Ok((out, vec![cols, rows]));
+    }
+    Ok((v, shape))
 }
 
 /// Writes `out_dir/config.json` and `out_dir/model.safetensors` (see the module doc).

@@ -62,12 +62,9 @@ pub struct Quantization {
 /// Called after each linear with its report, the number done and the total.
 pub type OnLayer = Box<dyn FnMut(&LayerReport, usize, usize)>;
 
-/// Whether a linear stays in float (MoE routers and the LM head).
+/// Whether a linear stays in float (MoE routers and the LM head, as AutoGPTQ leaves them).
 pub fn is_kept_float(name: &str) -> bool {
-    name == "lm_head"
-        || name.ends_with(".mlp.gate")
-        || name.ends_with(".block_sparse_moe.gate")
-        || name.ends_with(".shared_expert_gate")
+    name == "lm_head" || kiln_nn::load_quant::is_kept_float(name)
 }
 
 /// Quantizes `loaded`'s linears; `calib` holds token sequences (each from position 0) run

@@ -122,7 +122,11 @@ fn encoder_outputs(m: &Model, r: &Reference) -> (Vec<f32>, Option<Vec<f32>>) {
 
 fn encoders(dtype: DType, test: &str) {
     let Some(device) = gpu(test) else { return };
-    let placement = Placement { device, dtype };
+    let placement = Placement {
+        device,
+        dtype,
+        quantize: None,
+    };
     let mut c = Checks::new(if dtype == DType::F32 {
         1e-4
     } else {
@@ -258,7 +262,11 @@ fn seq2seq_outputs(
 
 fn encoder_decoders(dtype: DType, test: &str) {
     let Some(device) = gpu(test) else { return };
-    let placement = Placement { device, dtype };
+    let placement = Placement {
+        device,
+        dtype,
+        quantize: None,
+    };
     let mut c = Checks::new(if dtype == DType::F32 {
         1e-4
     } else {

@@ -163,7 +163,11 @@ fn compare(dtype: DType, bound: f32, test: &str) {
         let gguf = dir.join("model.gguf");
         let dir = if gguf.exists() { gguf } else { dir };
         let cpu = load_on(&dir, Placement::default(), &mut |_, _| {}).unwrap();
-        let placement = Placement { device, dtype };
+        let placement = Placement {
+            device,
+            dtype,
+            quantize: None,
+        };
         let gpu = load_on(&dir, placement, &mut |_, _| {}).unwrap();
         assert_eq!(gpu.info.placement, placement);
         let want = run(&cpu.model, Placement::default());

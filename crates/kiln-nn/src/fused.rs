@@ -41,7 +41,10 @@ pub fn load_conv1d(
 /// A dense [`Linear`] from host tensors built here, stored in `w`'s placement.
 fn place_dense(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
     let p = w.placement();
-    Linear::from_dense(p.tensor(weight)?, bias.map(|b| p.tensor(b)).transpose()?)
+    Linear::from_dense(
+        p.linear(None, weight)?,
+        bias.map(|b| p.tensor(b)).transpose()?,
+    )
 }
 
 /// Conv1D weight transposed to `(out, in)`, and its bias.
@@ -180,7 +183,10 @@ fn split_into(
             )?)?),
             None => None,
         };
-        Linear::from_dense(placement.tensor(Tensor::from_vec(pw, [d, hidden])?)?, pb)
+        Linear::from_dense(
+            placement.linear(None, Tensor::from_vec(pw, [d, hidden])?)?,
+            pb,
+        )
     };
     Ok([part(0)?, part(1)?, part(2)?])
 }

@@ -35,11 +35,11 @@ impl Linear {
             Some(q) => read_int(w, &q, name, out_features, in_features)?,
             None => None,
         };
-        let w = w.pp(name);
         let weight = match quantized {
             Some(m) => w.placement().matrix(matrix_of(&m)?)?,
-            None => w.matrix("weight", out_features, in_features)?,
+            None => w.linear_weight(name, out_features, in_features)?,
         };
+        let w = w.pp(name);
         let bias = if bias {
             Some(w.tensor("bias", &[out_features])?)
         } else {

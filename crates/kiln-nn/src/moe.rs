@@ -373,7 +373,7 @@ fn load_experts(w: &Weights, spec: &MoeSpec) -> Result<Vec<GatedMlp>> {
     let (h, i, n) = (spec.hidden, spec.intermediate, spec.n_experts);
     let act = spec.act;
     let place =
-        |t: Tensor| -> Result<Linear> { Linear::from_dense(w.placement().matrix(t)?, None) };
+        |t: Tensor| -> Result<Linear> { Linear::from_dense(w.placement().linear(None, t)?, None) };
     if w.contains("0.gate_proj.weight") {
         // One tensor per expert, the MLP's own names (Qwen2/3-MoE, OLMoE).
         return (0..n)

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_tensor::{DType, Device, Tensor};
 
+use crate::load_quant::LoadQuant;
 use crate::{Error, Result};
 
 pub(crate) use checkpoint_quant::{matrix_of, read_int};
@@ -33,6 +34,8 @@ pub use safetensors::SafetensorsSource;
 pub struct Placement {
     pub device: Device,
     pub dtype: DType,
+    /// Quantize dense linear weights as they load (`--quantize`, `load_quant.rs`).
+    pub quantize: Option<LoadQuant>,
 }
 
 impl Default for Placement {
@@ -40,6 +43,7 @@ impl Default for Placement {
         Placement {
             device: Device::Cpu,
             dtype: DType::F32,
+            quantize: None,
         }
     }
 }
@@ -84,6 +88,13 @@ impl Placement {
             return Ok(t.to_device(self.device)?);
         }
         self.tensor(t)
+    }
+
+    /// The weight of the linear `name` (`None`: one built at load, e.g. a split fused
+    /// projection) in this placement: quantized first when [`quantize`](Self::quantize) asks
+    /// for it, then [`matrix`](Self::matrix).
+    pub fn linear(&self, name: Option<&str>, t: Tensor) -> Result<Tensor> {
+        self.matrix(crate::load_quant::apply(self.quantize, name, t)?)
     }
 }
 
@@ -348,6 +359,17 @@ impl Weights {
 
     /// A weight matrix (dense or quantized, see [`Placement::matrix`]) of shape (rows, cols).
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
+        let p = self.host_matrix(name, rows, cols)?;
+        self.placement.matrix(p)
+    }
+
+    /// The weight `{name}.weight` (rows, cols) of the linear `name` ([`Placement::linear`]).
+    pub fn linear_weight(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
+        let p = self.host_matrix(&format!("{name}.weight"), rows, cols)?;
+        self.placement.linear(Some(&self.full(name)), p)
+    }
+
+    fn host_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
         let p = self.get(name)?;
         if p.dims() != [rows, cols] {
             return Err(Error::WrongShape {
@@ -356,6 +378,6 @@ impl Weights {
                 found: p.dims().to_vec(),
             });
         }
-        self.placement.matrix(p)
+        Ok(p)
     }
 }

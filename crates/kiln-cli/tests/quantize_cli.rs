@@ -1,0 +1,352 @@
+//! `kiln quantize` end to end, and quantized checkpoints from elsewhere.
+//!
+//! - Checkpoints packed by the reference packers (tools/make_quant_model_fixtures.py: numpy
+//!   GPTQ v1/v2 and AWQ layouts of the published formats) load in kiln with transformers'
+//!   log-probabilities of the same directory dequantized.
+//! - A float export (`--method none`) of a GGUF or Hugging Face model is the same model: KL 0
+//!   against its source, with the same tokenizer.
+//! - What `kiln quantize` writes loads again, its `quantization_config` is what AutoGPTQ and
+//!   AutoAWQ write, and GPTQ and AWQ are closer to the float model than RTN at the same
+//!   settings on the calibration text.
+//! - Bad arguments are clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(path)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-quantize-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .args(["--threads", "2"])
+        .env(
+            "KILN_CACHE",
+            std::env::temp_dir().join("kiln-cli-test-cache"),
+        )
+        .output()
+        .expect("run kiln")
+}
+
+fn kiln_ok(args: &[&str]) -> String {
+    let out = kiln(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kiln {args:?} failed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kiln_json(args: &[&str]) -> Value {
+    let out = kiln_ok(args);
+    serde_json::from_str(out.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("kiln {args:?}: stdout is not JSON ({e}): {out}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
+}
+
+/// Text for the LLaMA fixture's tokenizer: calibration, and the windows scored.
+const CALIB: &str = "The quick brown fox jumps over the lazy dog. A journey of a thousand miles \
+    begins with a single step. All that glitters is not gold. Actions speak louder than words. \
+    Where there is a will there is a way. Knowledge is power, and time is money. The early bird \
+    catches the worm, but the second mouse gets the cheese.";
+
+fn compare(model: &Path, reference: &Path, text: &str) -> Value {
+    kiln_json(&[
+        "score",
+        "--model",
+        s(model),
+        "--reference",
+        s(reference),
+        "--text",
+        text,
+        "--context",
+        "32",
+        "--json",
+    ])
+}
+
+#[test]
+fn reference_packed_checkpoints_load_with_the_reference_logprobs() {
+    let dir = fixture("quant_models");
+    let mut variants: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/fixtures/quant_models")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").exists())
+        .collect();
+    variants.sort();
+    assert!(variants.len() >= 5, "{variants:?}");
+    for v in variants {
+        let name = v.file_name().unwrap().to_string_lossy().into_owned();
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(v.join("reference.json")).unwrap())
+                .unwrap();
+        let got = kiln_json(&[
+            "score",
+            "--model",
+            s(&v),
+            "--text",
+            r["text"].as_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(got["token_ids"], r["token_ids"], "{name}: token ids");
+        let (got_lp, want_lp) = (
+            got["token_logprobs"].as_array().unwrap(),
+            r["token_logprobs"].as_array().unwrap(),
+        );
+        assert_eq!(got_lp.len(), want_lp.len(), "{name}");
+        let max_diff = got_lp
+            .iter()
+            .zip(want_lp)
+            .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+            .fold(0.0, f64::max);
+        let (ppl, want_ppl) = (f(&got, "perplexity"), f(&r, "perplexity"));
+        eprintln!("{name}: max |Δ log p| {max_diff:.2e}, perplexity {ppl} vs {want_ppl}");
+        assert!(max_diff < 1e-3, "{name}: max |Δ log p| = {max_diff}");
+        assert!(
+            ((ppl - want_ppl) / want_ppl).abs() < 1e-4,
+            "{name}: perplexity {ppl} vs transformers {want_ppl}"
+        );
+    }
+}
+
+#[test]
+fn a_float_export_is_the_same_model() {
+    for (i, (src, text)) in [
+        // A GGUF whose q/k rows are permuted for llama.cpp's RoPE and whose tokenizer lives in
+        // tokenizer.ggml.*; an f16 GGUF; a Hugging Face directory.
+        (fixture("mixtral_gguf/model.gguf"), CALIB),
+        (fixture("gpt2_gguf/model.gguf"), CALIB),
+        (fixture("bloom_gguf/model.gguf"), CALIB),
+        (fixture("qwen2_moe_gguf/model.gguf"), CALIB),
+        (fixture("server_llama"), CALIB),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = tmp(&format!("float-{i}"));
+        kiln_ok(&[
+            "quantize",
+            "--model",
+            s(&src),
+            "--method",
+            "none",
+            "--out",
+            s(&out),
+        ]);
+        assert!(out.join("tokenizer.json").exists());
+        let c = compare(&out, &src, text);
+        let name = src.display();
+        assert!(f(&c, "kl_max") < 1e-6, "{name}: {c}");
+        assert_eq!(f(&c, "top1_agreement"), 1.0, "{name}");
+        assert!(f(&c, "perplexity_change_pct").abs() < 1e-3, "{name}: {c}");
+        std::fs::remove_dir_all(&out).ok();
+    }
+}
+
+/// `kiln quantize` of the LLaMA fixture with `args`, calibrated on [`CALIB`]; returns the
+/// output directory and the `--json` summary.
+fn quantize(tag: &str, args: &[&str]) -> (PathBuf, Value) {
+    let out = tmp(tag);
+    let calib = tmp(&format!("{tag}-calib.txt"));
+    std::fs::write(&calib, CALIB).unwrap();
+    let mut a = vec![
+        "quantize",
+        "--model",
+        fixture("server_llama").to_str().unwrap(),
+        "--calib",
+        s(&calib),
+        "--calib-seq-len",
+        "32",
+        "--out",
+        s(&out),
+        "--json",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    a.extend(args.iter().map(|x| x.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let summary = kiln_json(&a);
+    (out, summary)
+}
+
+fn mean_rel_error(summary: &Value) -> f64 {
+    let layers = summary["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 14, "2 blocks of 7 linears: {summary}");
+    layers.iter().map(|l| f(l, "rel_error")).sum::<f64>() / layers.len() as f64
+}
+
+fn quantization_config(dir: &Path) -> Value {
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    c["quantization_config"].clone()
+}
+
+#[test]
+fn gptq_and_awq_beat_rtn_and_what_kiln_writes_loads() {
+    let base = fixture("server_llama");
+    let g = ["--bits", "4", "--group-size", "32"];
+    let run = |tag: &str, method: &str, extra: &[&str]| {
+        let mut a = vec!["--method", method];
+        a.extend(g);
+        a.extend(extra);
+        let (dir, summary) = quantize(tag, &a);
+        let c = compare(&dir, &base, CALIB);
+        (dir, summary, c)
+    };
+    let (rtn_dir, rtn, rtn_c) = run("rtn", "rtn", &[]);
+    let (gptq_dir, gptq, gptq_c) = run("gptq", "gptq", &[]);
+    let (act_dir, act, act_c) = run("gptq-act", "gptq", &["--act-order"]);
+    let (awq_dir, awq, awq_c) = run("awq", "awq", &[]);
+    let rows = [
+        ("rtn", &rtn, &rtn_c),
+        ("gptq", &gptq, &gptq_c),
+        ("gptq act-order", &act, &act_c),
+        ("awq", &awq, &awq_c),
+    ];
+    for (name, summary, c) in rows {
+        eprintln!(
+            "{name}: mean rel err {:.4}, KL {:.5}, top-1 {:.3}, ppl change {:+.2}%",
+            mean_rel_error(summary),
+            f(c, "kl_mean"),
+            f(c, "top1_agreement"),
+            f(c, "perplexity_change_pct")
+        );
+    }
+    // GPTQ minimises each layer's output error on these inputs; RTN ignores them.
+    assert!(mean_rel_error(&gptq) < 0.8 * mean_rel_error(&rtn));
+    assert!(mean_rel_error(&act) < 0.8 * mean_rel_error(&rtn));
+    for (name, c) in [
+        ("gptq", &gptq_c),
+        ("gptq act-order", &act_c),
+        ("awq", &awq_c),
+    ] {
+        assert!(
+            f(c, "kl_mean") < f(&rtn_c, "kl_mean"),
+            "{name}: KL {} vs RTN {}",
+            c["kl_mean"],
+            rtn_c["kl_mean"]
+        );
+    }
+    for c in [&rtn_c, &gptq_c, &act_c, &awq_c] {
+        assert!(f(c, "kl_mean") > 0.0 && f(c, "top1_agreement") > 0.3, "{c}");
+    }
+
+    // The configs as AutoGPTQ / GPTQModel and AutoAWQ write them.
+    let q = quantization_config(&gptq_dir);
+    assert_eq!(q["quant_method"], "gptq");
+    assert_eq!(q["bits"], 4);
+    assert_eq!(q["group_size"], 32);
+    assert_eq!(q["desc_act"], false);
+    assert_eq!(q["sym"], false);
+    assert!(["gptq", "gptq_v2"].contains(&q["checkpoint_format"].as_str().unwrap()));
+    assert_eq!(quantization_config(&act_dir)["desc_act"], true);
+    let q = quantization_config(&awq_dir);
+    assert_eq!(q["quant_method"], "awq");
+    assert_eq!(q["version"], "gemm");
+    assert_eq!(q["zero_point"], true);
+    assert_eq!(q["group_size"], 32);
+    for d in [&gptq_dir, &act_dir, &awq_dir] {
+        assert!(d.join("tokenizer.json").exists());
+    }
+    let st = std::fs::read(act_dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    for suffix in ["qweight", "qzeros", "scales", "g_idx"] {
+        let name = format!("model.layers.0.mlp.down_proj.{suffix}");
+        assert!(st.tensor(&name).is_ok(), "missing {name}");
+    }
+    assert!(st.tensor("model.layers.0.mlp.down_proj.weight").is_err());
+    for d in [rtn_dir, gptq_dir, act_dir, awq_dir] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn int8_per_channel_is_nearly_lossless() {
+    let (dir, _) = quantize(
+        "int8",
+        &[
+            "--method",
+            "rtn",
+            "--bits",
+            "8",
+            "--group-size",
+            "-1",
+            "--sym",
+        ],
+    );
+    let c = compare(&dir, &fixture("server_llama"), CALIB);
+    // Random tiny weights give sharp logits: int8 moves them by ~0.3% of RTN 4-bit's KL.
+    assert!(f(&c, "kl_mean") < 1e-2, "{c}");
+    assert!(f(&c, "perplexity_change_pct").abs() < 1.0, "{c}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn assert_error(args: &[&str], needle: &str) {
+    let out = kiln(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let m = fixture("server_llama");
+    let out = tmp("bad");
+    let (m, o) = (s(&m), s(&out));
+    let q = |extra: &[&str]| {
+        let mut a = vec!["quantize", "--model", m, "--out", o];
+        a.extend(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let check = |extra: &[&str], needle: &str| {
+        let a = q(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        assert_error(&a, needle);
+    };
+    check(&["--method", "gptq"], "need calibration text");
+    check(&["--method", "rtn", "--group-size", "0"], "--group-size");
+    check(&["--method", "rtn", "--group-size", "48"], "48");
+    check(&["--method", "rtn", "--bits", "9"], "bits");
+    check(
+        &[
+            "--method",
+            "rtn",
+            "--bits",
+            "8",
+            "--group-size",
+            "32",
+            "--format",
+            "awq",
+        ],
+        "AWQ",
+    );
+    check(
+        &["--method", "gptq", "--calib", "/nonexistent/calib.txt"],
+        "/nonexistent/calib.txt",
+    );
+    assert_error(
+        &["quantize", "--model", m, "--method", "none", "--out", m],
+        "must not be the source",
+    );
+}

@@ -1,0 +1,137 @@
+//! Quantization at load (`--quantize int8|int4` on every command): each dense linear weight is
+//! rounded to nearest into a 32-column block format as it loads, and then runs on the
+//! quantized matmul kernels GGUF files use (int8 activations, VNNI on x86).
+//!
+//! - `int8`: Q8_0, int8 symmetric per 32 input columns with an f16 scale (8.5 bits a weight).
+//! - `int4`: Q4_1, 4-bit asymmetric per 32 columns, f16 scale and minimum (5 bits a weight);
+//!   the LM head gets Q8_0, as llama.cpp gives its 4-bit types a wider output matrix.
+//!
+//! What stays as it is: matrices already in a block format (a GGUF file's, a GPTQ/AWQ
+//! checkpoint's), MoE routers ([`is_kept_float`]), and a matrix whose input width is not a
+//! multiple of 32. Both quantizers are bit-identical to ggml's (kiln-quant). GPTQ and AWQ,
+//! which need calibration text, are `kiln quantize`.
+
+use kiln_tensor::{DType, QuantType, Tensor};
+
+use crate::Result;
+
+/// A weight format a dense checkpoint is quantized into at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadQuant {
+    Int8,
+    Int4,
+}
+
+impl LoadQuant {
+    pub fn parse(s: &str) -> Option<LoadQuant> {
+        match s.to_ascii_lowercase().as_str() {
+            "int8" | "q8_0" => Some(LoadQuant::Int8),
+            "int4" | "q4_1" => Some(LoadQuant::Int4),
+            _ => None,
+        }
+    }
+
+    /// The block format of the linear `name`.
+    fn format(self, name: Option<&str>) -> QuantType {
+        match self {
+            LoadQuant::Int8 => QuantType::Q8_0,
+            LoadQuant::Int4 if name == Some("lm_head") => QuantType::Q8_0,
+            LoadQuant::Int4 => QuantType::Q4_1,
+        }
+    }
+}
+
+impl std::fmt::Display for LoadQuant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoadQuant::Int8 => "int8",
+            LoadQuant::Int4 => "int4",
+        })
+    }
+}
+
+/// Whether a linear stays in float whatever the quantization (a MoE router: its few logits
+/// pick the experts, and it is a sliver of the weights).
+pub fn is_kept_float(name: &str) -> bool {
+    name.ends_with(".mlp.gate")
+        || name.ends_with(".block_sparse_moe.gate")
+        || name.ends_with(".shared_expert_gate")
+}
+
+/// `w` (a host `(out, in)` matrix) in `quant`'s format for the linear `name`, or `w` itself
+/// when it stays as it is (see the module doc).
+pub(crate) fn apply(quant: Option<LoadQuant>, name: Option<&str>, w: Tensor) -> Result<Tensor> {
+    let Some(q) = quant else { return Ok(w) };
+    let Ok((_, cols)) = w.dims2("load quantization") else {
+        return Ok(w);
+    };
+    let keep = !w.dtype().is_float()
+        || !cols.is_multiple_of(32)
+        || name.is_some_and(is_kept_float)
+        || w.device() != kiln_tensor::Device::Cpu;
+    if keep {
+        return Ok(w);
+    }
+    Ok(w.to_dtype(DType::Quant(q.format(name)))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(rows: usize, cols: usize) -> Tensor {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        Tensor::from_vec(v, [rows, cols]).unwrap()
+    }
+
+    #[test]
+    fn formats_and_what_stays_float() {
+        let w = matrix(4, 64);
+        let q = |quant, name| apply(Some(quant), name, w.clone()).unwrap().dtype();
+        assert_eq!(
+            q(LoadQuant::Int8, Some("a.q_proj")),
+            DType::Quant(QuantType::Q8_0)
+        );
+        assert_eq!(
+            q(LoadQuant::Int4, Some("a.q_proj")),
+            DType::Quant(QuantType::Q4_1)
+        );
+        assert_eq!(
+            q(LoadQuant::Int4, Some("lm_head")),
+            DType::Quant(QuantType::Q8_0)
+        );
+        assert_eq!(q(LoadQuant::Int4, None), DType::Quant(QuantType::Q4_1));
+        assert_eq!(
+            q(LoadQuant::Int8, Some("model.layers.0.mlp.gate")),
+            DType::F32
+        );
+        assert_eq!(apply(None, None, w.clone()).unwrap().dtype(), DType::F32);
+        let odd = matrix(4, 48);
+        assert_eq!(
+            apply(Some(LoadQuant::Int8), None, odd).unwrap().dtype(),
+            DType::F32
+        );
+        let already = w.to_dtype(DType::Quant(QuantType::Q4_0)).unwrap();
+        assert_eq!(
+            apply(Some(LoadQuant::Int8), None, already).unwrap().dtype(),
+            DType::Quant(QuantType::Q4_0)
+        );
+    }
+
+    #[test]
+    fn int8_is_close_and_int4_closer_than_its_step() {
+        let w = matrix(8, 128);
+        let x = matrix(3, 128);
+        let want = x.matmul_t(&w).unwrap().into_f32_vec();
+        for (quant, tol) in [(LoadQuant::Int8, 0.02), (LoadQuant::Int4, 0.2)] {
+            let qw = apply(Some(quant), Some("l"), w.clone()).unwrap();
+            let got = x.matmul_t(&qw).unwrap().into_f32_vec();
+            let num: f32 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum();
+            let den: f32 = want.iter().map(|b| b * b).sum();
+            let rel = (num / den).sqrt();
+            assert!(rel < tol && rel > 0.0, "{quant}: relative error {rel}");
+        }
+    }
+}
