@@ -52,13 +52,13 @@ pub struct Common {
     /// (Q4_1, 5 bits; the LM head int8), round to nearest per 32 input columns, run on the
     /// quantized kernels. Matrices already quantized (GGUF, GPTQ, AWQ) and MoE routers stay
     /// as they are. For GPTQ/AWQ with calibration: `kiln quantize`.
-    #[arg(long, value_parser = parse_quantize)]
-    pub quantize: Option<kiln_nn::LoadQuant>,
-}
-
-fn parse_quantize(s: &str) -> Result<kiln_nn::LoadQuant, String> {
-    kiln_nn::LoadQuant::parse(s)
-        .ok_or_else(|| format!("unknown --quantize `{s}` (expected int8 or int4)"))
+    /// llm-int8: LLM.int8, int8 rows with the outlier feature columns of each step (an
+    /// activation of at least --llm-int8-threshold) multiplied in 16-bit, on the host.
+    #[arg(long, value_parser = ["int8", "int4", "llm-int8"])]
+    pub quantize: Option<String>,
+    /// LLM.int8's outlier threshold; 0 turns the decomposition off (plain absmax int8).
+    #[arg(long, default_value_t = kiln_nn::load_quant::Threshold::DEFAULT)]
+    pub llm_int8_threshold: f32,
 }
 
 fn parse_device(s: &str) -> Result<kiln_tensor::Device, String> {
@@ -87,13 +87,24 @@ impl Common {
             );
         }
         self.device.check()?;
-        if self.quantize.is_some() && !(self.device == kiln_tensor::Device::Cpu) {
+        if self.quantize.is_some() && self.device != kiln_tensor::Device::Cpu {
             anyhow::bail!("--quantize runs on the CPU for now (drop --device)");
         }
+        let quantize = match &self.quantize {
+            Some(q) => Some(
+                kiln_nn::LoadQuant::parse(q, self.llm_int8_threshold).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--llm-int8-threshold must be a finite number >= 0, not {}",
+                        self.llm_int8_threshold
+                    )
+                })?,
+            ),
+            None => None,
+        };
         Ok(kiln_nn::Placement {
             device: self.device,
             dtype,
-            quantize: self.quantize,
+            quantize,
         })
     }
 }

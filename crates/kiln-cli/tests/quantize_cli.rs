@@ -350,3 +350,143 @@ fn bad_arguments_are_clear_errors() {
         "must not be the source",
     );
 }
+
+/// The LLaMA fixture with outlier features planted: hidden dimensions `DIMS` of every norm's
+/// output scaled up 20x (through the norm weights) and the input columns of the linears
+/// reading them scaled down 20x, so the float model computes the same function while the
+/// inputs of the q/k/v, gate/up and head projections have a few features 20 times larger
+/// than the rest, as large transformers do.
+fn planted_outliers() -> PathBuf {
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    const DIMS: [usize; 3] = [5, 17, 40];
+    let src = fixture("server_llama");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        assert_eq!(t.dtype(), Dtype::F32, "{name}");
+        let mut v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let shape = t.shape().to_vec();
+        let reads_norm = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "gate_proj",
+            "up_proj",
+            "lm_head",
+        ]
+        .iter()
+        .any(|p| name.contains(p));
+        if name.ends_with("layernorm.weight") || name == "model.norm.weight" {
+            DIMS.iter().for_each(|&d| v[d] *= 20.0);
+        } else if reads_norm {
+            for row in v.chunks_exact_mut(shape[1]) {
+                DIMS.iter().for_each(|&d| row[d] /= 20.0);
+            }
+        }
+        tensors.push((name, shape, v));
+    }
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let out = tmp("planted-outliers");
+    std::fs::create_dir_all(&out).unwrap();
+    safetensors::serialize_to_file(views, &None, &out.join("model.safetensors")).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    out
+}
+
+fn compare_quantized(model: &Path, reference: &Path, quantize: &[&str]) -> Value {
+    let mut a = vec![
+        "score",
+        "--model",
+        s(model),
+        "--reference",
+        s(reference),
+        "--text",
+        CALIB,
+        "--context",
+        "32",
+        "--json",
+    ];
+    a.extend(quantize);
+    kiln_json(&a)
+}
+
+#[test]
+fn llm_int8_keeps_outlier_features_that_absmax_int8_loses() {
+    let planted = planted_outliers();
+    // The planted model is the fixture's function.
+    let same = compare(&planted, &fixture("server_llama"), CALIB);
+    assert!(f(&same, "perplexity_change_pct").abs() < 1e-3, "{same}");
+    let llm = compare_quantized(&planted, &planted, &["--quantize", "llm-int8"]);
+    let absmax = compare_quantized(
+        &planted,
+        &planted,
+        &["--quantize", "llm-int8", "--llm-int8-threshold", "0"],
+    );
+    let (dl, da) = (
+        f(&llm, "perplexity_change_pct").abs(),
+        f(&absmax, "perplexity_change_pct").abs(),
+    );
+    eprintln!(
+        "LLM.int8: {dl:.4}% perplexity, KL {}; absmax int8: {da:.4}%, KL {}",
+        llm["kl_mean"], absmax["kl_mean"]
+    );
+    assert!(dl < 1.0, "LLM.int8 moved perplexity by {dl}%");
+    assert!(da >= 10.0 * dl, "absmax int8 {da}% vs LLM.int8 {dl}%");
+    assert!(f(&absmax, "kl_mean") >= 10.0 * f(&llm, "kl_mean"));
+    // Without outliers, the block formats at load: int8 close, int4 further.
+    let base = fixture("server_llama");
+    let int8 = compare_quantized(&base, &base, &["--quantize", "int8"]);
+    let int4 = compare_quantized(&base, &base, &["--quantize", "int4"]);
+    assert!(f(&int8, "kl_mean") < 1e-2, "{int8}");
+    assert!(f(&int4, "kl_mean") > f(&int8, "kl_mean"), "{int4}");
+    std::fs::remove_dir_all(planted).ok();
+}
+
+#[test]
+fn bad_load_quantization_is_a_clear_error() {
+    let m = fixture("server_llama");
+    assert_error(
+        &[
+            "score",
+            "--model",
+            s(&m),
+            "--text",
+            CALIB,
+            "--quantize",
+            "int3",
+        ],
+        "int3",
+    );
+    assert_error(
+        &[
+            "score",
+            "--model",
+            s(&m),
+            "--text",
+            CALIB,
+            "--quantize",
+            "llm-int8",
+            "--llm-int8-threshold=-1",
+        ],
+        "--llm-int8-threshold",
+    );
+}

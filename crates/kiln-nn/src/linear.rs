@@ -1,17 +1,25 @@
 //! `Linear`: `y = x · Wᵀ + b`, with W dense or in a block format: the weight's dtype picks the
 //! backend's matmul or quantized matmul (`Tensor::matmul_t`). This is the only place a model's
-//! matmuls meet a storage format.
+//! matmuls meet a storage format. LLM.int8 (`--quantize llm-int8`, kiln-quant `llm_int8.rs`)
+//! is a weight of its own: int8 rows whose matmul picks the outlier columns of each step, on
+//! the host.
 
 use std::sync::Arc;
 
 use kiln_tensor::Tensor;
 
+use kiln_quant::Int8Rows;
+
+use crate::load_quant::LoadQuant;
 use crate::weights::{matrix_of, read_int, Weights};
 use crate::Result;
 
 #[derive(Clone)]
 pub struct Linear {
+    /// The weight as a tensor; for LLM.int8 an empty host placeholder (see `int8`).
     weight: Tensor,
+    /// LLM.int8's int8 rows and outlier threshold, when the linear loaded that way.
+    int8: Option<Arc<(Int8Rows, Option<f32>)>>,
     bias: Option<Tensor>,
     in_features: usize,
     out_features: usize,
@@ -35,9 +43,17 @@ impl Linear {
             Some(q) => read_int(w, &q, name, out_features, in_features)?,
             None => None,
         };
-        let weight = match quantized {
-            Some(m) => w.placement().matrix(matrix_of(&m)?)?,
-            None => w.linear_weight(name, out_features, in_features)?,
+        let int8 = match (&quantized, w.placement().quantize) {
+            (None, Some(LoadQuant::LlmInt8 { threshold })) => {
+                crate::load_quant::llm_int8(w, name, out_features, in_features)?
+                    .map(|rows| Arc::new((rows, threshold.get())))
+            }
+            _ => None,
+        };
+        let weight = match (quantized, &int8) {
+            (Some(m), _) => w.placement().matrix(matrix_of(&m)?)?,
+            (None, Some(_)) => Tensor::from_vec(Vec::new(), [0, 0])?,
+            (None, None) => w.linear_weight(name, out_features, in_features)?,
         };
         let w = w.pp(name);
         let bias = if bias {
@@ -47,6 +63,7 @@ impl Linear {
         };
         Ok(Linear {
             weight,
+            int8,
             bias,
             in_features,
             out_features,
@@ -71,6 +88,7 @@ impl Linear {
         }
         Ok(Linear {
             weight,
+            int8: None,
             bias,
             in_features,
             out_features,
@@ -84,6 +102,7 @@ impl Linear {
         let d = weight.dims().to_vec();
         Linear {
             weight,
+            int8: None,
             bias: None,
             in_features: d[1],
             out_features: d[0],
@@ -100,13 +119,12 @@ impl Linear {
         self.name.as_deref()
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
     /// `x (n_tokens, in) -> (n_tokens, out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         debug_assert_eq!(x.dims().get(1), Some(&self.in_features));
+        if let Some(q) = &self.int8 {
+            return self.add_bias(int8_forward(q, x)?);
+        }
         if let Some(mut w) = crate::calibrate::observe(&[(self.name.as_ref(), &self.weight)], x)? {
             if let Some(w) = w.pop().flatten() {
                 return self.add_bias(x.matmul_t(&w)?);
@@ -119,6 +137,13 @@ impl Linear {
     /// one quantized-matmul call (`Tensor::matmul_t_many`: on the CPU the input is quantized
     /// once, one parallel region); results are the same as [`forward`](Self::forward) each.
     pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        if ls.iter().any(|l| l.int8.is_some()) {
+            let mut out = Vec::with_capacity(N);
+            for l in ls {
+                out.push(l.forward(x)?);
+            }
+            return Ok(out.try_into().expect("one output per projection"));
+        }
         let named = ls.map(|l| (l.name.as_ref(), &l.weight));
         let ys = match crate::calibrate::observe(&named, x)? {
             Some(over) if over.iter().any(Option::is_some) => {
@@ -145,4 +170,19 @@ impl Linear {
             None => Ok(y),
         }
     }
+}
+
+/// LLM.int8's matmul of a host `x (n, in)` (kiln-quant `llm_int8.rs`).
+fn int8_forward(q: &(Int8Rows, Option<f32>), x: &Tensor) -> Result<Tensor> {
+    let (w, threshold) = q;
+    let (n, _) = x.dims2("LLM.int8 input")?;
+    if x.device() != kiln_tensor::Device::Cpu {
+        return Err(crate::Error::Config(
+            "LLM.int8 runs on the CPU (--quantize llm-int8 without --device)".into(),
+        ));
+    }
+    let xs = x.try_to_vec_f32()?;
+    let mut y = vec![0.0f32; n * w.rows];
+    w.matmul(&xs, n, *threshold, &mut y)?;
+    Ok(Tensor::from_vec(y, [n, w.rows])?)
 }

@@ -1,52 +1,89 @@
-//! Quantization at load (`--quantize int8|int4` on every command): each dense linear weight is
-//! rounded to nearest into a 32-column block format as it loads, and then runs on the
-//! quantized matmul kernels GGUF files use (int8 activations, VNNI on x86).
+//! Quantization at load (`--quantize int8|int4|llm-int8` on every command): each dense linear
+//! weight is quantized as it loads.
 //!
-//! - `int8`: Q8_0, int8 symmetric per 32 input columns with an f16 scale (8.5 bits a weight).
+//! - `int8`: Q8_0, int8 symmetric per 32 input columns with an f16 scale (8.5 bits a weight),
+//!   rounded to nearest; it runs on the quantized kernels GGUF files use (int8 activations in
+//!   blocks of 32, VNNI on x86).
 //! - `int4`: Q4_1, 4-bit asymmetric per 32 columns, f16 scale and minimum (5 bits a weight);
 //!   the LM head gets Q8_0, as llama.cpp gives its 4-bit types a wider output matrix.
+//! - `llm-int8`: LLM.int8 (kiln-quant `llm_int8.rs`): int8 rows with one scale each, every
+//!   step's activations int8 per token except the outlier feature columns (some value at or
+//!   above the threshold, default 6.0), which are multiplied in 16-bit. Threshold 0 is plain
+//!   absmax int8. It applies to the linears loaded by name (not to fused q/k/v a model splits
+//!   at load, nor to stacked MoE experts) and runs on the host.
 //!
 //! What stays as it is: matrices already in a block format (a GGUF file's, a GPTQ/AWQ
 //! checkpoint's), MoE routers ([`is_kept_float`]), and a matrix whose input width is not a
 //! multiple of 32. Both quantizers are bit-identical to ggml's (kiln-quant). GPTQ and AWQ,
 //! which need calibration text, are `kiln quantize`.
 
+use kiln_quant::Int8Rows;
 use kiln_tensor::{DType, QuantType, Tensor};
 
-use crate::Result;
+use crate::{Result, Weights};
 
 /// A weight format a dense checkpoint is quantized into at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadQuant {
     Int8,
     Int4,
+    LlmInt8 { threshold: Threshold },
+}
+
+/// LLM.int8's outlier threshold (an f32 kept as its bits, so a placement stays `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold(u32);
+
+impl Threshold {
+    /// The paper's and bitsandbytes' default.
+    pub const DEFAULT: f32 = 6.0;
+
+    pub fn new(t: f32) -> Threshold {
+        Threshold(t.to_bits())
+    }
+
+    /// `None` for 0 (no decomposition: absmax int8).
+    pub fn get(self) -> Option<f32> {
+        let t = f32::from_bits(self.0);
+        (t > 0.0).then_some(t)
+    }
 }
 
 impl LoadQuant {
-    pub fn parse(s: &str) -> Option<LoadQuant> {
+    /// `int8`, `int4`, or `llm-int8` with `threshold` (a finite value >= 0).
+    pub fn parse(s: &str, threshold: f32) -> Option<LoadQuant> {
         match s.to_ascii_lowercase().as_str() {
             "int8" | "q8_0" => Some(LoadQuant::Int8),
             "int4" | "q4_1" => Some(LoadQuant::Int4),
+            "llm-int8" | "llm_int8" if threshold.is_finite() && threshold >= 0.0 => {
+                Some(LoadQuant::LlmInt8 {
+                    threshold: Threshold::new(threshold),
+                })
+            }
             _ => None,
         }
     }
 
-    /// The block format of the linear `name`.
-    fn format(self, name: Option<&str>) -> QuantType {
+    /// The block format of the linear `name` (none for LLM.int8, which is not a block format).
+    fn format(self, name: Option<&str>) -> Option<QuantType> {
         match self {
-            LoadQuant::Int8 => QuantType::Q8_0,
-            LoadQuant::Int4 if name == Some("lm_head") => QuantType::Q8_0,
-            LoadQuant::Int4 => QuantType::Q4_1,
+            LoadQuant::Int8 => Some(QuantType::Q8_0),
+            LoadQuant::Int4 if name == Some("lm_head") => Some(QuantType::Q8_0),
+            LoadQuant::Int4 => Some(QuantType::Q4_1),
+            LoadQuant::LlmInt8 { .. } => None,
         }
     }
 }
 
 impl std::fmt::Display for LoadQuant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LoadQuant::Int8 => "int8",
-            LoadQuant::Int4 => "int4",
-        })
+        match self {
+            LoadQuant::Int8 => f.write_str("int8"),
+            LoadQuant::Int4 => f.write_str("int4"),
+            LoadQuant::LlmInt8 { threshold } => {
+                write!(f, "llm-int8 (threshold {})", threshold.get().unwrap_or(0.0))
+            }
+        }
     }
 }
 
@@ -58,10 +95,12 @@ pub fn is_kept_float(name: &str) -> bool {
         || name.ends_with(".shared_expert_gate")
 }
 
-/// `w` (a host `(out, in)` matrix) in `quant`'s format for the linear `name`, or `w` itself
-/// when it stays as it is (see the module doc).
+/// `w` (a host `(out, in)` matrix) in `quant`'s block format for the linear `name`, or `w`
+/// itself when it stays as it is (see the module doc).
 pub(crate) fn apply(quant: Option<LoadQuant>, name: Option<&str>, w: Tensor) -> Result<Tensor> {
-    let Some(q) = quant else { return Ok(w) };
+    let Some(format) = quant.and_then(|q| q.format(name)) else {
+        return Ok(w);
+    };
     let Ok((_, cols)) = w.dims2("load quantization") else {
         return Ok(w);
     };
@@ -72,7 +111,23 @@ pub(crate) fn apply(quant: Option<LoadQuant>, name: Option<&str>, w: Tensor) -> 
     if keep {
         return Ok(w);
     }
-    Ok(w.to_dtype(DType::Quant(q.format(name)))?)
+    Ok(w.to_dtype(DType::Quant(format))?)
+}
+
+/// The LLM.int8 rows of the linear `name` under `w`, or `None` where it stays as it is (a
+/// matrix already in a block format, a router).
+pub(crate) fn llm_int8(
+    w: &Weights,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<Int8Rows>> {
+    let t = w.host_matrix(&format!("{name}.weight"), rows, cols)?;
+    if !t.dtype().is_float() || is_kept_float(&w.name_of(name)) {
+        return Ok(None);
+    }
+    let v = t.try_to_vec_f32()?;
+    Ok(Some(Int8Rows::quantize(&v, rows, cols)?))
 }
 
 #[cfg(test)]

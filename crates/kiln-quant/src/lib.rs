@@ -30,6 +30,7 @@ pub mod int_blocks;
 mod isa;
 mod legacy;
 mod linalg;
+pub mod llm_int8;
 mod matmul;
 mod packed8;
 mod parallel;
@@ -51,6 +52,7 @@ pub use gptq::{gptq, GptqConfig, GptqOutput, Hessian};
 pub use int::{GroupParams, IntMatrix, IntSpec};
 pub use int_blocks::to_ggml_blocks;
 pub use isa::Isa;
+pub use llm_int8::Int8Rows;
 pub use matmul::QMatrix;
 pub use types::GgmlType;
 

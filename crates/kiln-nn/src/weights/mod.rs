@@ -369,7 +369,7 @@ impl Weights {
         self.placement.linear(Some(&self.full(name)), p)
     }
 
-    fn host_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
+    pub(crate) fn host_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
         let p = self.get(name)?;
         if p.dims() != [rows, cols] {
             return Err(Error::WrongShape {
