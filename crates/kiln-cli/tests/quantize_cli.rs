@@ -120,9 +120,31 @@ fn reference_packed_checkpoints_load_with_the_reference_logprobs() {
             .fold(0.0, f64::max);
         let (ppl, want_ppl) = (f(&got, "perplexity"), f(&r, "perplexity"));
         eprintln!("{name}: max |Δ log p| {max_diff:.2e}, perplexity {ppl} vs {want_ppl}");
-        assert!(max_diff < 1e-3, "{name}: max |Δ log p| = {max_diff}");
+        let mean_diff = got_lp
+            .iter()
+            .zip(want_lp)
+            .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+            .sum::<f64>()
+            / got_lp.len() as f64;
+        eprintln!("{name}: mean |Δ log p| {mean_diff:.2e}");
+        // 4/8-bit groups of a multiple of 32 columns in input order run on kiln's block
+        // kernels (Q4_0/Q4_1/Q8_0), which quantize the activations to int8 as llama.cpp does:
+        // on this tiny model with sharp logits that moves log p by a few 1e-2 (a misread
+        // layout moves it by whole units). The others are dequantized and run in f32.
+        let p = &r["packer"];
+        let group = p["group_size"].as_u64();
+        let block_path = group.is_none_or(|g| g % 32 == 0)
+            && !p["act_order"].as_bool().unwrap_or(false)
+            && [4, 8].contains(&p["bits"].as_u64().unwrap());
+        let (mean_tol, max_tol, ppl_tol) = if block_path {
+            (0.05, 0.3, 5e-3)
+        } else {
+            (1e-5, 1e-4, 1e-5)
+        };
+        assert!(mean_diff < mean_tol, "{name}: mean |Δ log p| = {mean_diff}");
+        assert!(max_diff < max_tol, "{name}: max |Δ log p| = {max_diff}");
         assert!(
-            ((ppl - want_ppl) / want_ppl).abs() < 1e-4,
+            ((ppl - want_ppl) / want_ppl).abs() < ppl_tol,
             "{name}: perplexity {ppl} vs transformers {want_ppl}"
         );
     }
