@@ -37,7 +37,7 @@ KILN_ROWS = [
     ("rtn-4bit-per-channel", ["--method", "rtn", "--bits", "4", "--group-size", "-1"]),
     ("gptq-4bit-per-channel", ["--method", "gptq", "--bits", "4", "--group-size", "-1", "--act-order"]),
     ("rtn-int8-per-channel", ["--method", "rtn", "--bits", "8", "--group-size", "-1", "--sym"]),
-    ("rtn-int8-g128", ["--method", "rtn", "--bits", "8", "--group-size", "128", "--sym"]),
+    ("rtn-int8-g64", ["--method", "rtn", "--bits", "8", "--group-size", "64", "--sym"]),
 ]
 LLAMA_ROWS = ["Q4_0", "Q4_K_M", "Q8_0"]
 

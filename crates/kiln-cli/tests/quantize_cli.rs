@@ -11,15 +11,11 @@
 //! - Bad arguments are clear errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::{f, fixture, kiln, kiln_json, kiln_ok};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-quantize-{}-{name}", std::process::id()));
@@ -27,40 +23,8 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .args(["--threads", "2"])
-        .env(
-            "KILN_CACHE",
-            std::env::temp_dir().join("kiln-cli-test-cache"),
-        )
-        .output()
-        .expect("run kiln")
-}
-
-fn kiln_ok(args: &[&str]) -> String {
-    let out = kiln(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kiln {args:?} failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn kiln_json(args: &[&str]) -> Value {
-    let out = kiln_ok(args);
-    serde_json::from_str(out.trim().lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("kiln {args:?}: stdout is not JSON ({e}): {out}"))
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn f(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
 }
 
 /// Text for the LLaMA fixture's tokenizer: calibration, and the windows scored.

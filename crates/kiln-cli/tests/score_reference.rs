@@ -7,17 +7,13 @@
 //! conversion (2-D weights f16, tokenizer from `tokenizer.ggml.*`); the Mixtral GGUF in f32 and
 //! its copy with Q8_0 experts. The LLaMA server fixture has a different tokenizer.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use kiln_engine::Engine;
 use serde_json::Value;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(path)
-}
+mod common;
+use common::{f, fixture, kiln, kiln_json};
 
 /// The fixtures' scoring sentence three times (~80 tokens): with `--context 16`, five full
 /// windows and a short last one.
@@ -28,31 +24,6 @@ fn text() -> String {
     .expect("reference.json");
     let s = r["score_text"].as_str().expect("score_text");
     format!("{s} {s} {s}")
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .args(["--threads", "2"])
-        .env(
-            "KILN_CACHE",
-            std::env::temp_dir().join("kiln-cli-test-cache"),
-        )
-        .output()
-        .expect("run kiln")
-}
-
-fn kiln_json(args: &[&str]) -> Value {
-    let out = kiln(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kiln {args:?} failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "kiln {args:?}: stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 fn compare_json(model: &Path, reference: &Path, text: &str, context: &str) -> Value {
@@ -68,12 +39,6 @@ fn compare_json(model: &Path, reference: &Path, text: &str, context: &str) -> Va
         context,
         "--json",
     ])
-}
-
-fn f(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
 }
 
 fn close(got: f64, want: f64, rel: f64, what: &str) {

@@ -257,15 +257,7 @@ pub fn gptq(
         .map(|(ci, wc)| quantize_rows(&plan, wc, ci * ROW_CHUNK))
         .collect();
 
-    let mut m = IntMatrix {
-        rows,
-        cols,
-        spec,
-        q: vec![0; rows * cols],
-        scales: vec![0.0; rows * n_groups],
-        zeros: vec![0; rows * n_groups],
-        g_idx: None,
-    };
+    let mut m = IntMatrix::zeroed(rows, cols, spec);
     let mut loss = 0.0;
     for (ci, c) in chunks.iter().enumerate() {
         let r0 = ci * ROW_CHUNK;

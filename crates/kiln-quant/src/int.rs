@@ -165,6 +165,21 @@ impl IntMatrix {
         }
     }
 
+    /// All integers, scales and zero points 0, groups in input order (`spec` checked by the
+    /// caller).
+    pub fn zeroed(rows: usize, cols: usize, spec: IntSpec) -> IntMatrix {
+        let n_groups = cols / spec.group_len(cols).max(1);
+        IntMatrix {
+            rows,
+            cols,
+            spec,
+            q: vec![0; rows * cols],
+            scales: vec![0.0; rows * n_groups],
+            zeros: vec![0; rows * n_groups],
+            g_idx: None,
+        }
+    }
+
     /// Round-to-nearest quantization of a `(rows, cols)` row-major matrix.
     pub fn rtn(w: &[f32], rows: usize, cols: usize, spec: IntSpec) -> Result<IntMatrix> {
         spec.check(cols)?;
@@ -178,15 +193,7 @@ impl IntMatrix {
         let g = spec.group_len(cols);
         let n_groups = cols / g;
         let maxq = spec.maxq();
-        let mut m = IntMatrix {
-            rows,
-            cols,
-            spec,
-            q: vec![0; rows * cols],
-            scales: vec![0.0; rows * n_groups],
-            zeros: vec![0; rows * n_groups],
-            g_idx: None,
-        };
+        let mut m = IntMatrix::zeroed(rows, cols, spec);
         for r in 0..rows {
             for gi in 0..n_groups {
                 let span = r * cols + gi * g..r * cols + (gi + 1) * g;
