@@ -15,7 +15,10 @@ useful work, not the padded work.
 
     /work/refvenv/bin/python tools/bench/encoder_bench.py [--kiln target/release/kiln]
         [--model models/all-MiniLM-L6-v2] [--n 256] [--words 20] [--batch-size 32]
-        [--threads 2] [--rounds 3] [--json]
+        [--threads 2] [--rounds 3] [--json] [--kiln-arg=--quantize --kiln-arg=int8]
+
+--kiln-arg passes an argument on to `kiln embed` (repeat it): with `--quantize int8` the
+min cosine column is kiln's int8 embeddings against sentence-transformers' f32 ones.
 """
 
 import argparse
@@ -54,9 +57,9 @@ def flops(lens, cfg):
     return total
 
 
-def run_kiln(kiln, model, path, threads, batch):
+def run_kiln(kiln, model, path, threads, batch, extra=()):
     cmd = [kiln, "embed", "--model", model, "--json", "--threads", str(threads),
-           "--batch-size", str(batch), "--file", path]
+           "--batch-size", str(batch), "--file", path, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"kiln failed: {p.stderr}")
@@ -74,6 +77,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--kiln-arg", action="append", default=[], help="passed on to kiln embed")
     a = ap.parse_args()
 
     import numpy as np
@@ -96,7 +100,7 @@ def main():
     rounds = []
     try:
         for _ in range(a.rounds):
-            tk, out = run_kiln(a.kiln, a.model, path, a.threads, a.batch_size)
+            tk, out = run_kiln(a.kiln, a.model, path, a.threads, a.batch_size, a.kiln_arg)
             t0 = time.perf_counter()
             ref = st.encode(sents, batch_size=a.batch_size, convert_to_numpy=True)
             tt = time.perf_counter() - t0
@@ -110,7 +114,7 @@ def main():
     med = lambda k: statistics.median(r[k] for r in rounds)
     summary = dict(
         n_sentences=a.n, tokens=sum(lens), mean_tokens=sum(lens) / len(lens), gflop=gflop,
-        batch_size=a.batch_size, threads=a.threads, torch_version=torch.__version__,
+        batch_size=a.batch_size, threads=a.threads, kiln_args=a.kiln_arg, torch_version=torch.__version__,
         torch_threads=torch.get_num_threads(), loadavg=os.getloadavg(), rounds=rounds,
         median_ratio=med("ratio"), median_kiln_sps=med("kiln_sps"), median_torch_sps=med("torch_sps"),
         median_kiln_gflops=med("kiln_gflops"), median_torch_gflops=med("torch_gflops"))

@@ -10,7 +10,8 @@
 2. kiln quantizes that float directory: RTN, GPTQ (with and without act-order) and AWQ at 4 bits
    group 64 and per channel, int8 per channel and group-wise, calibrated on --calib.
 3. llama.cpp requantizes the GGUF (llama_model_quantize, which dequantizes to f32 first, so this
-   is quantizing the same float model) to Q4_0, Q4_K_M and Q8_0; kiln runs those files.
+   is quantizing the same float model) to F32, Q4_0, Q4_K_M and Q8_0, and scores them itself
+   (llamacpp_quality.py, like llama-perplexity --kl-divergence) against its F32 file.
 4. `kiln score --model Q --reference FLOAT --json` on the held-out text, same windows for all.
 
 Needs llama-cpp-python in the Python that runs this (tools/bench/requirements.txt) for the
@@ -34,6 +35,7 @@ KILN_ROWS = [
     ("gptq-4bit-g64", ["--method", "gptq", "--bits", "4", "--group-size", "64"]),
     ("gptq-4bit-g64-act-order", ["--method", "gptq", "--bits", "4", "--group-size", "64", "--act-order"]),
     ("awq-4bit-g64", ["--method", "awq", "--bits", "4", "--group-size", "64"]),
+    ("awq-gptq-4bit-g64-act-order", ["--method", "awq-gptq", "--bits", "4", "--group-size", "64", "--act-order"]),
     ("rtn-4bit-per-channel", ["--method", "rtn", "--bits", "4", "--group-size", "-1"]),
     ("gptq-4bit-per-channel", ["--method", "gptq", "--bits", "4", "--group-size", "-1", "--act-order"]),
     ("rtn-int8-per-channel", ["--method", "rtn", "--bits", "8", "--group-size", "-1", "--sym"]),
@@ -92,16 +94,17 @@ def main():
             secs = json.load(f)["quantize_seconds"]
         print(f"{name}: quantized in {secs:.1f} s", file=sys.stderr)
         rows.append((name, out, secs))
-    for t in LLAMA_ROWS:
+    llama = []
+    for t in ["ALL_F32"] + LLAMA_ROWS:
         name = f"llama.cpp-{t}"
-        if only and name not in only:
+        if only and name not in only and t != "ALL_F32":
             continue
         out = os.path.join(a.out, f"{t}.gguf")
         s = None
         if not os.path.exists(out):
             _, s = run([sys.executable, os.path.join(HERE, "requantize.py"), a.model, out, t, "--threads",
                         str(a.threads)])
-        rows.append((name, out, s))
+        llama.append((name, out, s))
 
     results = []
     for name, path, secs in rows:
@@ -119,6 +122,32 @@ def main():
         results.append(r)
         print(f"{name}: ppl {r['perplexity']:.4f} ({r['perplexity_change_pct']:+.2f}%), "
               f"KL {r['kl_mean']:.5f}, top-1 {100 * r['top1_agreement']:.2f}%", file=sys.stderr)
+    # llama.cpp's files scored by llama.cpp itself against its own f32 conversion (the same
+    # float weights), on kiln's token ids: kiln cannot run every type Q4_K_M mixes in (Q5_0).
+    if len(llama) > 1:
+        ids = os.path.join(a.out, "float.ids.json")
+        if not os.path.exists(ids):
+            out_json, _ = run([a.kiln, "score", "--model", float_dir, "--file", a.held_out, "--context",
+                               str(a.context), "--json"] + threads)
+            with open(ids, "w") as f:
+                f.write(out_json)
+        cached = os.path.join(a.out, "llamacpp.jsonl")
+        want = [p for _, p, _ in llama[1:]]
+        have = [json.loads(l) for l in open(cached)] if os.path.exists(cached) else []
+        if sorted(r["model"] for r in have) != sorted(want):
+            out_json, _ = run([sys.executable, os.path.join(HERE, "llamacpp_quality.py"), "--base", llama[0][1],
+                               "--ids", ids, "--context", str(a.context), "--threads", str(a.threads), "--json"]
+                              + want)
+            with open(cached, "w") as f:
+                f.write(out_json)
+            have = [json.loads(l) for l in out_json.strip().splitlines()]
+        by_model = {r["model"]: r for r in have}
+        for name, path, secs in llama[1:]:
+            r = dict(by_model[path], name=name, quantize_seconds=secs, bytes=dir_bytes(path),
+                     n_tokens=results[0]["n_tokens"], n_windows=results[0]["n_windows"])
+            results.append(r)
+            print(f"{name}: ppl {r['perplexity']:.4f} ({r['perplexity_change_pct']:+.2f}%), "
+                  f"KL {r['kl_mean']:.5f}, top-1 {100 * r['top1_agreement']:.2f}% (llama.cpp)", file=sys.stderr)
     with open(os.path.join(a.out, "results.jsonl"), "w") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")

@@ -50,8 +50,9 @@ pub struct Common {
     pub dtype: Option<kiln_tensor::DType>,
     /// Quantize the dense linear weights as they load: int8 (Q8_0, 8.5 bits a weight) or int4
     /// (Q4_1, 5 bits; the LM head int8), round to nearest per 32 input columns, run on the
-    /// quantized kernels. Matrices already quantized (GGUF, GPTQ, AWQ) and MoE routers stay
-    /// as they are. For GPTQ/AWQ with calibration: `kiln quantize`.
+    /// quantized kernels; token embeddings (and a tied head) int8. Matrices already quantized
+    /// (GGUF, GPTQ, AWQ) and MoE routers stay as they are. For GPTQ/AWQ with calibration:
+    /// `kiln quantize`.
     /// llm-int8: LLM.int8, int8 rows with the outlier feature columns of each step (an
     /// activation of at least --llm-int8-threshold) multiplied in 16-bit, on the host.
     #[arg(long, value_parser = ["int8", "int4", "llm-int8"])]

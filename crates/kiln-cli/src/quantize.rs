@@ -26,6 +26,8 @@ pub enum MethodArg {
     Gptq,
     /// AWQ (Lin et al. 2023): activation-aware scales and clipping, then round to nearest.
     Awq,
+    /// AWQ's scales, then GPTQ of the scaled weights (written as GPTQ unless --format awq).
+    AwqGptq,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -128,10 +130,11 @@ pub fn run(a: Args) -> Result<()> {
         let method = match a.method {
             MethodArg::Rtn => Method::Rtn,
             MethodArg::Awq => Method::Awq,
+            MethodArg::AwqGptq => Method::AwqGptq,
             _ => Method::Gptq,
         };
         if method != Method::Rtn && calib.is_empty() {
-            bail!("--method gptq and awq need calibration text: --calib FILE");
+            bail!("--method gptq, awq and awq-gptq need calibration text: --calib FILE");
         }
         let opts = Options {
             method,

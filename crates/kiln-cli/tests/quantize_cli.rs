@@ -203,11 +203,13 @@ fn gptq_and_awq_beat_rtn_and_what_kiln_writes_loads() {
     let (gptq_dir, gptq, gptq_c) = run("gptq", "gptq", &[]);
     let (act_dir, act, act_c) = run("gptq-act", "gptq", &["--act-order"]);
     let (awq_dir, awq, awq_c) = run("awq", "awq", &[]);
+    let (awq_gptq_dir, awq_gptq, awq_gptq_c) = run("awq-gptq", "awq-gptq", &[]);
     let rows = [
         ("rtn", &rtn, &rtn_c),
         ("gptq", &gptq, &gptq_c),
         ("gptq act-order", &act, &act_c),
         ("awq", &awq, &awq_c),
+        ("awq + gptq", &awq_gptq, &awq_gptq_c),
     ];
     for (name, summary, c) in rows {
         eprintln!(
@@ -221,10 +223,12 @@ fn gptq_and_awq_beat_rtn_and_what_kiln_writes_loads() {
     // GPTQ minimises each layer's output error on these inputs; RTN ignores them.
     assert!(mean_rel_error(&gptq) < 0.8 * mean_rel_error(&rtn));
     assert!(mean_rel_error(&act) < 0.8 * mean_rel_error(&rtn));
+    assert!(mean_rel_error(&awq_gptq) < 0.8 * mean_rel_error(&rtn));
     for (name, c) in [
         ("gptq", &gptq_c),
         ("gptq act-order", &act_c),
         ("awq", &awq_c),
+        ("awq + gptq", &awq_gptq_c),
     ] {
         assert!(
             f(c, "kl_mean") < f(&rtn_c, "kl_mean"),
@@ -261,7 +265,9 @@ fn gptq_and_awq_beat_rtn_and_what_kiln_writes_loads() {
         assert!(st.tensor(&name).is_ok(), "missing {name}");
     }
     assert!(st.tensor("model.layers.0.mlp.down_proj.weight").is_err());
-    for d in [rtn_dir, gptq_dir, act_dir, awq_dir] {
+    // AWQ + GPTQ folds its scales into the norms and writes GPTQ's layout.
+    assert_eq!(quantization_config(&awq_gptq_dir)["quant_method"], "gptq");
+    for d in [rtn_dir, gptq_dir, act_dir, awq_dir, awq_gptq_dir] {
         std::fs::remove_dir_all(d).ok();
     }
 }

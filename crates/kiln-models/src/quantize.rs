@@ -27,6 +27,17 @@ pub enum Method {
     Gptq,
     /// AWQ's scale and clip search, then round-to-nearest of the scaled weights.
     Awq,
+    /// AWQ's scales (folded as for [`Method::Awq`]), then GPTQ of the scaled weights on the
+    /// scaled inputs, without the clip search (GPTQ fits its own grid): the two are
+    /// orthogonal, as the AWQ paper shows.
+    AwqGptq,
+}
+
+impl Method {
+    /// Whether the method folds AWQ scales (and so quantizes a whole block at once).
+    pub fn awq_scales(self) -> bool {
+        matches!(self, Method::Awq | Method::AwqGptq)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +174,7 @@ impl Quantizer for Calibrated {
     fn sequential(&self) -> bool {
         // AWQ folds a group's scales into the layer before it: it needs the whole block.
         let o = &self.0.borrow().opts;
-        o.true_sequential && o.method != Method::Awq
+        o.true_sequential && !o.method.awq_scales()
     }
 
     fn skip(&self, name: &str) -> bool {
@@ -175,7 +186,7 @@ impl Quantizer for Calibrated {
         groups: &[InputGroup],
     ) -> std::result::Result<Vec<Tensor>, kiln_nn::Error> {
         let err = |e: Error| kiln_nn::Error::Config(e.to_string());
-        if self.0.borrow().opts.method == Method::Awq {
+        if self.0.borrow().opts.method.awq_scales() {
             return crate::quantize_awq::block(&self.0, groups).map_err(err);
         }
         let mut out = Vec::new();
@@ -196,7 +207,7 @@ impl Calibrated {
                 h.add(&g.x, g.n_rows)?;
                 Some(h)
             }
-            Method::Rtn | Method::Awq => None,
+            Method::Rtn | Method::Awq | Method::AwqGptq => None,
         };
         let setup = t0.elapsed().as_secs_f64() / g.linears.len() as f64;
         let sample = sample_rows(&g.x, g.n_rows, g.cols, 512)?;
@@ -206,16 +217,7 @@ impl Calibrated {
             let (rows, cols) = w.dims2("quantize")?;
             let wf = host_f32(w)?;
             let m = match &hessian {
-                Some(h) => {
-                    let cfg = GptqConfig {
-                        spec: opts.spec,
-                        damp_percent: opts.damp_percent,
-                        block_size: 128,
-                        act_order: opts.act_order,
-                        static_groups: opts.act_order,
-                    };
-                    gptq(&wf, rows, cols, h, &cfg)?.m
-                }
+                Some(h) => gptq(&wf, rows, cols, h, &gptq_config(&opts))?.m,
                 None => IntMatrix::rtn(&wf, rows, cols, opts.spec)?,
             };
             let wq = Tensor::from_vec(m.dequantize(), [rows, cols])?;
@@ -232,6 +234,18 @@ impl Calibrated {
             out.push(wq);
         }
         Ok(out)
+    }
+}
+
+/// GPTQ's settings from the options: lazy batches of 128 columns, act-order with static
+/// groups.
+pub(crate) fn gptq_config(opts: &Options) -> GptqConfig {
+    GptqConfig {
+        spec: opts.spec,
+        damp_percent: opts.damp_percent,
+        block_size: 128,
+        act_order: opts.act_order,
+        static_groups: opts.act_order,
     }
 }
 

@@ -11,7 +11,8 @@
 //!
 //! The weights handed back to the calibration pass are the functions the exported layers
 //! compute without the fold: `diag(r) · Q(diag(1/r) · W · diag(s)) · diag(1/s)`, where `r` is
-//! the row divisor a later group folded into this linear.
+//! the row divisor a later group folded into this linear. With [`Method::AwqGptq`], `Q` is
+//! GPTQ on the scaled inputs `X · diag(1/s)` instead of clip + round-to-nearest.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -19,10 +20,11 @@ use std::time::Instant;
 
 use kiln_nn::calibrate::InputGroup;
 use kiln_quant::awq::{apply_clip, search_clip, search_scales, AwqConfig};
+use kiln_quant::gptq::{gptq, Hessian};
 use kiln_quant::IntMatrix;
 use kiln_tensor::Tensor;
 
-use crate::quantize::{host_f32, rel_error, sample_rows, LayerReport, State};
+use crate::quantize::{gptq_config, host_f32, rel_error, sample_rows, LayerReport, Method, State};
 use crate::Result;
 
 /// Where a group's input scales fold: a norm's weight, or the rows of another linear.
@@ -67,7 +69,9 @@ fn fold_of(first: &str, names: &[&str]) -> Fold {
 }
 
 pub(crate) fn block(state: &RefCell<State>, groups: &[InputGroup]) -> Result<Vec<Tensor>> {
-    let spec = state.borrow().opts.spec;
+    let opts = state.borrow().opts.clone();
+    let spec = opts.spec;
+    let with_gptq = opts.method == Method::AwqGptq;
     let cfg = AwqConfig::new(spec);
     let names: Vec<&str> = groups
         .iter()
@@ -127,6 +131,8 @@ pub(crate) fn block(state: &RefCell<State>, groups: &[InputGroup]) -> Result<Vec
     let mut out = Vec::new();
     for (g, t_search) in groups.iter().zip(search_time) {
         let share = t_search / g.linears.len() as f64;
+        // AWQ + GPTQ: one Hessian per group, of the inputs its scaled weights see.
+        let mut hessian: Option<Hessian> = None;
         for (n, _) in &g.linears {
             let t0 = Instant::now();
             let (w, rows, cols) = &weights[&**n];
@@ -149,11 +155,21 @@ pub(crate) fn block(state: &RefCell<State>, groups: &[InputGroup]) -> Result<Vec
                 }
                 None => g.x.clone(),
             };
-            if !(n.ends_with("q_proj") || n.ends_with("k_proj")) {
-                let max = search_clip(&xs, g.n_rows, &ws, rows, cols, &cfg)?;
-                apply_clip(&mut ws, rows, cols, spec.group_len(cols), &max)?;
-            }
-            let m = IntMatrix::rtn(&ws, rows, cols, spec)?;
+            let m = if with_gptq {
+                if hessian.is_none() {
+                    let mut h = Hessian::new(cols);
+                    h.add(&xs, g.n_rows)?;
+                    hessian = Some(h);
+                }
+                let h = hessian.as_ref().expect("built above");
+                gptq(&ws, rows, cols, h, &gptq_config(&opts))?.m
+            } else {
+                if !(n.ends_with("q_proj") || n.ends_with("k_proj")) {
+                    let max = search_clip(&xs, g.n_rows, &ws, rows, cols, &cfg)?;
+                    apply_clip(&mut ws, rows, cols, spec.group_len(cols), &max)?;
+                }
+                IntMatrix::rtn(&ws, rows, cols, spec)?
+            };
             // What the unfolded layer computes.
             let mut eff = m.dequantize();
             for i in 0..rows {

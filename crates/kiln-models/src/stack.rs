@@ -3,7 +3,7 @@
 //! block's input, then the last block's output), then `advance` of the KV store. The models
 //! differ only in what comes before (embeddings) and after (final norm) and in a block's
 //! arguments, which the caller's closure supplies. A calibration session (kiln-nn `calibrate.rs`)
-//! quantizes each block here, before it runs for the next one's input.
+//! quantizes each block here, its last run giving the next one's input.
 
 use kiln_nn::{Batch, KvStore};
 use kiln_tensor::Tensor;
@@ -22,11 +22,12 @@ pub(crate) fn layers(
         if let Some(t) = trace.as_deref_mut() {
             t.push(x.clone());
         }
-        if kiln_nn::calibrate::active() {
-            // Quantize this block on its input first (kiln-nn `calibrate.rs`).
-            kiln_nn::calibrate::quantize_block(i, || block(i, &x).map(drop))?;
-        }
-        x = block(i, &x)?;
+        x = if kiln_nn::calibrate::active() {
+            // Quantize this block on its input, then take its output (kiln-nn `calibrate.rs`).
+            kiln_nn::calibrate::quantize_block(i, || block(i, &x))?
+        } else {
+            block(i, &x)?
+        };
     }
     if let Some(t) = trace {
         t.push(x.clone());

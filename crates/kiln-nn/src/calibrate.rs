@@ -8,8 +8,8 @@
 //! quantized copies its input to the host, one [`InputGroup`] per call (q/k/v share one call,
 //! gate/up another) — and the [`Quantizer`] gets the first group (`sequential`, AutoGPTQ's
 //! `true_sequential`) or all of them; the weights it returns replace the layer's own for the
-//! rest of the pass, and the block runs again until no named linear of it is left. Then the
-//! stack runs it once more to produce the next block's input from the quantized block.
+//! rest of the pass, and the block runs again until no named linear of it is left; that last
+//! run's output, the quantized block's, is the next block's input.
 //!
 //! The replacement weights are dense — the function the quantized layer computes (for AWQ that
 //! includes the inverse input scaling that an export folds into the preceding layer) — so the
@@ -93,10 +93,12 @@ pub fn active() -> bool {
 }
 
 /// Quantizes block `block` (see the module doc); `run_block` runs it on the step's input.
-pub fn quantize_block<E: From<Error>>(
+/// Returns the output of its last run, in which every linear was already quantized (or
+/// skipped): the block's output for the next one.
+pub fn quantize_block<T, E: From<Error>>(
     block: usize,
-    mut run_block: impl FnMut() -> std::result::Result<(), E>,
-) -> std::result::Result<(), E> {
+    mut run_block: impl FnMut() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     loop {
         with(|s| {
             s.block = block;
@@ -108,13 +110,13 @@ pub fn quantize_block<E: From<Error>>(
             s.recording = false;
             (std::mem::take(&mut s.groups), s.quantizer.take())
         });
-        ran?;
+        let output = ran?;
         let Some(mut quantizer) = quantizer else {
             return Err(Error::Config("calibration: a block ran inside a block".into()).into());
         };
         if groups.is_empty() {
             with(|s| s.quantizer = Some(quantizer));
-            return Ok(());
+            return Ok(output);
         }
         let take = if quantizer.sequential() {
             1

@@ -16,7 +16,7 @@ pub struct Embedding {
 impl Embedding {
     pub fn load(w: &Weights, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
         Ok(Embedding {
-            table: w.matrix(name, vocab, dim)?,
+            table: w.embedding_table(name, vocab, dim)?,
             dtype: w.placement().dtype,
         })
     }

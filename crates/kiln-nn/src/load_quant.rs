@@ -12,6 +12,9 @@
 //!   absmax int8. It applies to the linears loaded by name (not to fused q/k/v a model splits
 //!   at load, nor to stacked MoE experts) and runs on the host.
 //!
+//! Token embedding tables (and with them a tied LM head) become Q8_0 under `int8` and `int4`,
+//! as llama.cpp stores them: a lookup reads one row, a tied head runs on the int8 kernels.
+//!
 //! What stays as it is: matrices already in a block format (a GGUF file's, a GPTQ/AWQ
 //! checkpoint's), MoE routers ([`is_kept_float`]), and a matrix whose input width is not a
 //! multiple of 32. Both quantizers are bit-identical to ggml's (kiln-quant). GPTQ and AWQ,
@@ -112,6 +115,15 @@ pub(crate) fn apply(quant: Option<LoadQuant>, name: Option<&str>, w: Tensor) -> 
         return Ok(w);
     }
     Ok(w.to_dtype(DType::Quant(format))?)
+}
+
+/// An embedding table `(vocab, dim)` under `quant`: Q8_0 for `int8` and `int4` (dims a multiple
+/// of 32, on the host), otherwise as it is.
+pub(crate) fn apply_embedding(quant: Option<LoadQuant>, t: Tensor) -> Result<Tensor> {
+    match quant {
+        Some(LoadQuant::Int8 | LoadQuant::Int4) => apply(Some(LoadQuant::Int8), None, t),
+        _ => Ok(t),
+    }
 }
 
 /// The LLM.int8 rows of the linear `name` under `w`, or `None` where it stays as it is (a

@@ -363,6 +363,14 @@ impl Weights {
         self.placement.matrix(p)
     }
 
+    /// An embedding table `name` (vocab, dim) in the placement, quantized to Q8_0 under
+    /// `--quantize int8|int4` (`load_quant.rs`).
+    pub fn embedding_table(&self, name: &str, vocab: usize, dim: usize) -> Result<Tensor> {
+        let t = self.host_matrix(name, vocab, dim)?;
+        let t = crate::load_quant::apply_embedding(self.placement.quantize, t)?;
+        self.placement.matrix(t)
+    }
+
     /// The weight `{name}.weight` (rows, cols) of the linear `name` ([`Placement::linear`]).
     pub fn linear_weight(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
         let p = self.host_matrix(&format!("{name}.weight"), rows, cols)?;
