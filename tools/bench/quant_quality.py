@@ -34,6 +34,8 @@ KILN_ROWS = [
     ("rtn-4bit-g64", ["--method", "rtn", "--bits", "4", "--group-size", "64"]),
     ("gptq-4bit-g64", ["--method", "gptq", "--bits", "4", "--group-size", "64"]),
     ("gptq-4bit-g64-act-order", ["--method", "gptq", "--bits", "4", "--group-size", "64", "--act-order"]),
+    ("gptq-4bit-g64-sym-act-order", ["--method", "gptq", "--bits", "4", "--group-size", "64", "--sym",
+                                     "--act-order"]),
     ("awq-4bit-g64", ["--method", "awq", "--bits", "4", "--group-size", "64"]),
     ("awq-gptq-4bit-g64-act-order", ["--method", "awq-gptq", "--bits", "4", "--group-size", "64", "--act-order"]),
     ("rtn-4bit-per-channel", ["--method", "rtn", "--bits", "4", "--group-size", "-1"]),

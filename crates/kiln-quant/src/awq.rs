@@ -92,32 +92,12 @@ pub fn search_scales(
     for &(w, rows) in ws {
         check_weights(w, rows, cols)?;
     }
-    let group = spec.group_len(cols);
-    let total_rows: usize = ws.iter().map(|&(_, r)| r).sum();
-
-    let mut x_mean = vec![0.0f64; cols];
-    for xr in x.chunks_exact(cols) {
-        for (m, &v) in x_mean.iter_mut().zip(xr) {
-            *m += v.abs() as f64;
-        }
-    }
-    x_mean.iter_mut().for_each(|m| *m /= n_tokens as f64);
-    let mut w_mean = vec![0.0f64; cols];
-    for &(w, _) in ws {
-        for wr in w.chunks_exact(cols) {
-            for (wg, mg) in wr.chunks_exact(group).zip(w_mean.chunks_exact_mut(group)) {
-                let max = wg.iter().fold(0.0f32, |a, v| a.max(v.abs())) as f64 + 1e-6;
-                for (m, &v) in mg.iter_mut().zip(wg) {
-                    *m += v.abs() as f64 / max;
-                }
-            }
-        }
-    }
-    w_mean.iter_mut().for_each(|m| *m /= total_rows as f64);
+    let (x_mean, w_mean) = means(x, n_tokens, cols, ws, &spec);
 
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let mut gram = vec![0.0; cols * cols];
     linalg::gram_update(&mut gram, cols, &x64, n_tokens, 0.0, 1.0);
+    let total_rows: usize = ws.iter().map(|&(_, r)| r).sum();
 
     // As AutoAWQ: a NaN loss never wins; none finite is an error.
     let mut best: Option<ScaleSearch> = None;
@@ -143,6 +123,88 @@ pub fn search_scales(
         }
     }
     best.ok_or_else(|| Error::Invalid("AWQ scale search: no candidate has a finite loss".into()))
+}
+
+/// [`search_scales`] with the loss of a module around the linears (AutoAWQ's
+/// `module2inspect`, e.g. a whole MLP for its gate/up projections): for each candidate,
+/// `loss` gets every linear's effective weight `Q(W · diag s) · diag(1/s)` (row-major, as
+/// `ws`) and returns the module's output error.
+pub fn search_scales_by(
+    x: &[f32],
+    n_tokens: usize,
+    cols: usize,
+    ws: &[(&[f32], usize)],
+    cfg: &AwqConfig,
+    loss: &mut dyn FnMut(&[Vec<f32>]) -> Result<f64>,
+) -> Result<ScaleSearch> {
+    let spec = cfg.spec;
+    spec.check(cols)?;
+    check_input(x, n_tokens, cols)?;
+    if ws.is_empty() || cfg.n_grid == 0 {
+        return Err(Error::Invalid(
+            "AWQ scale search needs at least one linear and n_grid > 0".into(),
+        ));
+    }
+    for &(w, rows) in ws {
+        check_weights(w, rows, cols)?;
+    }
+    let (x_mean, w_mean) = means(x, n_tokens, cols, ws, &spec);
+    let mut best: Option<ScaleSearch> = None;
+    let mut best_loss = f64::INFINITY;
+    for k in 0..cfg.n_grid {
+        let ratio = k as f64 / cfg.n_grid as f64;
+        let s = candidate_scales(&x_mean, &w_mean, ratio, cfg.duo_scaling);
+        let eff: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|&(w, rows)| {
+                let d = scaled_rounding_error(w, rows, cols, &s, &spec);
+                w.iter().zip(d).map(|(&v, d)| v + d as f32).collect()
+            })
+            .collect();
+        let l = loss(&eff)?;
+        if l < best_loss {
+            best_loss = l;
+            best = Some(ScaleSearch {
+                scales: s,
+                ratio: k as f32 / cfg.n_grid as f32,
+                loss: l,
+            });
+        }
+    }
+    best.ok_or_else(|| Error::Invalid("AWQ scale search: no candidate has a finite loss".into()))
+}
+
+/// The mean |x| of each input channel, and the mean over the linears' rows of each weight's
+/// magnitude relative to its group's largest (AutoAWQ's `x_mean` and `w_mean`).
+fn means(
+    x: &[f32],
+    n_tokens: usize,
+    cols: usize,
+    ws: &[(&[f32], usize)],
+    spec: &IntSpec,
+) -> (Vec<f64>, Vec<f64>) {
+    let group = spec.group_len(cols);
+    let total_rows: usize = ws.iter().map(|&(_, r)| r).sum();
+    let mut x_mean = vec![0.0f64; cols];
+    for xr in x.chunks_exact(cols) {
+        for (m, &v) in x_mean.iter_mut().zip(xr) {
+            *m += v.abs() as f64;
+        }
+    }
+    x_mean.iter_mut().for_each(|m| *m /= n_tokens as f64);
+    let mut w_mean = vec![0.0f64; cols];
+    for &(w, _) in ws {
+        for wr in w.chunks_exact(cols) {
+            for (wg, mg) in wr.chunks_exact(group).zip(w_mean.chunks_exact_mut(group)) {
+                let max = wg.iter().fold(0.0f32, |a, v| a.max(v.abs())) as f64 + 1e-6;
+                for (m, &v) in mg.iter_mut().zip(wg) {
+                    *m += v.abs() as f64 / max;
+                }
+            }
+        }
+    }
+    w_mean.iter_mut().for_each(|m| *m /= total_rows as f64);
+    (x_mean, w_mean)
 }
 
 /// The scales for one ratio (module doc), as f32.
