@@ -237,9 +237,9 @@ pub fn dense_tensor(loaded: &Loaded, name: &str) -> Result<(Vec<f32>, Vec<usize>
         .strip_suffix(".weight")
         .or_else(|| name.strip_suffix(".bias"))
         .unwrap_or(name);
-    let (rows, cols) = match shape.as_slice() {
-        &[rows, cols] => (rows, cols),
-        &[rows] => (rows, 1),
+    let (rows, cols) = match *shape.as_slice() {
+        [rows, cols] => (rows, cols),
+        [rows] => (rows, 1),
         _ => return Ok((v, shape)),
     };
     let v = match hf_rows(loaded, linear, rows)? {

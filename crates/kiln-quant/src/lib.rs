@@ -5,7 +5,8 @@
 //!
 //! - [`GgmlType`]: the GGML type ids, block sizes and byte sizes (all known types, so a loader can
 //!   size every tensor; only some have kernels here, the others give [`Error::Unsupported`]).
-//! - One module per format ([`q8_0`], [`q4_0`], [`q4_1`], [`q4_k`], [`q6_k`], [`plain`]): the block
+//! - One module per format ([`q8_0`], [`q4_0`], [`q4_1`], [`q5_0`], [`q5_1`], [`q4_k`], [`q6_k`],
+//!   [`plain`]): the block
 //!   layout with a diagram, a reference `dequantize_block`, a reference quantizer and the dot
 //!   products (a portable scalar reference and AVX2 / AVX-512 VNNI versions beside it).
 //! - [`QMatrix`]: a `(rows, cols)` weight matrix with `matmul(x) = x · Wᵀ`, parallel over output
@@ -38,6 +39,8 @@ pub mod plain;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
 pub mod q6_k;
 pub mod q8_0;
 mod types;
@@ -58,7 +61,7 @@ pub use types::GgmlType;
 
 /// Quantizes `src` (a whole number of blocks of `ty`) into GGUF bytes.
 ///
-/// Q8_0, Q4_0 and Q4_1 are bit-identical to ggml's reference quantizers; Q4_K and Q6_K use a
+/// Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 are bit-identical to ggml's reference quantizers; Q4_K and Q6_K use a
 /// simpler (lower quality) search than ggml and are meant for tests.
 pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
     let n_bytes = ty.row_bytes(src.len())?;
@@ -70,6 +73,8 @@ pub fn quantize(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>> {
         GgmlType::Q8_0 => blocks(src, &mut dst, q8_0::quantize_block),
         GgmlType::Q4_0 => blocks(src, &mut dst, q4_0::quantize_block),
         GgmlType::Q4_1 => blocks(src, &mut dst, q4_1::quantize_block),
+        GgmlType::Q5_0 => blocks(src, &mut dst, q5_0::quantize_block),
+        GgmlType::Q5_1 => blocks(src, &mut dst, q5_1::quantize_block),
         GgmlType::Q4_K => blocks(src, &mut dst, q4_k::quantize_block),
         GgmlType::Q6_K => blocks(src, &mut dst, q6_k::quantize_block),
         _ => return Err(Error::Unsupported { ty, op: "quantize" }),
@@ -94,6 +99,8 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<()> {
         GgmlType::Q8_0 => deblocks(src, out, q8_0::dequantize_block),
         GgmlType::Q4_0 => deblocks(src, out, q4_0::dequantize_block),
         GgmlType::Q4_1 => deblocks(src, out, q4_1::dequantize_block),
+        GgmlType::Q5_0 => deblocks(src, out, q5_0::dequantize_block),
+        GgmlType::Q5_1 => deblocks(src, out, q5_1::dequantize_block),
         GgmlType::Q4_K => deblocks(src, out, q4_k::dequantize_block),
         GgmlType::Q6_K => deblocks(src, out, q6_k::dequantize_block),
         _ => {

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::act::{self, BlockQ8, BlockQ8K};
 use crate::legacy::{self, Legacy};
 use crate::packed8::{self, Packed8};
-use crate::{plain, q4_0::Q4_0, q4_1::Q4_1, q4_k, q6_k, q8_0::Q8_0};
+use crate::{plain, q4_0::Q4_0, q4_1::Q4_1, q4_k, q5_0::Q5_0, q5_1::Q5_1, q6_k, q8_0::Q8_0};
 use crate::{Error, GgmlType, Isa, Result, SharedBytes};
 
 /// A `rows × cols` weight matrix (`rows` output features, `cols` input features) in GGUF layout:
@@ -237,6 +237,8 @@ impl QMatrix {
             GgmlType::Q4_0 => self.run_legacy::<Q4_0>(isa, x, n_tokens, out),
             GgmlType::Q4_1 => self.run_legacy::<Q4_1>(isa, x, n_tokens, out),
             GgmlType::Q8_0 => self.run_legacy::<Q8_0>(isa, x, n_tokens, out),
+            GgmlType::Q5_0 => self.run_legacy::<Q5_0>(isa, x, n_tokens, out),
+            GgmlType::Q5_1 => self.run_legacy::<Q5_1>(isa, x, n_tokens, out),
             GgmlType::Q4_K => self.run_kquant(
                 isa,
                 x,

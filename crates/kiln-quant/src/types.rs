@@ -162,7 +162,10 @@ impl GgmlType {
 
     /// Whether this crate can dequantize this type and multiply by it.
     pub fn is_supported(self) -> bool {
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q6_K)
+        matches!(
+            self,
+            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q6_K
+        )
     }
 }
 

@@ -19,6 +19,8 @@ fn type_table() {
         (1, GgmlType::F16, 1, 2),
         (2, GgmlType::Q4_0, 32, 18),
         (3, GgmlType::Q4_1, 32, 20),
+        (6, GgmlType::Q5_0, 32, 22),
+        (7, GgmlType::Q5_1, 32, 24),
         (8, GgmlType::Q8_0, 32, 34),
         (12, GgmlType::Q4_K, 256, 144),
         (14, GgmlType::Q6_K, 256, 210),
@@ -191,6 +193,41 @@ fn q4_1_known_block() {
 }
 
 /// rms(dequantize(quantize(x)) - x) / rms(x).
+/// Q5_0 and Q5_1 against the `gguf` Python package's numpy quantizers (ggml's reference
+/// algorithm), two blocks each of the values below:
+/// `gguf.quants.quantize(x.reshape(1, 64), GGMLQuantizationType.Q5_0).tobytes().hex()`.
+#[test]
+fn q5_blocks_match_the_gguf_package() {
+    // Python computes in f64, then numpy rounds to f32.
+    let x: Vec<f32> = (0..64i64)
+        .map(|i| {
+            let v = ((i * 37) % 101 - 50) as f64 / 23.0 + if i % 7 == 0 { 0.5 } else { 0.0 };
+            v as f32
+        })
+        .collect();
+    for (ty, hex) in [
+        (
+            GgmlType::Q5_0,
+            "59b05bdad2924c94d81d5165ea2a62b6fb3f43c7084000b196b6b4a4da0b51b4d92e84a6cc5d70d92b40a688",
+        ),
+        (
+            GgmlType::Q5_1,
+            "5a3016c0a4252d6db36b27e2ae9a15d59d4904c0bc38f7bfbc302dc069494b5b15f29d4b15c07b4823a07e26d3ae5956",
+        ),
+    ] {
+        let want: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let got = quantize(ty, &x).unwrap();
+        assert_eq!(got, want, "{ty}");
+        let mut y = vec![0f32; 64];
+        dequantize(ty, &got, &mut y).unwrap();
+        let err = x.iter().zip(&y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let range = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(err <= range / 15.0, "{ty}: max error {err}");
+    }
+}
+
 fn round_trip_error(ty: GgmlType, x: &[f32]) -> f32 {
     let q = quantize(ty, x).unwrap();
     assert_eq!(q.len(), ty.row_bytes(x.len()).unwrap());
@@ -211,6 +248,8 @@ fn round_trip_within_format_error() {
         (GgmlType::Q8_0, 0.01),
         (GgmlType::Q4_0, 0.13),
         (GgmlType::Q4_1, 0.12),
+        (GgmlType::Q5_0, 0.065),
+        (GgmlType::Q5_1, 0.06),
         (GgmlType::Q4_K, 0.15),
         (GgmlType::Q6_K, 0.04),
     ] {
@@ -223,6 +262,8 @@ fn round_trip_within_format_error() {
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
     ] {

@@ -33,10 +33,12 @@ fn rel_rms(a: &[f32], b: &[f32]) -> f32 {
     (err / norm.max(1e-30)).sqrt()
 }
 
-const TYPES: [GgmlType; 8] = [
+const TYPES: [GgmlType; 10] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q4_K,
     GgmlType::Q6_K,
     GgmlType::F32,

@@ -26,15 +26,19 @@ pub enum QuantType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q4_K,
     Q6_K,
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 5] = [
+    pub const ALL: [QuantType; 7] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
         QuantType::Q4_K,
         QuantType::Q6_K,
     ];
@@ -44,6 +48,8 @@ impl QuantType {
             QuantType::Q8_0 => GgmlType::Q8_0,
             QuantType::Q4_0 => GgmlType::Q4_0,
             QuantType::Q4_1 => GgmlType::Q4_1,
+            QuantType::Q5_0 => GgmlType::Q5_0,
+            QuantType::Q5_1 => GgmlType::Q5_1,
             QuantType::Q4_K => GgmlType::Q4_K,
             QuantType::Q6_K => GgmlType::Q6_K,
         }

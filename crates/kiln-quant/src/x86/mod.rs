@@ -49,6 +49,34 @@ pub(crate) unsafe fn nibbles_32(p: *const u8) -> __m256i {
     }
 }
 
+/// The 5-bit values of a Q5_0/Q5_1 block: the nibbles at `qs` (as [`nibbles_32`]) with bit `j`
+/// of the little-endian u32 at `qh` as bit 4 of value `j`.
+///
+/// # Safety
+/// `qs` points at 16 readable bytes, `qh` at 4; AVX2 is available.
+#[inline(always)]
+pub(crate) unsafe fn nibbles_and_high_bits_32(qs: *const u8, qh: *const u8) -> __m256i {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        let bits = (qh as *const u32).read_unaligned() as i32;
+        // Byte j gets byte j / 8 of the word (the shuffle stays within each 128-bit lane, and
+        // both lanes hold the whole word), then bit j % 8 of it.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            ),
+        );
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+        _mm256_or_si256(
+            nibbles_32(qs),
+            _mm256_and_si256(set, _mm256_set1_epi8(0x10)),
+        )
+    }
+}
+
 /// Sum of the 8 lanes.
 ///
 /// # Safety

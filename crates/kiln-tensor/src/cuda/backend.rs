@@ -56,6 +56,8 @@ fn suffix(d: DType) -> &'static str {
             QuantType::Q8_0 => "q8_0",
             QuantType::Q4_0 => "q4_0",
             QuantType::Q4_1 => "q4_1",
+            QuantType::Q5_0 => "q5_0",
+            QuantType::Q5_1 => "q5_1",
             QuantType::Q4_K => "q4_k",
             QuantType::Q6_K => "q6_k",
         },

@@ -2,7 +2,7 @@
 //
 // dequant_{fmt}_{t}(const unsigned char* w, const unsigned* ids, T* y, int n_rows, int cols)
 // Layout: w is a (rows, cols) matrix in GGUF layout, each row cols / BLOCK blocks of BYTES
-// bytes (fmt: q8_0, q4_0, q4_1 with BLOCK 32; q4_k, q6_k with BLOCK 256). ids is (n_rows,)
+// bytes (fmt: q8_0, q4_0, q4_1, q5_0, q5_1 with BLOCK 32; q4_k, q6_k with BLOCK 256). ids is (n_rows,)
 // source rows, validated on the host, or null for rows 0..n_rows; y is contiguous (n_rows, cols)
 // with y[r, c] = value c of row ids[r]. This one kernel serves the quantized matmul (the whole
 // matrix, then cuBLASLt), embedding lookups (ids) and casts. Correct and simple: one thread per
@@ -41,6 +41,31 @@ struct KilnQ4_1 {
         const unsigned char byte = b[4 + (j & 15)];
         const int q = j < 16 ? (byte & 0xF) : (byte >> 4);
         return kiln_f16_at(b) * (float)q + kiln_f16_at(b + 2);
+    }
+};
+
+// The 5-bit value j of a Q5_0/Q5_1 block: the nibble as Q4_0 (qs at `qs`) with bit j of the
+// little-endian u32 at `qh` as bit 4.
+__device__ __forceinline__ int kiln_q5_value(const unsigned char* qh, const unsigned char* qs,
+                                             int j) {
+    const unsigned char byte = qs[j & 15];
+    const int lo = j < 16 ? (byte & 0xF) : (byte >> 4);
+    return lo | (((qh[j >> 3] >> (j & 7)) & 1) << 4);
+}
+
+// Q5_0: d (f16) | qh (u32) | qs[16]. value = d * (q - 16).
+struct KilnQ5_0 {
+    static constexpr int BLOCK = 32, BYTES = 22;
+    __device__ static float at(const unsigned char* b, int j) {
+        return kiln_f16_at(b) * (float)(kiln_q5_value(b + 2, b + 6, j) - 16);
+    }
+};
+
+// Q5_1: d (f16) | m (f16) | qh (u32) | qs[16]. value = d * q + m.
+struct KilnQ5_1 {
+    static constexpr int BLOCK = 32, BYTES = 24;
+    __device__ static float at(const unsigned char* b, int j) {
+        return kiln_f16_at(b) * (float)kiln_q5_value(b + 4, b + 8, j) + kiln_f16_at(b + 2);
     }
 };
 
@@ -168,5 +193,7 @@ __device__ __forceinline__ void kiln_qgemv(const unsigned char* __restrict__ w,
 KILN_QUANT_FORMAT(q8_0, KilnQ8_0)
 KILN_QUANT_FORMAT(q4_0, KilnQ4_0)
 KILN_QUANT_FORMAT(q4_1, KilnQ4_1)
+KILN_QUANT_FORMAT(q5_0, KilnQ5_0)
+KILN_QUANT_FORMAT(q5_1, KilnQ5_1)
 KILN_QUANT_FORMAT(q4_k, KilnQ4_K)
 KILN_QUANT_FORMAT(q6_k, KilnQ6_K)
