@@ -135,7 +135,8 @@ mod tests {
             assert!(!d.is_float());
         }
         assert_eq!(DType::parse("Q4_K"), Some(DType::Quant(QuantType::Q4_K)));
-        assert_eq!(DType::parse("q5_0"), None);
+        assert_eq!(DType::parse("q5_0"), Some(DType::Quant(QuantType::Q5_0)));
+        assert_eq!(DType::parse("q5_k"), None);
         assert_eq!(DType::F32.bytes_for(3), 12);
     }
 }
