@@ -82,16 +82,7 @@ pub fn search_scales(
     cfg: &AwqConfig,
 ) -> Result<ScaleSearch> {
     let spec = cfg.spec;
-    spec.check(cols)?;
-    check_input(x, n_tokens, cols)?;
-    if ws.is_empty() || cfg.n_grid == 0 {
-        return Err(Error::Invalid(
-            "AWQ scale search needs at least one linear and n_grid > 0".into(),
-        ));
-    }
-    for &(w, rows) in ws {
-        check_weights(w, rows, cols)?;
-    }
+    check_search(x, n_tokens, cols, ws, cfg)?;
     let (x_mean, w_mean) = means(x, n_tokens, cols, ws, &spec);
 
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
@@ -138,16 +129,7 @@ pub fn search_scales_by(
     loss: &mut dyn FnMut(&[Vec<f32>]) -> Result<f64>,
 ) -> Result<ScaleSearch> {
     let spec = cfg.spec;
-    spec.check(cols)?;
-    check_input(x, n_tokens, cols)?;
-    if ws.is_empty() || cfg.n_grid == 0 {
-        return Err(Error::Invalid(
-            "AWQ scale search needs at least one linear and n_grid > 0".into(),
-        ));
-    }
-    for &(w, rows) in ws {
-        check_weights(w, rows, cols)?;
-    }
+    check_search(x, n_tokens, cols, ws, cfg)?;
     let (x_mean, w_mean) = means(x, n_tokens, cols, ws, &spec);
     let mut best: Option<ScaleSearch> = None;
     let mut best_loss = f64::INFINITY;
@@ -172,6 +154,27 @@ pub fn search_scales_by(
         }
     }
     best.ok_or_else(|| Error::Invalid("AWQ scale search: no candidate has a finite loss".into()))
+}
+
+/// The arguments of a scale search are consistent (see [`search_scales`]).
+fn check_search(
+    x: &[f32],
+    n_tokens: usize,
+    cols: usize,
+    ws: &[(&[f32], usize)],
+    cfg: &AwqConfig,
+) -> Result<()> {
+    cfg.spec.check(cols)?;
+    check_input(x, n_tokens, cols)?;
+    if ws.is_empty() || cfg.n_grid == 0 {
+        return Err(Error::Invalid(
+            "AWQ scale search needs at least one linear and n_grid > 0".into(),
+        ));
+    }
+    for &(w, rows) in ws {
+        check_weights(w, rows, cols)?;
+    }
+    Ok(())
 }
 
 /// The mean |x| of each input channel, and the mean over the linears' rows of each weight's
