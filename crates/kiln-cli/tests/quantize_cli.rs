@@ -272,6 +272,38 @@ fn gptq_and_awq_beat_rtn_and_what_kiln_writes_loads() {
     }
 }
 
+/// Mixtures of experts: one checkpoint tensor per expert (OLMoE's names, Mixtral's w1/w3/w2)
+/// quantizes expert by expert and loads back; stacked GGUF experts stay float.
+#[test]
+fn moe_checkpoints_quantize_and_load_back() {
+    for (i, src) in [
+        fixture("olmoe"),
+        fixture("mixtral"),
+        fixture("mixtral_gguf/model.gguf"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = tmp(&format!("moe-{i}"));
+        kiln_ok(&[
+            "quantize",
+            "--model",
+            s(src),
+            "--method",
+            "rtn",
+            "--bits",
+            "8",
+            "--group-size",
+            "16",
+            "--out",
+            s(&out),
+        ]);
+        let c = compare(&out, src, CALIB);
+        assert!(f(&c, "kl_mean") < 0.05, "{}: {c}", src.display());
+        std::fs::remove_dir_all(out).ok();
+    }
+}
+
 #[test]
 fn int8_per_channel_is_nearly_lossless() {
     let (dir, _) = quantize(

@@ -374,13 +374,15 @@ fn load_experts(w: &Weights, spec: &MoeSpec) -> Result<Vec<GatedMlp>> {
     let act = spec.act;
     let place =
         |t: Tensor| -> Result<Linear> { Linear::from_dense(w.placement().linear(None, t)?, None) };
-    if w.contains("0.gate_proj.weight") {
+    // A GPTQ/AWQ checkpoint names the same linears `{name}.qweight`.
+    let has = |name: &str| w.contains_linear(name);
+    if has("0.gate_proj") {
         // One tensor per expert, the MLP's own names (Qwen2/3-MoE, OLMoE).
         return (0..n)
             .map(|e| GatedMlp::load(&w.pp(e), h, i, act, false))
             .collect();
     }
-    if w.contains("0.w1.weight") {
+    if has("0.w1") {
         // Mixtral's per-expert names: w1 gate, w3 up, w2 down.
         return (0..n)
             .map(|e| {

@@ -249,6 +249,16 @@ impl Weights {
         format!("{}{}", self.prefix, name)
     }
 
+    /// Whether the linear `name` is in the checkpoint: `{name}.weight`, or a GPTQ/AWQ
+    /// checkpoint's `{name}.qweight`.
+    pub fn contains_linear(&self, name: &str) -> bool {
+        self.contains(&format!("{name}.weight"))
+            || matches!(
+                self.source.get_i32(&self.full(&format!("{name}.qweight"))),
+                Ok(Some(_))
+            )
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         matches!(self.source.get(&self.full(name)), Ok(Some(_)))
     }
