@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use kiln_nn::calibrate::{self, FreshKv, InputGroup, Quantizer};
+use kiln_nn::calibrate::{self, FreshKv, InputGroup, Quantizer, Trial};
 use kiln_nn::Batch;
 use kiln_quant::gptq::{gptq, GptqConfig, Hessian};
 use kiln_quant::{IntMatrix, IntSpec};
@@ -184,10 +184,11 @@ impl Quantizer for Calibrated {
     fn quantize(
         &mut self,
         groups: &[InputGroup],
+        trial: &mut Trial<'_>,
     ) -> std::result::Result<Vec<Tensor>, kiln_nn::Error> {
         let err = |e: Error| kiln_nn::Error::Config(e.to_string());
         if self.0.borrow().opts.method.awq_scales() {
-            return crate::quantize_awq::block(&self.0, groups).map_err(err);
+            return crate::quantize_awq::block(&self.0, groups, trial).map_err(err);
         }
         let mut out = Vec::new();
         for g in groups {

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use kiln_nn::calibrate::InputGroup;
+use kiln_nn::calibrate::{InputGroup, Trial};
 use kiln_quant::awq::{apply_clip, search_clip, search_scales, search_scales_by, AwqConfig};
 use kiln_quant::gptq::{gptq, Hessian};
 use kiln_quant::IntMatrix;
@@ -70,7 +70,11 @@ fn fold_of(first: &str, names: &[&str]) -> Fold {
     }
 }
 
-pub(crate) fn block(state: &RefCell<State>, groups: &[InputGroup]) -> Result<Vec<Tensor>> {
+pub(crate) fn block(
+    state: &RefCell<State>,
+    groups: &[InputGroup],
+    trial: &mut Trial<'_>,
+) -> Result<Vec<Tensor>> {
     let opts = state.borrow().opts.clone();
     let spec = opts.spec;
     let with_gptq = opts.method == Method::AwqGptq;
@@ -111,12 +115,32 @@ pub(crate) fn block(state: &RefCell<State>, groups: &[InputGroup]) -> Result<Vec
                 (w.0.as_slice(), w.1)
             })
             .collect();
+        let is_qkv = matches!(&fold, Fold::Norm(n) if n.ends_with("input_layernorm.weight"));
         let found = match mlp_of(g, &weights) {
             // gate/up: the loss of the whole MLP's output, as AutoAWQ's module2inspect.
             Some(mlp) => {
                 let mut loss = |eff: &[Vec<f32>]| {
                     mlp.loss(eff)
                         .map_err(|e| kiln_quant::Error::Invalid(e.to_string()))
+                };
+                search_scales_by(&g.x, g.n_rows, g.cols, &ws, &cfg, &mut loss)?
+            }
+            // q/k/v: the loss of the block's output with the candidate q/k/v and everything
+            // else as it is (AutoAWQ inspects the attention module; the rest of the block
+            // is float here, so the block's output differs only through it).
+            None if is_qkv => {
+                let mut loss = |eff: &[Vec<f32>]| -> kiln_quant::Result<f64> {
+                    let w: Vec<(std::sync::Arc<str>, Tensor)> = g
+                        .linears
+                        .iter()
+                        .zip(eff)
+                        .map(|((n, t), e)| {
+                            let dims = t.dims().to_vec();
+                            Tensor::from_vec(e.clone(), dims).map(|t| (n.clone(), t))
+                        })
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|e| kiln_quant::Error::Invalid(e.to_string()))?;
+                    trial(&w).map_err(|e| kiln_quant::Error::Invalid(e.to_string()))
                 };
                 search_scales_by(&g.x, g.n_rows, g.cols, &ws, &cfg, &mut loss)?
             }

@@ -47,8 +47,14 @@ pub trait Quantizer {
     /// Linears to leave as they are, by name.
     fn skip(&self, name: &str) -> bool;
     /// The replacement weight of every linear of `groups`, in order: same shape, dense f32.
-    fn quantize(&mut self, groups: &[InputGroup]) -> Result<Vec<Tensor>>;
+    /// `trial` runs the block with some of its linears replaced by the given weights and
+    /// returns the mean squared difference of its output from the output with the weights as
+    /// they are (the recording run's): a search may score candidates on the whole block.
+    fn quantize(&mut self, groups: &[InputGroup], trial: &mut Trial<'_>) -> Result<Vec<Tensor>>;
 }
+
+/// See [`Quantizer::quantize`].
+pub type Trial<'a> = dyn FnMut(&[(Arc<str>, Tensor)]) -> Result<f64> + 'a;
 
 struct Session {
     quantizer: Option<Box<dyn Quantizer>>,
@@ -95,10 +101,10 @@ pub fn active() -> bool {
 /// Quantizes block `block` (see the module doc); `run_block` runs it on the step's input.
 /// Returns the output of its last run, in which every linear was already quantized (or
 /// skipped): the block's output for the next one.
-pub fn quantize_block<T, E: From<Error>>(
+pub fn quantize_block<E: From<Error> + std::fmt::Display>(
     block: usize,
-    mut run_block: impl FnMut() -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
+    mut run_block: impl FnMut() -> std::result::Result<Tensor, E>,
+) -> std::result::Result<Tensor, E> {
     loop {
         with(|s| {
             s.block = block;
@@ -123,7 +129,30 @@ pub fn quantize_block<T, E: From<Error>>(
         } else {
             groups.len()
         };
-        let result = quantizer.quantize(&groups[..take]);
+        let reference = output.try_to_vec_f32().map_err(Error::from)?;
+        let mut trial = |weights: &[(Arc<str>, Tensor)]| -> Result<f64> {
+            with(|s| {
+                for (name, w) in weights {
+                    s.replaced.insert(name.clone(), w.clone());
+                }
+            });
+            let out = run_block();
+            with(|s| {
+                for (name, _) in weights {
+                    s.replaced.remove(name);
+                }
+            });
+            let out = out
+                .map_err(|e| Error::Config(format!("calibration trial: {e}")))?
+                .try_to_vec_f32()?;
+            let sq: f64 = out
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            Ok(sq / out.len().max(1) as f64)
+        };
+        let result = quantizer.quantize(&groups[..take], &mut trial);
         with(|s| s.quantizer = Some(quantizer));
         let weights = result?;
         let linears: Vec<&(Arc<str>, Tensor)> =
