@@ -6,10 +6,13 @@
 //! whose errors the softmax amplifies), then round-to-nearest of the scaled, clipped weights.
 //!
 //! All scales of a block are searched on its original weights before any is applied, as
-//! AutoAWQ does. The loss of a candidate is the output error of the group's linears, except for
-//! gate/up, where it is that of the whole gated MLP (through SiLU and the float `down_proj`, on
-//! up to 1024 of the calibration rows: AutoAWQ's `module2inspect`). Folds are found by the Hugging Face names of the LLaMA family; a group whose
-//! preceding op is unknown (another family, MoE experts) gets no scaling, only the clip.
+//! AutoAWQ does. The loss of a candidate is measured where AutoAWQ's `module2inspect` looks:
+//! for q/k/v, the block's output (the calibration session runs the block with the candidate
+//! q/k/v and everything else float, `calibrate::Trial`); for gate/up, the whole gated MLP's
+//! output (through SiLU and the float `down_proj`, on up to 1024 of the calibration rows); for
+//! the others, the group's own outputs. Folds are found by the Hugging Face names of the LLaMA
+//! family; a group whose preceding op is unknown (another family, MoE experts) gets no
+//! scaling, only the clip.
 //!
 //! The weights handed back to the calibration pass are the functions the exported layers
 //! compute without the fold: `diag(r) · Q(diag(1/r) · W · diag(s)) · diag(1/s)`, where `r` is
