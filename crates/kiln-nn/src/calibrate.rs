@@ -129,8 +129,13 @@ pub fn quantize_block<E: From<Error> + std::fmt::Display>(
         } else {
             groups.len()
         };
-        let reference = output.try_to_vec_f32().map_err(Error::from)?;
+        // The recording run's output, copied to the host on the first trial only (GPTQ and RTN
+        // never ask for one).
+        let mut reference: Option<Vec<f32>> = None;
         let mut trial = |weights: &[(Arc<str>, Tensor)]| -> Result<f64> {
+            if reference.is_none() {
+                reference = Some(output.try_to_vec_f32()?);
+            }
             with(|s| {
                 for (name, w) in weights {
                     s.replaced.insert(name.clone(), w.clone());
@@ -147,7 +152,7 @@ pub fn quantize_block<E: From<Error> + std::fmt::Display>(
                 .try_to_vec_f32()?;
             let sq: f64 = out
                 .iter()
-                .zip(&reference)
+                .zip(reference.iter().flatten())
                 .map(|(a, b)| ((a - b) as f64).powi(2))
                 .sum();
             Ok(sq / out.len().max(1) as f64)

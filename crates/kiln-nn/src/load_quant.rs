@@ -146,59 +146,58 @@ pub(crate) fn llm_int8(
 mod tests {
     use super::*;
 
-    fn matrix(rows: usize, cols: usize) -> Tensor {
+    fn matrix(rows: usize, cols: usize) -> Result<Tensor> {
         let v: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
             .collect();
-        Tensor::from_vec(v, [rows, cols]).unwrap()
+        Ok(Tensor::from_vec(v, [rows, cols])?)
     }
 
     #[test]
-    fn formats_and_what_stays_float() {
-        let w = matrix(4, 64);
-        let q = |quant, name| apply(Some(quant), name, w.clone()).unwrap().dtype();
+    fn formats_and_what_stays_float() -> Result<()> {
+        let w = matrix(4, 64)?;
+        let q = |quant, name| -> Result<DType> { Ok(apply(Some(quant), name, w.clone())?.dtype()) };
         assert_eq!(
-            q(LoadQuant::Int8, Some("a.q_proj")),
+            q(LoadQuant::Int8, Some("a.q_proj"))?,
             DType::Quant(QuantType::Q8_0)
         );
         assert_eq!(
-            q(LoadQuant::Int4, Some("a.q_proj")),
+            q(LoadQuant::Int4, Some("a.q_proj"))?,
             DType::Quant(QuantType::Q4_1)
         );
         assert_eq!(
-            q(LoadQuant::Int4, Some("lm_head")),
+            q(LoadQuant::Int4, Some("lm_head"))?,
             DType::Quant(QuantType::Q8_0)
         );
-        assert_eq!(q(LoadQuant::Int4, None), DType::Quant(QuantType::Q4_1));
+        assert_eq!(q(LoadQuant::Int4, None)?, DType::Quant(QuantType::Q4_1));
         assert_eq!(
-            q(LoadQuant::Int8, Some("model.layers.0.mlp.gate")),
+            q(LoadQuant::Int8, Some("model.layers.0.mlp.gate"))?,
             DType::F32
         );
-        assert_eq!(apply(None, None, w.clone()).unwrap().dtype(), DType::F32);
-        let odd = matrix(4, 48);
+        assert_eq!(apply(None, None, w.clone())?.dtype(), DType::F32);
+        let odd = matrix(4, 48)?;
+        assert_eq!(apply(Some(LoadQuant::Int8), None, odd)?.dtype(), DType::F32);
+        let already = w.to_dtype(DType::Quant(QuantType::Q4_0))?;
         assert_eq!(
-            apply(Some(LoadQuant::Int8), None, odd).unwrap().dtype(),
-            DType::F32
-        );
-        let already = w.to_dtype(DType::Quant(QuantType::Q4_0)).unwrap();
-        assert_eq!(
-            apply(Some(LoadQuant::Int8), None, already).unwrap().dtype(),
+            apply(Some(LoadQuant::Int8), None, already)?.dtype(),
             DType::Quant(QuantType::Q4_0)
         );
+        Ok(())
     }
 
     #[test]
-    fn int8_is_close_and_int4_closer_than_its_step() {
-        let w = matrix(8, 128);
-        let x = matrix(3, 128);
-        let want = x.matmul_t(&w).unwrap().into_f32_vec();
+    fn int8_is_close_and_int4_closer_than_its_step() -> Result<()> {
+        let w = matrix(8, 128)?;
+        let x = matrix(3, 128)?;
+        let want = x.matmul_t(&w)?.into_f32_vec();
         for (quant, tol) in [(LoadQuant::Int8, 0.02), (LoadQuant::Int4, 0.2)] {
-            let qw = apply(Some(quant), Some("l"), w.clone()).unwrap();
-            let got = x.matmul_t(&qw).unwrap().into_f32_vec();
+            let qw = apply(Some(quant), Some("l"), w.clone())?;
+            let got = x.matmul_t(&qw)?.into_f32_vec();
             let num: f32 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum();
             let den: f32 = want.iter().map(|b| b * b).sum();
             let rel = (num / den).sqrt();
             assert!(rel < tol && rel > 0.0, "{quant}: relative error {rel}");
         }
+        Ok(())
     }
 }

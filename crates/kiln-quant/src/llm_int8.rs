@@ -247,13 +247,13 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_definition_with_and_without_outliers() {
+    fn matches_the_definition_with_and_without_outliers() -> Result<()> {
         let (rows, cols, n) = (37, 70, 5);
         let (w, x) = data(rows, cols, n);
-        let q = Int8Rows::quantize(&w, rows, cols).unwrap();
+        let q = Int8Rows::quantize(&w, rows, cols)?;
         for threshold in [None, Some(6.0)] {
             let mut y = vec![0.0; n * rows];
-            let k = q.matmul(&x, n, threshold, &mut y).unwrap();
+            let k = q.matmul(&x, n, threshold, &mut y)?;
             assert_eq!(k, if threshold.is_some() { 2 } else { 0 });
             let want = reference(&q, &x, n, threshold);
             for (a, b) in y.iter().zip(&want) {
@@ -263,10 +263,11 @@ mod tests {
                 );
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn the_decomposition_is_what_saves_outliers() {
+    fn the_decomposition_is_what_saves_outliers() -> Result<()> {
         let (rows, cols, n) = (32, 128, 4);
         let (w, x) = data(rows, cols, n);
         let exact: Vec<f64> = (0..n)
@@ -277,30 +278,32 @@ mod tests {
                     .sum()
             })
             .collect();
-        let q = Int8Rows::quantize(&w, rows, cols).unwrap();
-        let err = |threshold| {
+        let q = Int8Rows::quantize(&w, rows, cols)?;
+        let err = |threshold| -> Result<f64> {
             let mut y = vec![0.0; n * rows];
-            q.matmul(&x, n, threshold, &mut y).unwrap();
+            q.matmul(&x, n, threshold, &mut y)?;
             let num: f64 = y
                 .iter()
                 .zip(&exact)
                 .map(|(a, b)| (*a as f64 - b).powi(2))
                 .sum();
-            (num / exact.iter().map(|b| b * b).sum::<f64>()).sqrt()
+            Ok((num / exact.iter().map(|b| b * b).sum::<f64>()).sqrt())
         };
-        let (absmax, mixed) = (err(None), err(Some(6.0)));
+        let (absmax, mixed) = (err(None)?, err(Some(6.0))?);
         assert!(mixed < 0.01, "LLM.int8 relative error {mixed}");
         assert!(absmax > 5.0 * mixed, "absmax {absmax} vs LLM.int8 {mixed}");
+        Ok(())
     }
 
     #[test]
-    fn bad_input_is_an_error() {
+    fn bad_input_is_an_error() -> Result<()> {
         assert!(Int8Rows::quantize(&[1.0, f32::NAN], 1, 2).is_err());
         assert!(Int8Rows::quantize(&[1.0; 3], 1, 2).is_err());
-        let q = Int8Rows::quantize(&[1.0; 4], 2, 2).unwrap();
+        let q = Int8Rows::quantize(&[1.0; 4], 2, 2)?;
         assert!(q.matmul(&[1.0; 3], 2, None, &mut [0.0; 4]).is_err());
         let mut y = [0.0; 4];
-        q.matmul(&[0.0; 4], 2, Some(6.0), &mut y).unwrap();
+        q.matmul(&[0.0; 4], 2, Some(6.0), &mut y)?;
         assert_eq!(y, [0.0; 4]);
+        Ok(())
     }
 }
